@@ -1,0 +1,245 @@
+"""Publishing checkpoints to the run dir, and fetching the newest good one back.
+
+TensorFlow writes a checkpoint into a local staging folder; `publish_checkpoint` uploads
+its files to `checkpoints/ckpt-<step>/`, then that folder's MANIFEST.json, then
+`checkpoints/LATEST` last: a reader that trusts LATEST never sees a half-uploaded
+checkpoint. `fetch_checkpoint` verifies sizes and sha256 and falls back to the previous
+good checkpoint when the newest is incomplete or corrupt (keras' BackupAndRestore idea).
+
+No TensorFlow here: the caller writes and reads the TF files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from disttrain.storage import CHECKPOINTS_DIR, LATEST_FILE, RunDir, with_retries
+
+MANIFEST = "MANIFEST.json"
+# The TF checkpoint prefix inside every ckpt-<step> folder: ckpt.index, ckpt.data-*.
+TF_PREFIX = "ckpt"
+UPLOAD_THREADS = 4
+
+
+@dataclass
+class Manifest:
+    step: int
+    files: list[str]
+    sizes: dict[str, int]
+    sha256: dict[str, str]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        raw = json.loads(text)
+        return cls(int(raw["step"]), list(raw["files"]), dict(raw["sizes"]), dict(raw["sha256"]))
+
+
+def checkpoint_folder(step: int) -> str:
+    return f"{CHECKPOINTS_DIR}/ckpt-{step}"
+
+
+def staged_prefix(staging_root: Path, step: int) -> Path:
+    """Where TensorFlow should write the checkpoint of `step` before it is published."""
+    return staging_root / f"ckpt-{step}" / TF_PREFIX
+
+
+def manifest_of(folder: Path, step: int) -> Manifest:
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    return Manifest(
+        step=step,
+        files=files,
+        sizes={name: (folder / name).stat().st_size for name in files},
+        sha256={name: _sha256(folder / name) for name in files},
+    )
+
+
+def publish_checkpoint(
+    run_dir: RunDir,
+    staged_folder: Path,
+    step: int,
+    keep: int,
+    protected_steps: Callable[[], set[int]] = set,
+    log: Callable[[str], None] = print,
+) -> Manifest:
+    """Upload one staged checkpoint folder, then its manifest, then LATEST; apply retention."""
+    manifest = manifest_of(staged_folder, step)
+    remote = checkpoint_folder(step)
+
+    def upload(name: str) -> None:
+        with_retries(
+            lambda: run_dir.put_file(staged_folder / name, f"{remote}/{name}"),
+            f"upload {remote}/{name}",
+            log=log,
+        )
+
+    with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
+        list(pool.map(upload, manifest.files))
+    with_retries(
+        lambda: run_dir.write_text(f"{remote}/{MANIFEST}", manifest.to_json()),
+        f"write {remote}/{MANIFEST}",
+        log=log,
+    )
+    with_retries(
+        lambda: run_dir.write_text(LATEST_FILE, manifest.to_json()), f"write {LATEST_FILE}", log=log
+    )
+    apply_retention(run_dir, keep, protected_steps() | {step}, log)
+    return manifest
+
+
+def published_steps(run_dir: RunDir) -> list[int]:
+    """Steps of every checkpoint folder under checkpoints/, ascending (complete or not)."""
+    steps = []
+    for name in run_dir.list_names(CHECKPOINTS_DIR):
+        if name.startswith("ckpt-") and name[5:].isdigit():
+            steps.append(int(name[5:]))
+    return sorted(steps)
+
+
+def latest_manifest(run_dir: RunDir) -> Manifest | None:
+    if not run_dir.exists(LATEST_FILE):
+        return None
+    return Manifest.from_json(run_dir.read_text(LATEST_FILE))
+
+
+def apply_retention(
+    run_dir: RunDir, keep: int, protected: set[int], log: Callable[[str], None] = print
+) -> None:
+    """Delete all but the newest `keep` checkpoints, never one in `protected`."""
+    steps = published_steps(run_dir)
+    for step in steps[:-keep] if len(steps) > keep else []:
+        if step not in protected:
+            log(f"checkpoint | retention | delete ckpt-{step}")
+            run_dir.delete(checkpoint_folder(step))
+
+
+def fetch_checkpoint(
+    run_dir: RunDir, local_root: Path, log: Callable[[str], None] = print, step: int | None = None
+) -> tuple[int, Path] | None:
+    """Download and verify the newest good checkpoint (or exactly `step`).
+
+    Returns (step, local TF prefix), or None when the run dir has no usable checkpoint.
+    A checkpoint that fails verification is reported and the next older one is tried.
+    """
+    for candidate in [step] if step is not None else _candidates_newest_first(run_dir):
+        problem = _download_verified(run_dir, candidate, local_root / f"ckpt-{candidate}")
+        if problem is None:
+            return candidate, local_root / f"ckpt-{candidate}" / TF_PREFIX
+        log(
+            f"checkpoint | WARNING | ckpt-{candidate} is unusable ({problem}); "
+            "falling back to the previous checkpoint"
+        )
+    return None
+
+
+def _candidates_newest_first(run_dir: RunDir) -> list[int]:
+    latest = latest_manifest(run_dir) if run_dir.exists(LATEST_FILE) else None
+    newest = latest.step if latest else None
+    # Folders newer than LATEST were never committed (an upload was cut short): skip them.
+    return [s for s in reversed(published_steps(run_dir)) if newest is None or s <= newest]
+
+
+def _download_verified(run_dir: RunDir, step: int, local: Path) -> str | None:
+    remote = checkpoint_folder(step)
+    try:
+        manifest = Manifest.from_json(run_dir.read_text(f"{remote}/{MANIFEST}"))
+    except FileNotFoundError:
+        return f"{remote}/{MANIFEST} is missing"
+    except (ValueError, KeyError) as exc:
+        return f"{remote}/{MANIFEST} is unreadable: {exc}"
+    shutil.rmtree(local, ignore_errors=True)
+    local.mkdir(parents=True)
+    for name in manifest.files:
+        try:
+            run_dir.get_file(f"{remote}/{name}", local / name)
+        except FileNotFoundError:
+            return f"{remote}/{name} is missing"
+        size = (local / name).stat().st_size
+        if size != manifest.sizes[name]:
+            return f"{remote}/{name} has {size} bytes, the manifest says {manifest.sizes[name]}"
+        if _sha256(local / name) != manifest.sha256[name]:
+            return f"{remote}/{name} does not match its sha256"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class BackgroundPublisher:
+    """Publishes staged checkpoints on a thread so the training loop never waits on storage.
+
+    At most one checkpoint waits behind the one uploading: a newer one supersedes it (its
+    staging folder is dropped), so a slow store costs checkpoints, not memory or disk.
+    """
+
+    def __init__(
+        self,
+        run_dir: RunDir,
+        keep: int,
+        log: Callable[[str], None] = print,
+        protected_steps: Callable[[], set[int]] = set,
+    ):
+        self._run_dir, self._keep, self._log = run_dir, keep, log
+        self._protected = protected_steps
+        self._pending: tuple[Path, int] | None = None
+        self._busy = False
+        self._cond = threading.Condition()
+        self._errors: list[str] = []
+        self.published: list[int] = []
+        self._thread = threading.Thread(target=self._run, name="checkpoint-publisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, staged_folder: Path, step: int) -> None:
+        with self._cond:
+            if self._pending is not None:
+                dropped_folder, dropped_step = self._pending
+                self._log(f"checkpoint | superseded | ckpt-{dropped_step} by ckpt-{step}")
+                shutil.rmtree(dropped_folder, ignore_errors=True)
+            self._pending = (staged_folder, step)
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Block until everything submitted is published (or has failed and been reported)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None and not self._busy)
+
+    @property
+    def errors(self) -> list[str]:
+        return list(self._errors)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None)
+                folder, step = self._pending
+                self._pending, self._busy = None, True
+            try:
+                publish_checkpoint(
+                    self._run_dir, folder, step, self._keep, self._protected, self._log
+                )
+                self.published.append(step)
+                self._log(f"checkpoint | published | ckpt-{step} | {self._run_dir.url}")
+            except Exception as exc:  # keep training; the next checkpoint tries again
+                self._errors.append(f"ckpt-{step}: {type(exc).__name__}: {exc}")
+                self._log(
+                    f"checkpoint | ERROR | ckpt-{step} not published | {type(exc).__name__}: {exc}"
+                )
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()

@@ -1,0 +1,203 @@
+"""The `disttrain` command line. Typer stays in this module; the library takes plain values.
+
+Nothing heavy is imported at module level: `disttrain --help` must not load TensorFlow or
+the Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from disttrain.config import ConfigError, load_config
+
+app = typer.Typer(
+    help="Train TensorFlow models on a parameter-server cluster: local processes, "
+    "Kubernetes or Helm, with checkpoints on a local path or Azure.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="YAML config file (default: configs/default.yaml)."),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override one key, e.g. --set train.steps=200 "
+        "(repeatable; values are parsed as YAML).",
+    ),
+]
+LauncherOption = Annotated[
+    str | None,
+    typer.Option(
+        "--launcher",
+        "-l",
+        help="Where tasks run: local, k8s or helm (default: launcher.name in the config).",
+    ),
+]
+NameArgument = Annotated[str, typer.Argument(help="The job's name (config key `name`).")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def train(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    launcher: LauncherOption = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print what would be started (commands and TF_CONFIG per task); start nothing.",
+        ),
+    ] = False,
+) -> None:
+    """Train: start the chief, workers, ps and evaluator, and wait for the result.
+
+    The exit code is the job's: 0 when the chief finished. Re-running into the same
+    run_dir continues that run from its latest checkpoint.
+    """
+    from launchers import get_launcher
+
+    try:
+        cfg = load_config(config, set_ or [])
+        backend = get_launcher(launcher or cfg.launcher.name)
+        if dry_run:
+            typer.echo(backend.dry_run(cfg))
+            return
+        code = backend.submit(cfg, wait=True)
+    except ConfigError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
+
+
+@app.command()
+def task(
+    config: Annotated[
+        str,
+        typer.Option("--config", "-c", help="The job's resolved config (a path or fsspec URL)."),
+    ],
+) -> None:
+    """Run one task of a job; the role comes from TF_CONFIG. Launchers run this for you."""
+    from disttrain.task import run_task
+
+    try:
+        run_task(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from disttrain.peers import PeerTimeout
+
+        if isinstance(exc, PeerTimeout):
+            _fail(str(exc), code=3)
+        raise
+
+
+@app.command("eval")
+def eval_(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    run_dir: Annotated[
+        str | None, typer.Option(help="Evaluate this run dir with the config.yaml stored in it.")
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Evaluate the latest checkpoint once and exit.")
+    ] = False,
+) -> None:
+    """Evaluate a run's checkpoints on the test split (continuously, or --once)."""
+    try:
+        cfg = _config_for_run(config, set_ or [], run_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from disttrain.evaluator import Evaluator
+
+    evaluator = Evaluator(cfg)
+    try:
+        if once:
+            if evaluator.run_once() is None:
+                raise typer.Exit(1)
+        else:
+            evaluator.run_continuously()
+    finally:
+        evaluator.close()
+
+
+@app.command()
+def board(
+    run_dir: Annotated[str, typer.Option(help="The run dir whose logs to show.")],
+    port: Annotated[int, typer.Option(help="Port for TensorBoard.")] = 6006,
+) -> None:
+    """Start TensorBoard on a run's train and eval logs and print the URL to open."""
+    from disttrain.board import run_board
+
+    run_board(run_dir, port)
+
+
+@app.command()
+def status(name: NameArgument = "default", launcher: LauncherOption = None) -> None:
+    """Show every task of a job (state, restarts) and the job's result."""
+    typer.echo(_launcher(launcher).status(name))
+
+
+@app.command()
+def logs(
+    name: NameArgument = "default",
+    role: Annotated[
+        str | None, typer.Argument(help="chief, worker, ps or evaluator (default: every task).")
+    ] = None,
+    index: Annotated[int, typer.Argument(help="The task's index within its role.")] = 0,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new output while the job runs.")
+    ] = False,
+    launcher: LauncherOption = None,
+) -> None:
+    """Print a task's output (or every task's, prefixed with its name)."""
+    _launcher(launcher).logs(name, role, index, follow)
+
+
+@app.command()
+def stop(name: NameArgument = "default", launcher: LauncherOption = None) -> None:
+    """Stop a job and every process or object it started."""
+    typer.echo(_launcher(launcher).stop(name))
+
+
+def _launcher(name: str | None):
+    from launchers import get_launcher
+
+    try:
+        return get_launcher(name or "local")
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _config_for_run(config: str | None, overrides: list[str], run_dir: str | None):
+    if run_dir is None:
+        return load_config(config, overrides)
+    import tempfile
+
+    from disttrain.storage import CONFIG_FILE, RunDir
+
+    stored = RunDir(run_dir)
+    if not stored.exists(CONFIG_FILE):
+        raise ConfigError(f"--run-dir: {run_dir!r} has no {CONFIG_FILE}")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(stored.read_text(CONFIG_FILE))
+    return load_config(f.name, [*overrides, f"run_dir={run_dir}"])
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

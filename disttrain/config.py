@@ -1,0 +1,265 @@
+"""The one typed config of a job: loaded from YAML, overridden with `--set`, validated.
+
+Every error names the key path, the value received and what is accepted, and is raised
+before any process starts. Unknown keys are rejected by name (a typo must never be a
+silently ignored setting). This module is pure Python: launchers import it without
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value or key that is not accepted; the message says which and why."""
+
+
+@dataclass
+class DataConfig:
+    source: Literal["builtin", "image_folder"] = "builtin"
+    # Image-folder root (`<root>/<split>/<class>/*.jpg`); the built-in dataset's cache
+    # folder when source is builtin (empty: ~/.cache/disttrain).
+    root: str = ""
+    image_size: int = 32
+    batch_size: int = 64
+    shuffle_buffer: int = 2048
+    train_split: str = "train"
+    test_split: str = "test"
+
+
+@dataclass
+class ModelConfig:
+    name: Literal["small_cnn"] = "small_cnn"
+    width: int = 32
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    # Steps packed into one scheduled function: amortises the coordinator's per-call cost.
+    steps_per_schedule: int = 10
+    learning_rate: float = 0.002
+    seed: int = 0
+    log_every_seconds: float = 5.0
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 300
+    keep: int = 5
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    batch_size: int = 256
+    poll_seconds: float = 2.0
+    # Examples of the test split per evaluation; 0 means the whole split.
+    max_examples: int = 0
+
+
+@dataclass
+class ClusterConfig:
+    workers: int = 2
+    ps: int = 1
+    # A chief is always present; with workers == 0 and ps == 0 the chief trains alone.
+    peer_timeout_seconds: float = 120.0
+    # Workers and ps stop on their own when the chief has been unreachable this long.
+    chief_timeout_seconds: float = 300.0
+    # Restarts the launcher may spend on failed tasks before it declares the job failed.
+    max_restarts: int = 3
+
+
+@dataclass
+class LocalLauncherConfig:
+    # Each job's state and logs live under $DISTTRAIN_HOME/local/<name> (~/.disttrain).
+    host: str = "127.0.0.1"
+
+
+@dataclass
+class LauncherConfig:
+    name: str = "local"
+    local: LocalLauncherConfig = field(default_factory=LocalLauncherConfig)
+
+
+@dataclass
+class Config:
+    name: str = "default"
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+# Ranges checked after loading: key path -> (predicate, what is accepted).
+_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "name": (
+        lambda v: v.replace("-", "").isalnum() and v[:1].isalpha() and len(v) <= 40,
+        "letters, digits and '-', starting with a letter, at most 40 characters",
+    ),
+    "run_dir": (lambda v: bool(v.strip()), "a non-empty path or fsspec URL"),
+    "data.image_size": (lambda v: 8 <= v <= 1024, "an integer from 8 to 1024"),
+    "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
+    "model.width": (lambda v: v >= 1, "an integer >= 1"),
+    "model.dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.steps": (lambda v: v >= 1, "an integer >= 1"),
+    "train.steps_per_schedule": (lambda v: v >= 1, "an integer >= 1"),
+    "train.learning_rate": (lambda v: v > 0, "a number > 0"),
+    "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
+    "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "eval.poll_seconds": (lambda v: v > 0, "a number > 0"),
+    "eval.max_examples": (lambda v: v >= 0, "an integer >= 0"),
+    "cluster.workers": (lambda v: v >= 0, "an integer >= 0"),
+    "cluster.ps": (lambda v: v >= 0, "an integer >= 0"),
+    "cluster.peer_timeout_seconds": (lambda v: v > 0, "a number > 0"),
+    "cluster.chief_timeout_seconds": (lambda v: v > 0, "a number > 0"),
+    "cluster.max_restarts": (lambda v: v >= 0, "an integer >= 0"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load `path` (default: configs/default.yaml), apply `key.path=value` overrides, validate."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}"
+        )
+    for override in overrides or []:
+        _apply_override(raw, override)
+    config = _build(Config, raw, "")
+    _check_rules(config)
+    return config
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Build and validate a Config from a plain mapping (e.g. a resolved config.yaml)."""
+    config = _build(Config, raw, "")
+    _check_rules(config)
+    return config
+
+
+def config_to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: Config) -> str:
+    """The resolved config as YAML: what is written to `<run_dir>/config.yaml`."""
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _apply_override(raw: dict, override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {override!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    # YAML parsing gives `--set train.steps=10` an int and `--set eval.enabled=false` a bool.
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; keys accepted in {where}: "
+            + ", ".join(sorted(fields))
+        )
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, prefix + name)
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: got {value!r}; accepted: {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        # Only `X | None` is used.
+        if value is None:
+            return None
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(inner, value, key)
+    return _coerce_scalar(hint, value, key)
+
+
+def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: got {value!r}; accepted: true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: got {value!r}; accepted: an integer")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: got {value!r}; accepted: a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: got {value!r}; accepted: a string")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _check_rules(config: Config) -> None:
+    for key, (accepts, accepted) in _RULES.items():
+        value = _lookup(config, key)
+        if not accepts(value):
+            raise ConfigError(f"{key}: got {value!r}; accepted: {accepted}")
+    if config.cluster.ps > 0 and config.cluster.workers == 0:
+        raise ConfigError(
+            f"cluster.workers: got 0 with cluster.ps = {config.cluster.ps}; accepted: "
+            "at least 1 worker when there are parameter servers (or ps: 0 to train on the chief)"
+        )
+
+
+def _lookup(config: Config, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node

@@ -1,0 +1,62 @@
+"""Workers and parameter servers under ParameterServerStrategy: serve until the job ends.
+
+A server has no idea how many steps remain; it stops when the chief's DONE marker
+appears in the run dir, or when the chief has been unreachable for
+`cluster.chief_timeout_seconds` (a job that failed for good must not leave servers,
+and their GPUs, running forever).
+"""
+
+from __future__ import annotations
+
+import time
+
+import tensorflow as tf
+
+from disttrain.cluster import CHIEF, Task
+from disttrain.config import Config
+from disttrain.peers import accepts
+from disttrain.progress import log
+from disttrain.storage import DONE_FILE, RunDir
+
+POLL_SECONDS = 2.0
+CHIEF_EXIT_GRACE_SECONDS = 30.0
+
+
+def serve(config: Config, task: Task, tf_config: dict) -> None:
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    tf.distribute.Server(
+        resolver.cluster_spec(),
+        job_name=task.role,
+        task_index=task.index,
+        protocol="grpc",
+        start=True,
+    )
+    log(f"{task.name} | serving | {tf_config['cluster'][task.role][task.index]}")
+    reason = wait_for_end(
+        RunDir(config.run_dir), tf_config["cluster"][CHIEF][0], config.cluster.chief_timeout_seconds
+    )
+    # Stay up until the chief has gone: it may still be tearing down its remote context,
+    # and a server vanishing under it fills the chief's log with gRPC errors.
+    wait_until_closed(tf_config["cluster"][CHIEF][0], CHIEF_EXIT_GRACE_SECONDS)
+    log(f"{task.name} | stopping | {reason}")
+
+
+def wait_for_end(run_dir: RunDir, chief_address: str, chief_timeout: float) -> str:
+    """Block until DONE exists or the chief has been unreachable too long; say which."""
+    unreachable_since = None
+    while True:
+        if run_dir.exists(DONE_FILE):
+            return "the chief wrote DONE"
+        if accepts(chief_address):
+            unreachable_since = None
+        elif unreachable_since is None:
+            unreachable_since = time.monotonic()
+        elif time.monotonic() - unreachable_since > chief_timeout:
+            return f"the chief ({chief_address}) was unreachable for {chief_timeout:.0f}s"
+        time.sleep(POLL_SECONDS)
+
+
+def wait_until_closed(address: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while accepts(address) and time.monotonic() < deadline:
+        time.sleep(0.5)

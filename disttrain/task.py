@@ -1,0 +1,99 @@
+"""`disttrain task --config PATH`: the one command every task of every launcher runs.
+
+The role comes from TF_CONFIG; the resolved config comes from a file (a ConfigMap in
+Kubernetes) or URL. Each role waits for the peers it needs before starting, so tasks may
+be started in any order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import fsspec
+
+from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
+from disttrain.config import Config, ConfigError, config_from_dict
+from disttrain.peers import accepts, resolves, wait_for_peers
+from disttrain.progress import log
+
+
+def load_task_config(path_or_url: str) -> Config:
+    import yaml
+
+    try:
+        with fsspec.open(path_or_url, "r") as f:
+            raw = yaml.safe_load(f.read())
+    except FileNotFoundError:
+        raise ConfigError(f"--config: {path_or_url!r} does not exist") from None
+    return config_from_dict(raw or {})
+
+
+def run_task(config_path: str) -> None:
+    config = load_task_config(config_path)
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = task_from_tf_config(tf_config)
+    shape = ClusterShape.of(config)
+    check_tf_config_matches(tf_config, shape, task)
+    log(f"{task.name} | starting | strategy: {shape.strategy} | run dir: {config.run_dir}")
+    os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    if task.role == EVALUATOR:
+        from disttrain.evaluator import Evaluator
+
+        evaluator = Evaluator(config)
+        try:
+            evaluator.run_continuously()
+        finally:
+            evaluator.close()
+        return
+    wait_for_needed_peers(config, shape, tf_config, task)
+    if task.role == CHIEF or shape.strategy == "multi_worker_mirrored":
+        from disttrain.train import train
+
+        train(config, task, shape)
+    else:
+        from disttrain.server import serve
+
+        serve(config, task, tf_config)
+
+
+def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, task: Task) -> None:
+    """The PSS coordinator needs every server listening; everyone else only names.
+
+    Servers listen first and connect later, so making them wait for each other's ports
+    would deadlock; MWMS members meet in the all-reduce setup, which waits by itself.
+    """
+    peers = peer_addresses(tf_config, task)
+    timeout = config.cluster.peer_timeout_seconds
+    if task.role == CHIEF and shape.strategy == "parameter_server":
+        wait_for_peers(peers, accepts, timeout, "accept connections", log)
+    else:
+        wait_for_peers(peers, resolves, timeout, "resolve", log)
+
+
+def peer_addresses(tf_config: dict, task: Task) -> dict[str, str]:
+    cluster = tf_config.get("cluster") or {}
+    return {
+        f"{role}-{i}": address
+        for role, addresses in cluster.items()
+        for i, address in enumerate(addresses)
+        if Task(role, i) != task
+    }
+
+
+def check_tf_config_matches(tf_config: dict, shape: ClusterShape, task: Task) -> None:
+    cluster = tf_config.get("cluster") or {}
+    if task.role not in (CHIEF, WORKER, PS, EVALUATOR):
+        raise ConfigError(
+            f"TF_CONFIG task type {task.role!r}; accepted: chief, worker, ps, evaluator"
+        )
+    if task.role == EVALUATOR or shape.strategy == "single_process":
+        return
+    for role in (WORKER, PS):
+        got = len(cluster.get(role, []))
+        if got != shape.count(role):
+            raise ConfigError(
+                f"TF_CONFIG lists {got} {role} tasks but cluster.{role}"
+                f"{'s' if role == WORKER else ''} in the config is "
+                f"{shape.count(role)}"
+            )

@@ -1,0 +1,232 @@
+"""The training loop: restore, schedule chunks, checkpoint, summarise, finish with DONE.
+
+It owns the schedule (orbit's Controller cut); the math of a step is in steps.py. The
+same loop drives all three strategies: under ParameterServerStrategy the chief
+schedules chunks on workers through the ClusterCoordinator and keeps a bounded number
+in flight; under MultiWorkerMirroredStrategy every worker runs this loop in lockstep
+and only the chief publishes; alone, it is a plain single-process loop.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from disttrain.checkpoints import (
+    BackgroundPublisher,
+    fetch_checkpoint,
+    publish_checkpoint,
+    staged_prefix,
+)
+from disttrain.cluster import CHIEF, ClusterShape, Task
+from disttrain.config import Config
+from disttrain.data.pipeline import Split, list_split, train_dataset, worker_index_on_worker
+from disttrain.models import build_model
+from disttrain.progress import Progress, log
+from disttrain.steps import make_train_chunk
+from disttrain.storage import DONE_FILE, TRAIN_LOGS, RunDir
+from disttrain.strategy import make_strategy
+from disttrain.summaries import SummaryMirror
+
+
+@dataclass
+class Dispatcher:
+    """Runs chunks: `send(num_steps)` starts one, `receive(handle)` waits for its sums."""
+
+    send: Callable[[int], object]
+    receive: Callable[[object], tuple[float, int, int]]
+    max_in_flight: int
+    drain: Callable[[], None]
+
+
+def train(config: Config, task: Task, shape: ClusterShape) -> None:
+    run_dir = RunDir(config.run_dir)
+    is_chief = task.role == CHIEF
+    strategy, coordinator = make_strategy(shape)
+    split = list_split(config.data, config.data.train_split)
+    log(
+        f"{task.name} | strategy: {type(strategy).__name__} | train examples: "
+        f"{len(split.files)} | classes: {len(split.class_names)} | run dir: {run_dir.url}"
+    )
+    with strategy.scope():
+        model = build_model(config.model, config.data.image_size, len(split.class_names))
+        optimizer = keras.optimizers.Adam(config.train.learning_rate)
+        optimizer.build(model.trainable_variables)
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
+    try:
+        start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
+        chunk = make_train_chunk(strategy, model, optimizer)
+        dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
+        loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
+        loop.run(start)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def restore_latest(
+    checkpoint: tf.train.Checkpoint, step_var: tf.Variable, run_dir: RunDir, local_root: Path
+) -> int:
+    """Restore the newest good published checkpoint; the step to continue from (0: none)."""
+    found = fetch_checkpoint(run_dir, local_root, log)
+    if found is None:
+        log("checkpoint | none published yet | starting at step 0")
+        return 0
+    step, prefix = found
+    checkpoint.read(str(prefix)).assert_existing_objects_matched()
+    log(f"checkpoint | restored | ckpt-{step} | resuming at step {int(step_var.numpy())}")
+    return int(step_var.numpy())
+
+
+def make_dispatcher(
+    config: Config, shape: ClusterShape, strategy, coordinator, split: Split, chunk
+) -> Dispatcher:
+    if coordinator is not None:
+        return _coordinator_dispatcher(config, shape, strategy, coordinator, split, chunk)
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return train_dataset(
+            config.data,
+            split,
+            context.num_input_pipelines,
+            context.input_pipeline_id,
+            seed=config.train.seed,
+        )
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    return Dispatcher(
+        send=lambda n: chunk(iterator, tf.constant(n)),
+        receive=lambda sums: tuple(s.numpy() for s in sums),
+        max_in_flight=1,
+        drain=lambda: None,
+    )
+
+
+def _coordinator_dispatcher(config, shape, strategy, coordinator, split, chunk) -> Dispatcher:
+    def dataset_fn(_context: tf.distribute.InputContext) -> tf.data.Dataset:
+        # Traced once on the chief, run on every worker: the shard index is read there.
+        return train_dataset(config.data, split, shape.workers, worker_index_on_worker())
+
+    per_worker = coordinator.create_per_worker_dataset(
+        lambda: strategy.distribute_datasets_from_function(dataset_fn)
+    )
+    iterator = iter(per_worker)
+    return Dispatcher(
+        send=lambda n: coordinator.schedule(chunk, args=(iterator, tf.constant(n))),
+        receive=lambda remote: tuple(s for s in remote.fetch()),
+        # Two chunks queued per worker keep every worker busy without unbounded queues.
+        max_in_flight=2 * shape.workers,
+        drain=coordinator.join,
+    )
+
+
+class TrainLoop:
+    """Owns the schedule: chunk sizes, progress, summaries, checkpoints and DONE."""
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: RunDir,
+        is_chief: bool,
+        checkpoint: tf.train.Checkpoint,
+        step_var: tf.Variable,
+        dispatcher: Dispatcher,
+        staging: Path,
+    ):
+        self.config, self.run_dir, self.is_chief = config, run_dir, is_chief
+        self.checkpoint, self.step_var, self.dispatcher = checkpoint, step_var, dispatcher
+        self.staging = staging
+        self.pending: deque[tuple[object, int]] = deque()
+        self.completed = 0
+        self.window = [0.0, 0, 0]  # loss sum, correct, examples since the last progress line
+        self.publisher = BackgroundPublisher(run_dir, config.checkpoint.keep, log)
+        events = staging / "events" / "train"
+        self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None
+        self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS) if is_chief else None
+
+    def run(self, start: int) -> None:
+        total, every = self.config.train.steps, self.config.checkpoint.every_steps
+        self.completed = start
+        self.progress = Progress(start, total, self.config.train.log_every_seconds)
+        step = start
+        while step < total:
+            next_checkpoint = (step // every + 1) * every
+            size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
+            self.pending.append((self.dispatcher.send(size), size))
+            step += size
+            while len(self.pending) > self.dispatcher.max_in_flight:
+                self._receive_oldest()
+            if step == next_checkpoint or step == total:
+                self._save(step)
+        self._finish(start, total)
+
+    def _receive_oldest(self) -> None:
+        handle, size = self.pending.popleft()
+        loss_sum, correct, examples = (float(v) for v in self.dispatcher.receive(handle))
+        self.completed += size
+        if not self.is_chief:
+            return
+        with self.writer.as_default(step=self.completed):
+            tf.summary.scalar("loss", loss_sum / max(examples, 1))
+            tf.summary.scalar("accuracy", correct / max(examples, 1))
+        self.mirror.maybe_sync()
+        self.window = [w + v for w, v in zip(self.window, (loss_sum, correct, examples))]
+        self._report(int(examples))
+
+    def _report(self, new_examples: int, force: bool = False) -> None:
+        loss_sum, correct, examples = self.window
+        shown = self.progress.update(
+            self.completed,
+            loss_sum / max(examples, 1),
+            correct / max(examples, 1),
+            new_examples,
+            force=force,
+        )
+        if shown is not None:
+            self.window = [0.0, 0, 0]
+            with self.writer.as_default(step=self.completed):
+                tf.summary.scalar("examples_per_second", self.progress.rate())
+
+    def _save(self, step: int) -> None:
+        while self.pending:
+            self._receive_oldest()
+        self.dispatcher.drain()
+        self.step_var.assign(step)
+        prefix = staged_prefix(self.staging / "checkpoints", step)
+        self.checkpoint.write(str(prefix))  # under MWMS every worker must take part
+        if self.is_chief:
+            self.publisher.submit(prefix.parent, step)
+        else:
+            shutil.rmtree(prefix.parent, ignore_errors=True)
+
+    def _finish(self, start: int, total: int) -> None:
+        """Publish the last checkpoint and the summaries, then write DONE (chief only)."""
+        if not self.is_chief:
+            return
+        if total > start:
+            self._report(0, force=True)
+        self.publisher.flush()
+        if total > start and total not in self.publisher.published:
+            # The background upload failed; the variables are still here: publish in line,
+            # and let a failure here fail the chief (a restart resumes) rather than lose it.
+            log(f"checkpoint | retrying ckpt-{total} synchronously")
+            prefix = staged_prefix(self.staging / "final", total)
+            self.checkpoint.write(str(prefix))
+            publish_checkpoint(
+                self.run_dir, prefix.parent, total, self.config.checkpoint.keep, log=log
+            )
+        self.writer.flush()
+        self.mirror.sync()
+        done = {"step": total, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.run_dir.write_text(DONE_FILE, json.dumps(done))
+        log(f"chief | done | step: {total} | wrote {self.run_dir.url}/{DONE_FILE}")

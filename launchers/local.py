@@ -1,0 +1,430 @@
+"""The local launcher: every task as a process on this machine, supervised.
+
+`plan` turns a config into the exact commands, environments and ports of every task;
+`submit` starts that plan and supervises it in the foreground, applying DESIGN.md's
+failure semantics within `cluster.max_restarts`:
+
+* a worker or the evaluator that fails is restarted alone (the coordinator reschedules
+  the worker's chunks);
+* a ps or the chief that fails takes the chief and every ps down with it; they restart
+  together and the chief resumes from the latest published checkpoint.
+
+The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
+own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
+and `stop` read, also from another terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from disttrain.cluster import (
+    CHIEF,
+    EVALUATOR,
+    PS,
+    TASK_ENV,
+    WORKER,
+    ClusterShape,
+    Task,
+    tasks_of,
+    tf_config_json,
+)
+from disttrain.config import Config, dump_config
+from launchers import Launcher
+from launchers.prepare import final_report, prepare_run_dir
+
+POLL_SECONDS = 0.2
+STOP_GRACE_SECONDS = 10.0
+# Once the chief is done, servers notice DONE within seconds; the evaluator may still be
+# evaluating the last checkpoint.
+AFTER_CHIEF_GRACE_SECONDS = 180.0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("DISTTRAIN_HOME") or Path.home() / ".disttrain") / "local"
+
+
+@dataclass
+class TaskPlan:
+    task: Task
+    command: list[str]
+    env: dict[str, str]  # only what the launcher adds to the inherited environment
+    log_path: str
+
+
+@dataclass
+class LocalPlan:
+    name: str
+    state_dir: str
+    config_path: str
+    tasks: list[TaskPlan]
+
+
+def plan(config: Config) -> LocalPlan:
+    """Ports, commands and environments of every task; pure apart from picking free ports."""
+    state_dir = default_state_dir() / config.name
+    shape = ClusterShape.of(config)
+    host = config.launcher.local.host
+    ports = {(t.role, t.index): _free_port(host) for t in tasks_of(shape)}
+
+    def address_of(role: str, index: int) -> str:
+        return f"{host}:{ports[(role, index)]}"
+
+    config_path = str(state_dir / "config.yaml")
+    tasks = []
+    for task in tasks_of(shape):
+        env = {
+            "TF_CONFIG": tf_config_json(shape, address_of, task),
+            **TASK_ENV,
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        }
+        command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
+        tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
+    return LocalPlan(config.name, str(state_dir), config_path, tasks)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class LocalLauncher(Launcher):
+    name = "local"
+
+    def dry_run(self, config: Config) -> str:
+        job = plan(prepare_config(config))
+        lines = [f"# job {job.name}: {len(job.tasks)} local processes; config {job.config_path}"]
+        for t in job.tasks:
+            lines.append(f"[{t.task.name}]")
+            lines += [f"  {key}={value}" for key, value in t.env.items()]
+            lines.append("  " + " ".join(t.command))
+        return "\n".join(lines)
+
+    def submit(self, config: Config, wait: bool = True) -> int:
+        config = prepare_config(config)
+        job = plan(config)
+        _refuse_if_running(Path(job.state_dir))
+        prepare_run_dir(config, print)
+        Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
+        Path(job.config_path).write_text(dump_config(config))
+        supervisor = Supervisor(job, config)
+        code = supervisor.run()
+        if code == 0:
+            print(final_report(config))
+        return code
+
+    def status(self, name: str) -> str:
+        state = _read_state(default_state_dir() / name)
+        lines = [
+            f"job {name}: {state['result']}"
+            + (f" ({state['reason']})" if state.get("reason") else ""),
+            f"{'TASK':<12} {'STATE':<10} {'PID':>8} {'RESTARTS':>8}  LOG",
+        ]
+        for task_name, info in state["tasks"].items():
+            alive = _pid_alive(info.get("pid"))
+            phase = "running" if alive else info.get("state", "exited")
+            lines.append(
+                f"{task_name:<12} {phase:<10} {info.get('pid') or '-':>8} "
+                f"{info.get('restarts', 0):>8}  {info['log']}"
+            )
+        return "\n".join(lines)
+
+    def logs(self, name: str, role: str | None, index: int, follow: bool) -> None:
+        state = _read_state(default_state_dir() / name)
+        names = list(state["tasks"]) if role is None else [f"{role}-{index}"]
+        for task_name in names:
+            if task_name not in state["tasks"]:
+                raise SystemExit(
+                    f"job {name} has no task {task_name}; tasks: {', '.join(state['tasks'])}"
+                )
+        paths = {n: Path(state["tasks"][n]["log"]) for n in names}
+        _print_logs(
+            paths,
+            follow and len(names) == 1,
+            lambda: _read_state(default_state_dir() / name)["result"] == "running",
+        )
+
+    def stop(self, name: str) -> str:
+        state_dir = default_state_dir() / name
+        state = _read_state(state_dir)
+        stopped = []
+        if _pid_alive(state.get("launcher_pid")):
+            os.kill(state["launcher_pid"], signal.SIGTERM)
+            stopped.append(f"launcher (pid {state['launcher_pid']})")
+            _wait_for_exit([state["launcher_pid"]], STOP_GRACE_SECONDS * 2)
+        for task_name, info in state["tasks"].items():
+            if _pid_alive(info.get("pid")):
+                _kill_group(info["pid"])
+                stopped.append(f"{task_name} (pid {info['pid']})")
+        return f"job {name}: stopped " + (", ".join(stopped) if stopped else "nothing was running")
+
+
+def prepare_config(config: Config) -> Config:
+    """A local run dir becomes absolute: every task resolves it the same way."""
+    from dataclasses import replace
+
+    from disttrain.storage import RunDir
+
+    run_dir = RunDir(config.run_dir)
+    if run_dir.is_local and "://" not in config.run_dir:
+        config = replace(config, run_dir=os.path.abspath(config.run_dir))
+    return config
+
+
+class Supervisor:
+    """Starts the plan's processes, relays their output and applies the restart rules."""
+
+    def __init__(self, job: LocalPlan, config: Config):
+        self.job, self.config = job, config
+        self.by_task = {t.task: t for t in job.tasks}
+        self.procs: dict[Task, subprocess.Popen] = {}
+        self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
+        self.finished: dict[Task, int] = {}
+        self.budget = config.cluster.max_restarts
+        self.used = 0
+        self.result, self.reason = "running", ""
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def run(self) -> int:
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for task in self.by_task:
+                self._start(task)
+            self._save_state()
+            return self._supervise()
+        except KeyboardInterrupt:
+            self._stop_all()
+            self._end("stopped", "interrupted")
+            return 130
+        finally:
+            self._stop_all()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, _frame) -> None:
+        raise KeyboardInterrupt
+
+    def _supervise(self) -> int:
+        chief_done_at = None
+        while True:
+            for task, proc in list(self.procs.items()):
+                code = proc.poll()
+                if code is None:
+                    continue
+                del self.procs[task]
+                if code == 0 or (chief_done_at and task.role != CHIEF):
+                    self.finished[task] = code
+                    if task.role == CHIEF:
+                        chief_done_at = time.monotonic()
+                        print(
+                            "[launcher] chief finished; waiting for the other tasks to stop",
+                            flush=True,
+                        )
+                    continue
+                failure = self._handle_failure(task, code)
+                if failure:
+                    return failure
+            self._save_state()
+            if chief_done_at and not self.procs:
+                self._end("succeeded", "")
+                return 0
+            if chief_done_at and time.monotonic() - chief_done_at > AFTER_CHIEF_GRACE_SECONDS:
+                left = ", ".join(t.name for t in self.procs)
+                print(
+                    f"[launcher] WARNING: {left} still running "
+                    f"{AFTER_CHIEF_GRACE_SECONDS:.0f}s after the chief finished; stopping them",
+                    flush=True,
+                )
+                self._stop_all()
+                self._end("succeeded", f"stopped {left} after the chief finished")
+                return 0
+            time.sleep(POLL_SECONDS)
+
+    def _handle_failure(self, task: Task, code: int) -> int:
+        """Restart what DESIGN.md says to restart; a non-zero return ends the job."""
+        if self.used >= self.budget:
+            reason = (
+                f"{task.name} exited with code {code}; the restart budget "
+                f"(cluster.max_restarts = {self.budget}) is used up"
+            )
+            print(f"[launcher] job failed: {reason}; see {self.by_task[task].log_path}", flush=True)
+            self._stop_all()
+            self._end("failed", reason)
+            return 1
+        self.used += 1
+        if task.role in (WORKER, EVALUATOR):
+            group = [task]
+        else:  # a ps or the chief: variables are gone, so chief and every ps restart
+            group = [t for t in self.by_task if t.role in (PS, CHIEF)]
+        print(
+            f"[launcher] {task.name} exited with code {code}; restarting "
+            f"{', '.join(t.name for t in group)} ({self.used}/{self.budget} restarts used)",
+            flush=True,
+        )
+        for member in group:
+            if member in self.procs:
+                _kill_group(self.procs.pop(member).pid)
+        for member in group:
+            self.restarts[member] += 1
+            self._start(member)
+        return 0
+
+    def _start(self, task: Task) -> None:
+        plan_ = self.by_task[task]
+        log_file = open(plan_.log_path, "ab")
+        if self.restarts[task]:
+            log_file.write(f"--- restart {self.restarts[task]} ---\n".encode())
+        proc = subprocess.Popen(
+            plan_.command,
+            env={**os.environ, **plan_.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.procs[task] = proc
+        threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True).start()
+
+    def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
+        prefix = f"[{task.name}] ".encode()
+        with log_file:
+            for line in iter(proc.stdout.readline, b""):
+                log_file.write(line)
+                log_file.flush()
+                with self.lock:
+                    sys.stdout.buffer.write(prefix + line)
+                    sys.stdout.flush()
+
+    def _stop_all(self) -> None:
+        pids = [p.pid for p in self.procs.values()]
+        for pid in pids:
+            _kill_group(pid, signal.SIGTERM)
+        _wait_for_exit(pids, STOP_GRACE_SECONDS)
+        for pid in pids:
+            _kill_group(pid, signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait()
+        self.procs.clear()
+
+    def _end(self, result: str, reason: str) -> None:
+        self.result, self.reason = result, reason
+        self._save_state()
+
+    def _save_state(self) -> None:
+        tasks = {}
+        for task, plan_ in self.by_task.items():
+            proc = self.procs.get(task)
+            state = (
+                "running"
+                if proc
+                else (f"exited {self.finished[task]}" if task in self.finished else "stopped")
+            )
+            tasks[task.name] = {
+                "pid": proc.pid if proc else None,
+                "state": state,
+                "restarts": self.restarts[task],
+                "log": plan_.log_path,
+                "command": plan_.command,
+                "env": plan_.env,
+            }
+        state = {
+            "name": self.job.name,
+            "launcher_pid": os.getpid(),
+            "result": self.result,
+            "reason": self.reason,
+            "run_dir": self.config.run_dir,
+            "tasks": tasks,
+        }
+        path = Path(self.job.state_dir) / "job.json"
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(path)
+
+
+def _die_with_parent() -> None:
+    """Linux: a task gets SIGKILL if the launcher dies, so no process outlives the job."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not alive.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_for_exit(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _read_state(state_dir: Path) -> dict:
+    path = state_dir / "job.json"
+    if not path.is_file():
+        known = sorted(p.parent.name for p in state_dir.parent.glob("*/job.json"))
+        raise SystemExit(
+            f"no local job named {state_dir.name!r} (state folder {state_dir}); "
+            f"known jobs: {', '.join(known) or 'none'}"
+        )
+    return json.loads(path.read_text())
+
+
+def _refuse_if_running(state_dir: Path) -> None:
+    if (state_dir / "job.json").is_file():
+        state = json.loads((state_dir / "job.json").read_text())
+        if state.get("result") == "running" and _pid_alive(state.get("launcher_pid")):
+            raise SystemExit(
+                f"job {state_dir.name!r} is already running (launcher pid "
+                f"{state['launcher_pid']}); `disttrain stop {state_dir.name}` "
+                "or choose another name with --set name=..."
+            )
+
+
+def _print_logs(paths: dict[str, Path], follow: bool, still_running) -> None:
+    for name, path in paths.items():
+        prefix = f"[{name}] " if len(paths) > 1 else ""
+        with open(path, errors="replace") as f:
+            while True:
+                line = f.readline()
+                if line:
+                    sys.stdout.write(prefix + line)
+                    continue
+                if not follow or not still_running():
+                    break
+                sys.stdout.flush()
+                time.sleep(0.5)
+    sys.stdout.flush()
