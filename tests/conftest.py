@@ -1,0 +1,23 @@
+"""Shared fixtures: an isolated disttrain home and the built-in dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def builtin_data(tmp_path_factory) -> Path:
+    """The built-in dataset, generated once per test session (no network, ~2 s)."""
+    from disttrain.data.builtin import ensure_builtin_dataset
+
+    return ensure_builtin_dataset(tmp_path_factory.mktemp("data") / "builtin")
+
+
+@pytest.fixture
+def disttrain_home(tmp_path, monkeypatch) -> Path:
+    """A private DISTTRAIN_HOME, so local job state never touches the user's."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("DISTTRAIN_HOME", str(home))
+    return home

@@ -1,0 +1,68 @@
+"""Running the real `disttrain` CLI from tests: in the foreground or in the background."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(
+    *args: str, env: dict | None = None, timeout: float = 600, check: bool = False, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
+    """Run `disttrain ARGS` in a subprocess and capture its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "disttrain", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"disttrain {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def start_cli(*args: str, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `disttrain ARGS` in the background, output to `log_path` (its own session)."""
+    log = open(log_path, "wb")
+    return subprocess.Popen(
+        [sys.executable, "-m", "disttrain", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+        start_new_session=True,
+    )
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """Kill a background CLI and everything in its session (test cleanup)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def small_job(run_dir: Path, data_root: Path, *extra: str, name: str = "t") -> list[str]:
+    """`--set` arguments for a small, fast job on the built-in dataset."""
+    return [
+        "--set",
+        f"name={name}",
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        f"data.root={data_root}",
+        "--set",
+        "train.log_every_seconds=1",
+        "--set",
+        "eval.poll_seconds=0.5",
+        *extra,
+    ]
