@@ -236,6 +236,11 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{key}: got {value!r}; accepted: a number")
     if hint is str:
         if isinstance(value, str):

@@ -1,0 +1,70 @@
+"""Bad input is refused before anything starts; --dry-run shows the plan."""
+
+import json
+import re
+
+from processes import cli
+
+
+def assert_refused(result, message: str, home) -> None:
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not (home / "local").exists(), "a job was started"
+
+
+def test_unknown_config_key_is_refused_before_anything_starts(tmp_path, disttrain_home):
+    result = cli("train", "--set", "train.stepz=3", "--set", f"run_dir={tmp_path / 'r'}")
+    assert_refused(result, "unknown config key 'train.stepz'", disttrain_home)
+    assert not (tmp_path / "r").exists()
+
+
+def test_wrong_type_is_refused_before_anything_starts(disttrain_home):
+    result = cli("train", "--set", "cluster.workers=two")
+    assert_refused(result, "cluster.workers: got 'two'; accepted: an integer", disttrain_home)
+
+
+def test_missing_data_directory_is_refused_before_anything_starts(tmp_path, disttrain_home):
+    missing = tmp_path / "no-such-data"
+    result = cli(
+        "train",
+        "--set",
+        "data.source=image_folder",
+        "--set",
+        f"data.root={missing}",
+        "--set",
+        f"run_dir={tmp_path / 'r'}",
+    )
+    assert_refused(result, f"data.root: got '{missing}'", disttrain_home)
+
+
+def test_unknown_launcher_lists_the_installed_ones(disttrain_home):
+    result = cli("train", "--launcher", "slurm")
+    assert_refused(result, "launcher: got 'slurm'; accepted: ", disttrain_home)
+    assert "local" in result.stderr
+
+
+def test_dry_run_prints_every_task_command_and_tf_config(tmp_path, disttrain_home):
+    result = cli("train", "--dry-run", "--set", f"run_dir={tmp_path / 'r'}", check=True)
+    configs = {
+        name: json.loads(tf)
+        for name, tf in re.findall(r"\[(\S+)\]\n  TF_CONFIG=(.*)", result.stdout)
+    }
+    assert sorted(configs) == ["chief-0", "evaluator-0", "ps-0", "worker-0", "worker-1"]
+    assert set(configs["worker-1"]["cluster"]) == {"chief", "worker", "ps"}
+    assert list(configs["evaluator-0"]["cluster"]) == ["evaluator"]
+    assert result.stdout.count("-m disttrain task --config") == 5
+    assert result.stdout.count("GRPC_FAIL_FAST=use_caller") == 5
+    assert not (tmp_path / "r").exists() and not (disttrain_home / "local").exists()
+
+
+def test_help_does_not_import_tensorflow_or_kubernetes():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from disttrain.cli import app\n"
+        "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('tensorflow', 'kubernetes', 'keras') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

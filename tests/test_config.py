@@ -1,0 +1,102 @@
+"""Config loading, overrides and the errors a user sees for bad input."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from disttrain.config import DEFAULT_CONFIG, ConfigError, dump_config, load_config
+
+
+def test_default_config_loads_with_the_documented_shape():
+    config = load_config()
+    assert (config.cluster.workers, config.cluster.ps, config.eval.enabled) == (2, 1, True)
+    assert config.data.source == "builtin"
+    assert config.launcher.name == "local"
+
+
+def test_overrides_parse_values_as_yaml():
+    config = load_config(
+        None, ["train.steps=42", "eval.enabled=false", "name=job-2", "train.learning_rate=1e-3"]
+    )
+    assert config.train.steps == 42
+    assert config.eval.enabled is False
+    assert config.name == "job-2"
+    assert config.train.learning_rate == pytest.approx(1e-3)
+
+
+def test_an_integer_is_accepted_where_a_number_is_expected():
+    assert load_config(None, ["train.learning_rate=1"]).train.learning_rate == 1.0
+
+
+def test_unknown_key_is_named_with_the_keys_accepted():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.stepz=10"])
+    assert "'train.stepz'" in str(error.value)
+    assert "steps" in str(error.value) and "learning_rate" in str(error.value)
+
+
+def test_unknown_section_in_a_file_is_rejected(tmp_path: Path):
+    path = tmp_path / "c.yaml"
+    path.write_text("trainer:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'trainer'"):
+        load_config(path)
+
+
+def test_wrong_type_names_key_value_and_what_is_accepted():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.steps=abc"])
+    assert str(error.value) == "train.steps: got 'abc'; accepted: an integer"
+
+
+def test_a_bool_is_not_an_integer():
+    with pytest.raises(ConfigError, match="train.steps: got True"):
+        load_config(None, ["train.steps=true"])
+
+
+def test_out_of_range_value_is_rejected_with_the_range():
+    with pytest.raises(ConfigError, match=r"cluster.workers: got -1; accepted: an integer >= 0"):
+        load_config(None, ["cluster.workers=-1"])
+
+
+def test_choice_lists_the_accepted_values():
+    with pytest.raises(ConfigError, match="data.source: got 'imagenet'; accepted: builtin"):
+        load_config(None, ["data.source=imagenet"])
+
+
+def test_ps_without_workers_is_rejected():
+    with pytest.raises(ConfigError, match="cluster.workers: got 0 with cluster.ps = 1"):
+        load_config(None, ["cluster.workers=0"])
+
+
+def test_malformed_override_is_explained():
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config(None, ["train.steps"])
+
+
+def test_missing_config_file_is_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match="does-not-exist.yaml"):
+        load_config(tmp_path / "does-not-exist.yaml")
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path: Path):
+    config = load_config(None, ["train.steps=7", "cluster.ps=2"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(dump_config(config))
+    assert load_config(path) == config
+
+
+def test_every_key_in_the_default_file_is_a_real_key():
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    load_config(DEFAULT_CONFIG)  # would raise on an unknown key
+    assert set(raw) <= {
+        "name",
+        "run_dir",
+        "data",
+        "model",
+        "train",
+        "checkpoint",
+        "eval",
+        "cluster",
+        "launcher",
+    }
