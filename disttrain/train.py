@@ -202,12 +202,26 @@ class TrainLoop:
             self._receive_oldest()
         self.dispatcher.drain()
         self.step_var.assign(step)
-        prefix = staged_prefix(self.staging / "checkpoints", step)
-        self.checkpoint.write(str(prefix))  # under MWMS every worker must take part
+        folder = self._write_staged(step)
         if self.is_chief:
-            self.publisher.submit(prefix.parent, step)
+            self.publisher.submit(folder, step)
         else:
-            shutil.rmtree(prefix.parent, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_staged(self, step: int) -> Path:
+        """Write a checkpoint to local staging; returns its own folder for the publisher.
+
+        TensorFlow always writes to the same prefix (a new path string would retrace its
+        save function every time); the folder is then renamed to one per step, so the
+        publisher can upload it while training goes on.
+        """
+        writing = staged_prefix(self.staging / "writing", 0)
+        shutil.rmtree(writing.parent, ignore_errors=True)
+        self.checkpoint.write(str(writing))  # under MWMS every worker must take part
+        folder = staged_prefix(self.staging / "checkpoints", step).parent
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        writing.parent.rename(folder)
+        return folder
 
     def _finish(self, start: int, total: int) -> None:
         """Publish the last checkpoint and the summaries, then write DONE (chief only)."""
@@ -220,10 +234,8 @@ class TrainLoop:
             # The background upload failed; the variables are still here: publish in line,
             # and let a failure here fail the chief (a restart resumes) rather than lose it.
             log(f"checkpoint | retrying ckpt-{total} synchronously")
-            prefix = staged_prefix(self.staging / "final", total)
-            self.checkpoint.write(str(prefix))
             publish_checkpoint(
-                self.run_dir, prefix.parent, total, self.config.checkpoint.keep, log=log
+                self.run_dir, self._write_staged(total), total, self.config.checkpoint.keep, log=log
             )
         self.writer.flush()
         self.mirror.sync()
