@@ -25,21 +25,41 @@ from pathlib import Path
 PROGRESS = re.compile(rb"\[chief-0\] train \| step:\s+(\d+)/")
 
 
-def steady_examples_per_second(workers: int, ps: int, steps_per_schedule: int, steps: int,
-                               batch_size: int, scratch: Path) -> float:
+def steady_examples_per_second(
+    workers: int, ps: int, steps_per_schedule: int, steps: int, batch_size: int, scratch: Path
+) -> float:
     name = f"bench-{workers}w{ps}ps{steps_per_schedule}"
     command = [
-        sys.executable, "-m", "disttrain", "train",
-        "--set", f"name={name}", "--set", f"run_dir={scratch / name}",
-        "--set", f"cluster.workers={workers}", "--set", f"cluster.ps={ps}",
-        "--set", f"train.steps={steps}", "--set", f"train.steps_per_schedule={steps_per_schedule}",
-        "--set", f"data.batch_size={batch_size}", "--set", "train.log_every_seconds=1",
-        "--set", f"checkpoint.every_steps={steps}", "--set", "eval.enabled=false",
+        sys.executable,
+        "-m",
+        "disttrain",
+        "train",
+        "--set",
+        f"name={name}",
+        "--set",
+        f"run_dir={scratch / name}",
+        "--set",
+        f"cluster.workers={workers}",
+        "--set",
+        f"cluster.ps={ps}",
+        "--set",
+        f"train.steps={steps}",
+        "--set",
+        f"train.steps_per_schedule={steps_per_schedule}",
+        "--set",
+        f"data.batch_size={batch_size}",
+        "--set",
+        "train.log_every_seconds=1",
+        "--set",
+        f"checkpoint.every_steps={steps}",
+        "--set",
+        "eval.enabled=false",
     ]
     env = {**os.environ, "DISTTRAIN_HOME": str(scratch / "home")}
     seen: list[tuple[float, int]] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          env=env) as proc:
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    ) as proc:
         for line in proc.stdout:
             match = PROGRESS.search(line)
             if match:
@@ -66,8 +86,9 @@ def main() -> None:
         }
         rates = {}
         for label, (workers, ps, packed) in runs.items():
-            rates[label] = steady_examples_per_second(workers, ps, packed, args.steps,
-                                                      args.batch_size, scratch)
+            rates[label] = steady_examples_per_second(
+                workers, ps, packed, args.steps, args.batch_size, scratch
+            )
             print(f"{label:<34} {rates[label]:9.1f} examples/s", flush=True)
     base = rates["single process"]
     packed = rates["PSS 1 worker, 10 steps/schedule"]
