@@ -42,7 +42,9 @@ LauncherOption = Annotated[
         help="Where tasks run: local, k8s or helm (default: launcher.name in the config).",
     ),
 ]
-NameArgument = Annotated[str, typer.Argument(help="The job's name (config key `name`).")]
+NameOption = Annotated[
+    str, typer.Option("--name", "-n", help="The job's name (config key `name`).")
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -137,22 +139,36 @@ def eval_(
 def board(
     run_dir: Annotated[str, typer.Option(help="The run dir whose logs to show.")],
     port: Annotated[int, typer.Option(help="Port for TensorBoard.")] = 6006,
+    host: Annotated[
+        str, typer.Option(help="Address TensorBoard listens on (127.0.0.1: this machine only).")
+    ] = "0.0.0.0",
+    refresh_seconds: Annotated[
+        float, typer.Option(help="How often a remote run dir's logs are mirrored again.")
+    ] = 10.0,
 ) -> None:
-    """Start TensorBoard on a run's train and eval logs and print the URL to open."""
-    from disttrain.board import run_board
+    """Start TensorBoard on a run's train and eval logs and print the URL to open.
 
-    run_board(run_dir, port)
+    A remote run dir (az://...) is mirrored into ~/.cache/disttrain/board while it runs.
+    """
+    from disttrain.board import run_board
+    from disttrain.storage import StorageError
+
+    try:
+        code = run_board(run_dir, port, host, refresh_seconds)
+    except StorageError as exc:
+        _fail(str(exc))
+    raise typer.Exit(code)
 
 
 @app.command()
-def status(name: NameArgument = "default", launcher: LauncherOption = None) -> None:
+def status(name: NameOption = "default", launcher: LauncherOption = None) -> None:
     """Show every task of a job (state, restarts) and the job's result."""
     typer.echo(_launcher(launcher).status(name))
 
 
 @app.command()
 def logs(
-    name: NameArgument = "default",
+    name: NameOption = "default",
     role: Annotated[
         str | None, typer.Argument(help="chief, worker, ps or evaluator (default: every task).")
     ] = None,
@@ -167,7 +183,7 @@ def logs(
 
 
 @app.command()
-def stop(name: NameArgument = "default", launcher: LauncherOption = None) -> None:
+def stop(name: NameOption = "default", launcher: LauncherOption = None) -> None:
     """Stop a job and every process or object it started."""
     typer.echo(_launcher(launcher).stop(name))
 
