@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench
+.PHONY: run test lint format install clean bench azurite
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/disttrain train --config configs/default.yaml
 
-test: $(STAMP)
+# Azurite (the Azure Blob emulator) for the storage tests, from npm into .tools/.
+azurite:
+	bash scripts/install-azurite.sh
+
+test: $(STAMP) azurite
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

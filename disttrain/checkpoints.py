@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from disttrain.storage import CHECKPOINTS_DIR, LATEST_FILE, RunDir, with_retries
+from disttrain.storage import (
+    BEST_METRICS,
+    CHECKPOINTS_DIR,
+    LATEST_FILE,
+    RunDir,
+    describe,
+    with_retries,
+)
 
 MANIFEST = "MANIFEST.json"
 # The TF checkpoint prefix inside every ckpt-<step> folder: ckpt.index, ckpt.data-*.
@@ -92,7 +99,10 @@ def publish_checkpoint(
     with_retries(
         lambda: run_dir.write_text(LATEST_FILE, manifest.to_json()), f"write {LATEST_FILE}", log=log
     )
-    apply_retention(run_dir, keep, protected_steps() | {step}, log)
+    try:  # the checkpoint is committed; a failed clean-up is retried after the next one
+        apply_retention(run_dir, keep, protected_steps() | {step}, log)
+    except Exception as exc:
+        log(f"checkpoint | WARNING | retention skipped | {describe(exc)}")
     return manifest
 
 
@@ -111,12 +121,29 @@ def latest_manifest(run_dir: RunDir) -> Manifest | None:
     return Manifest.from_json(run_dir.read_text(LATEST_FILE))
 
 
+def referenced_steps(run_dir: RunDir) -> set[int]:
+    """Steps that LATEST and the best export point to: retention never deletes these."""
+    referenced = set()
+    for pointer in (LATEST_FILE, BEST_METRICS):
+        try:
+            referenced.add(int(json.loads(run_dir.read_text(pointer))["step"]))
+        except FileNotFoundError:
+            continue
+    return referenced
+
+
 def apply_retention(
     run_dir: RunDir, keep: int, protected: set[int], log: Callable[[str], None] = print
 ) -> None:
-    """Delete all but the newest `keep` checkpoints, never one in `protected`."""
-    steps = published_steps(run_dir)
-    for step in steps[:-keep] if len(steps) > keep else []:
+    """Keep the newest `keep` complete checkpoints and whatever LATEST, the best export or
+    the caller (`protected`) points to; delete the rest, and incomplete folders (an upload
+    cut short). Folders newer than LATEST are left alone: an upload may be in progress."""
+    protected = protected | referenced_steps(run_dir)
+    latest = latest_manifest(run_dir)
+    steps = [s for s in published_steps(run_dir) if latest is None or s <= latest.step]
+    complete = [s for s in steps if run_dir.exists(f"{checkpoint_folder(s)}/{MANIFEST}")]
+    doomed = [s for s in steps if s not in complete] + complete[: max(len(complete) - keep, 0)]
+    for step in sorted(doomed):
         if step not in protected:
             log(f"checkpoint | retention | delete ckpt-{step}")
             run_dir.delete(checkpoint_folder(step))
@@ -130,7 +157,7 @@ def fetch_checkpoint(
     Returns (step, local TF prefix), or None when the run dir has no usable checkpoint.
     A checkpoint that fails verification is reported and the next older one is tried.
     """
-    for candidate in [step] if step is not None else _candidates_newest_first(run_dir):
+    for candidate in [step] if step is not None else _candidates_newest_first(run_dir, log):
         problem = _download_verified(run_dir, candidate, local_root / f"ckpt-{candidate}")
         if problem is None:
             return candidate, local_root / f"ckpt-{candidate}" / TF_PREFIX
@@ -141,8 +168,12 @@ def fetch_checkpoint(
     return None
 
 
-def _candidates_newest_first(run_dir: RunDir) -> list[int]:
-    latest = latest_manifest(run_dir) if run_dir.exists(LATEST_FILE) else None
+def _candidates_newest_first(run_dir: RunDir, log: Callable[[str], None]) -> list[int]:
+    try:
+        latest = latest_manifest(run_dir)
+    except (ValueError, KeyError) as exc:  # each folder's own MANIFEST still verifies it
+        log(f"checkpoint | WARNING | {LATEST_FILE} is unreadable ({exc}); trying every folder")
+        latest = None
     newest = latest.step if latest else None
     # Folders newer than LATEST were never committed (an upload was cut short): skip them.
     return [s for s in reversed(published_steps(run_dir)) if newest is None or s <= newest]
@@ -234,10 +265,8 @@ class BackgroundPublisher:
                 self.published.append(step)
                 self._log(f"checkpoint | published | ckpt-{step} | {self._run_dir.url}")
             except Exception as exc:  # keep training; the next checkpoint tries again
-                self._errors.append(f"ckpt-{step}: {type(exc).__name__}: {exc}")
-                self._log(
-                    f"checkpoint | ERROR | ckpt-{step} not published | {type(exc).__name__}: {exc}"
-                )
+                self._errors.append(f"ckpt-{step}: {describe(exc)}")
+                self._log(f"checkpoint | ERROR | ckpt-{step} not published | {describe(exc)}")
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
                 with self._cond:

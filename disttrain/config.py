@@ -67,6 +67,10 @@ class EvalConfig:
     poll_seconds: float = 2.0
     # Examples of the test split per evaluation; 0 means the whole split.
     max_examples: int = 0
+    # What picks export/best: accuracy (higher is better) or loss (lower is better).
+    best_metric: Literal["accuracy", "loss"] = "accuracy"
+    # Evaluate only the newest published checkpoint at each poll, skipping older ones.
+    latest_only: bool = False
 
 
 @dataclass

@@ -1,15 +1,25 @@
 """The one place disttrain talks to fsspec: a run directory named by any URL.
 
 Local paths, mounted Azure Files shares (`/azure/<share>/...`, plain paths inside a pod)
-and remote URLs (`memory://`, `az://`, ...) all go through `RunDir`. Everything else in
-disttrain asks this module for files and never imports fsspec itself.
+and remote URLs (`memory://`, `az://container/path`, `abfs://...`) all go through
+`RunDir`. Everything else in disttrain asks this module for files and never imports
+fsspec itself.
+
+Azure Blob / ADLS Gen2 URLs are opened through adlfs with credentials from the
+environment, in this order: `AZURE_STORAGE_CONNECTION_STRING`; `AZURE_STORAGE_ACCOUNT_NAME`
+with `AZURE_STORAGE_ACCOUNT_KEY`; `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORAGE_SAS_TOKEN`;
+`AZURE_STORAGE_ACCOUNT_NAME` alone with the default Azure credential chain when
+`azure-identity` is installed. A key or token is never part of a message this module
+produces: every storage error goes through `redact`.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -28,14 +38,183 @@ TRAIN_LOGS = "logs/train"
 EVAL_LOGS = "logs/eval"
 EVAL_RESULTS = "eval/results.jsonl"
 BEST_EXPORT = "export/best"
+BEST_METRICS = "export/best/metrics.json"
+
+AZURE_PROTOCOLS = ("az", "abfs", "abfss")
+# Environment variables that may hold a secret; their values are scrubbed from messages.
+SECRET_VARIABLES = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+    "AZURE_STORAGE_CLIENT_SECRET",
+    "AZURE_CLIENT_SECRET",
+)
+# Secrets that can show up inside other text: a connection string's key or SAS, a URL's sig=.
+_SECRET_PATTERNS = (
+    re.compile(r"(AccountKey=)[^;\s'\"]+", re.IGNORECASE),
+    re.compile(r"(SharedAccessSignature=)[^;\s'\"]+", re.IGNORECASE),
+    re.compile(r"([?&]sig=)[^&\s'\"]+", re.IGNORECASE),
+)
+REDACTED = "<redacted>"
+
+
+class StorageError(RuntimeError):
+    """A run dir that cannot be used; the message names the URL and the cause, never a secret."""
+
+    def __init__(self, url: str, cause: str):
+        self.url, self.cause = redact(url), redact(cause)
+        super().__init__(f"run dir {self.url}: {self.cause}")
+
+
+def redact(text: str) -> str:
+    """`text` with every Azure key, token and connection string replaced by <redacted>."""
+    for name in SECRET_VARIABLES:
+        secret = os.environ.get(name, "")
+        if len(secret) >= 8:  # a short value would scrub innocent words
+            text = text.replace(secret, REDACTED)
+            text = text.replace(secret.lstrip("?"), REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(lambda m: m.group(1) + REDACTED, text)
+    return text
+
+
+def protocol_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def azure_options(url: str) -> tuple[dict, str]:
+    """adlfs options for `url` from the environment, and which kind of credential it is.
+
+    The second value names the credential kind and where it came from, never its value.
+    """
+    env = os.environ
+    account = env.get("AZURE_STORAGE_ACCOUNT_NAME") or _account_in_url(url)
+    # Other processes write the run dir: fsspec's listing cache would hide their files.
+    common = {"use_listings_cache": False}
+    if env.get("AZURE_STORAGE_CONNECTION_STRING"):
+        return (
+            {**common, "connection_string": env["AZURE_STORAGE_CONNECTION_STRING"]},
+            "connection string from AZURE_STORAGE_CONNECTION_STRING",
+        )
+    if account and env.get("AZURE_STORAGE_ACCOUNT_KEY"):
+        return (
+            {**common, "account_name": account, "account_key": env["AZURE_STORAGE_ACCOUNT_KEY"]},
+            f"account key of {account!r} from AZURE_STORAGE_ACCOUNT_KEY",
+        )
+    if account and env.get("AZURE_STORAGE_SAS_TOKEN"):
+        return (
+            {**common, "account_name": account, "sas_token": env["AZURE_STORAGE_SAS_TOKEN"]},
+            f"SAS token for {account!r} from AZURE_STORAGE_SAS_TOKEN",
+        )
+    if account and _has_azure_identity():
+        # adlfs falls back to DefaultAzureCredential (managed identity, workload identity,
+        # az login, ...) when it has neither key nor token and anon is false.
+        return (
+            {**common, "account_name": account, "anon": False},
+            f"DefaultAzureCredential for {account!r}",
+        )
+    raise StorageError(
+        url,
+        "no Azure credentials in the environment; set AZURE_STORAGE_CONNECTION_STRING, or "
+        "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN"
+        + ("" if _has_azure_identity() else ", or install azure-identity")
+        + (" (AZURE_STORAGE_ACCOUNT_NAME is not set)" if not account else ""),
+    )
+
+
+def _account_in_url(url: str) -> str | None:
+    """`abfs://container@account.dfs.core.windows.net/path` names its account."""
+    match = re.match(r"^[a-z]+://[^/@]+@([^./]+)\.(?:dfs|blob)\.", url)
+    return match.group(1) if match else None
+
+
+def _has_azure_identity() -> bool:
+    try:
+        import azure.identity  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and root path for a run dir URL (Azure credentials included)."""
+    if protocol_of(url) not in AZURE_PROTOCOLS:
+        return url_to_fs(url)
+    options, _ = azure_options(url)
+    try:
+        fs, root = url_to_fs(url, **options)
+    except ImportError:
+        raise StorageError(url, "Azure URLs need adlfs: pip install 'disttrain[azure]'") from None
+    except Exception as exc:
+        raise StorageError(url, f"cannot open the storage account: {describe(exc)}") from None
+    _shorten_sdk_retries(fs)
+    return fs, root
+
+
+def _shorten_sdk_retries(fs: fsspec.AbstractFileSystem) -> None:
+    """Make the Azure SDK give up in seconds instead of its default ~1 minute.
+
+    disttrain retries whole operations itself (`with_retries`), with backoff it logs; the
+    SDK's own 15 s / 18 s / 24 s waits would leave a publish or a preflight silent for a
+    minute. adlfs does not pass retry options through, so the policy is tuned in place;
+    should its internals move, the SDK defaults simply stay.
+    """
+    policy = getattr(
+        getattr(getattr(fs, "service_client", None), "_config", None), "retry_policy", None
+    )
+    if policy is None or not hasattr(policy, "initial_backoff"):
+        return
+    policy.initial_backoff, policy.increment_base, policy.random_jitter_range = 0.5, 2, 0.2
+    policy.total_retries = policy.connect_retries = policy.read_retries = 2
+    policy.status_retries = 2
+
+
+# Azure error codes -> the cause a user can act on (the SDK's text is long and generic).
+_AZURE_CAUSES = {
+    "AuthenticationFailed": "authentication failed: the account key, SAS token or credential "
+    "is wrong or expired",
+    "InvalidAuthenticationInfo": "authentication failed: the credential is malformed or expired",
+    "AuthorizationFailure": "not authorized: a wrong account key or SAS token, or a credential "
+    "without access to this account",
+    "AuthorizationPermissionMismatch": "permission denied: the credential may not use this "
+    "container (it needs read, write, list and delete)",
+    "AuthorizationResourceTypeMismatch": "permission denied: the SAS token does not cover "
+    "containers and objects",
+    "ContainerNotFound": "the container does not exist",
+    "AccountIsDisabled": "the storage account is disabled",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free cause for a storage exception."""
+    code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(code, "value", code))  # the SDK gives a StorageErrorCode enum
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if code in _AZURE_CAUSES:
+        cause = f"{_AZURE_CAUSES[code]} ({code})"
+    elif "No such container" in str(exc) or "ContainerNotFound" in str(exc):
+        cause = f"the container does not exist ({text})"
+    elif type(exc).__name__ in ("ServiceRequestError", "ClientConnectorError", "ConnectionError"):
+        cause = f"cannot reach the storage endpoint ({type(exc).__name__}: {text})"
+    elif isinstance(exc, PermissionError) or getattr(exc, "status_code", None) == 403:
+        cause = f"permission denied ({type(exc).__name__}: {text})"
+    else:
+        cause = f"{type(exc).__name__}: {text}"
+    return redact(cause)
 
 
 class RunDir:
     """A run directory: relative paths in, bytes and files out."""
 
     def __init__(self, url: str):
+        if "?" in url and protocol_of(url) in AZURE_PROTOCOLS:
+            raise StorageError(
+                url.split("?", 1)[0],
+                "a query string in the URL is not accepted; put a SAS token in "
+                "AZURE_STORAGE_SAS_TOKEN (it must never be part of config.yaml)",
+            )
         self.url = url.rstrip("/") or url
-        self.fs, self.root = url_to_fs(self.url)
+        self.fs, self.root = open_filesystem(self.url)
         self.is_local = "file" in _protocols(self.fs)
         if self.is_local:
             self.root = os.path.abspath(self.root)
@@ -45,6 +224,10 @@ class RunDir:
 
     def path(self, relative: str = "") -> str:
         return posixpath.join(self.root, relative) if relative else self.root
+
+    def url_of(self, relative: str) -> str:
+        """The URL of a file under the run dir, for messages."""
+        return f"{self.url}/{relative}" if relative else self.url
 
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
@@ -56,7 +239,7 @@ class RunDir:
         return self.read_bytes(relative).decode()
 
     def write_bytes(self, relative: str, data: bytes) -> None:
-        """Write a whole object; on a local path readers never see it half-written."""
+        """Write a whole object; readers never see it half-written."""
         target = self.path(relative)
         self._make_parent(target)
         if self.is_local:
@@ -64,7 +247,7 @@ class RunDir:
             with open(partial, "wb") as out:
                 out.write(data)
             os.replace(partial, target)
-        else:
+        else:  # a blob PUT is atomic: the old or the new object, never a mix
             self.fs.pipe_file(target, data)
 
     def write_text(self, relative: str, text: str) -> None:
@@ -97,13 +280,21 @@ class RunDir:
 
     def list_files(self, relative: str) -> list[str]:
         """Every file under a folder, as paths relative to that folder."""
+        return sorted(self.file_sizes(relative))
+
+    def file_sizes(self, relative: str) -> dict[str, int]:
+        """Every file under a folder (relative to it) with its size in bytes."""
         base = self.path(relative).rstrip("/")
         try:
-            found = self.fs.find(base)
+            found = self.fs.find(base, detail=True)
         except FileNotFoundError:
-            return []
+            return {}
         # Backends disagree on a leading "/" (local and memory:// keep it, az:// does not).
-        return sorted(posixpath.relpath(f.lstrip("/"), base.lstrip("/")) for f in found)
+        return {
+            posixpath.relpath(name.lstrip("/"), base.lstrip("/")): int(info.get("size") or 0)
+            for name, info in found.items()
+            if info.get("type") != "directory"
+        }
 
     def delete(self, relative: str) -> None:
         if self.exists(relative):
@@ -117,6 +308,37 @@ class RunDir:
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def preflight(url: str) -> str:
+    """Prove the run dir is usable: write, list, read back and delete a probe object.
+
+    Raises StorageError naming the URL, the step that failed and the cause (no
+    credentials, wrong key, no container, no permission). Returns a one-line summary.
+    """
+    run_dir = RunDir(url)
+    probe = f".disttrain-preflight-{uuid.uuid4().hex[:12]}"
+    payload = f"disttrain preflight {probe}".encode()
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("write a probe object", lambda: run_dir.write_bytes(probe, payload)),
+        ("list the run dir", lambda: _expect(probe in run_dir.list_names(""), "probe not listed")),
+        ("read the probe back", lambda: _expect(run_dir.read_bytes(probe) == payload, "changed")),
+        ("delete the probe", lambda: run_dir.fs.rm(run_dir.path(probe))),
+    ]
+    for what, action in steps:
+        try:
+            action()
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise StorageError(url, f"could not {what}: {describe(exc)}") from None
+    how = azure_options(url)[1] if protocol_of(url) in AZURE_PROTOCOLS else "no credentials needed"
+    return f"storage | preflight ok | {redact(run_dir.url)} | {how}"
+
+
+def _expect(condition: bool, problem: str) -> None:
+    if not condition:
+        raise OSError(problem)
 
 
 def with_retries(
@@ -134,7 +356,7 @@ def with_retries(
         except Exception as exc:  # storage SDKs raise many unrelated types
             if attempt == attempts:
                 raise
-            log(f"storage | retry {attempt}/{attempts - 1} | {what} | {type(exc).__name__}: {exc}")
+            log(f"storage | retry {attempt}/{attempts - 1} | {what} | {describe(exc)}")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
     raise AssertionError("unreachable")

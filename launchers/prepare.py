@@ -10,7 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from disttrain.config import Config, ConfigError, dump_config
-from disttrain.storage import CONFIG_FILE, DONE_FILE, EVAL_RESULTS, RunDir
+from disttrain.storage import (
+    CONFIG_FILE,
+    DONE_FILE,
+    EVAL_RESULTS,
+    RunDir,
+    StorageError,
+    preflight,
+)
 
 
 def check_data(config: Config) -> None:
@@ -38,6 +45,7 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
     chief resumes from its latest checkpoint (so raising train.steps trains further).
     """
     check_data(config)
+    check_run_dir(config, log)
     if config.data.source == "builtin":
         from disttrain.data.builtin import ensure_builtin_dataset
 
@@ -52,6 +60,14 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
         )
         run_dir.delete(DONE_FILE)
     run_dir.write_text(CONFIG_FILE, dump_config(config))
+
+
+def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
+    """Write, list, read back and delete a probe in the run dir before any task starts."""
+    try:
+        log(preflight(config.run_dir))
+    except StorageError as exc:
+        raise ConfigError(f"run_dir: {exc}") from None
 
 
 def final_report(config: Config) -> str:

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Azurite fixtures (azurite, azurite_env, own_azurite) for every test module.
+from azurite import azurite, azurite_env, own_azurite  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def builtin_data(tmp_path_factory) -> Path:

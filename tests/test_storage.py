@@ -1,0 +1,159 @@
+"""Storage access: run dirs by URL, Azure credentials from the environment, the preflight."""
+
+from __future__ import annotations
+
+import pytest
+from azurite import ACCOUNT, ACCOUNT_KEY
+from processes import cli, small_job
+
+from disttrain.storage import (
+    REDACTED,
+    RunDir,
+    StorageError,
+    azure_options,
+    preflight,
+    redact,
+    with_retries,
+)
+
+WRONG_KEY = "V3JvbmdLZXk" * 7 + "A=="
+
+
+def test_run_dir_round_trip_on_azurite(azurite_env):
+    container = azurite_env.create_container()
+    run_dir = RunDir(f"az://{container}/runs/one")
+    run_dir.write_text("a/b.txt", "hello")
+    run_dir.append_line("eval/results.jsonl", '{"step": 1}')
+    run_dir.append_line("eval/results.jsonl", '{"step": 2}')
+    assert run_dir.read_text("a/b.txt") == "hello"
+    assert run_dir.read_text("eval/results.jsonl").splitlines() == ['{"step": 1}', '{"step": 2}']
+    assert run_dir.file_sizes("") == {"a/b.txt": 5, "eval/results.jsonl": 24}
+    assert run_dir.list_names("") == ["a", "eval"]
+    run_dir.delete("a")
+    assert azurite_env.blob_names(container) == ["runs/one/eval/results.jsonl"]
+
+
+@pytest.mark.parametrize("kind", ["local", "memory", "azure"])
+def test_preflight_passes_and_leaves_nothing_behind(kind, tmp_path, azurite_env):
+    url = {
+        "local": str(tmp_path / "run"),
+        "memory": "memory://preflight/run",
+        "azure": f"az://{azurite_env.create_container()}/run",
+    }[kind]
+    summary = preflight(url)
+    assert "preflight ok" in summary and url in summary
+    assert RunDir(url).list_names("") == []
+
+
+def test_preflight_with_a_wrong_key_names_url_and_cause_without_the_key(azurite, monkeypatch):
+    container = azurite.create_container()
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite.connection_string(WRONG_KEY))
+    url = f"az://{container}/run"
+    with pytest.raises(StorageError) as raised:
+        preflight(url)
+    message = str(raised.value)
+    assert url in message
+    assert "wrong account key" in message and "AuthorizationFailure" in message
+    assert WRONG_KEY not in message and WRONG_KEY[:20] not in message
+
+
+def test_preflight_of_a_missing_container_says_so(azurite_env):
+    url = "az://nosuchcontainer/run"
+    with pytest.raises(StorageError, match="the container does not exist") as raised:
+        preflight(url)
+    assert url in str(raised.value)
+
+
+def test_preflight_without_credentials_lists_what_to_set(monkeypatch):
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(StorageError, match="no Azure credentials") as raised:
+        preflight("az://somecontainer/run")
+    assert "AZURE_STORAGE_ACCOUNT_KEY" in str(raised.value)
+    assert "az://somecontainer/run" in str(raised.value)
+
+
+def test_preflight_with_a_read_only_sas_reports_the_permission(azurite, monkeypatch):
+    from datetime import datetime, timedelta, timezone
+
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    container = azurite.create_container()
+    sas = generate_container_sas(
+        ACCOUNT,
+        container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions(read=True, list=True),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    connection = (
+        f"BlobEndpoint=http://127.0.0.1:{azurite.port}/{ACCOUNT};SharedAccessSignature={sas}"
+    )
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", connection)
+    with pytest.raises(StorageError, match="could not write a probe object") as raised:
+        preflight(f"az://{container}/run")
+    message = str(raised.value)
+    assert "permission" in message or "not authorized" in message
+    assert sas not in message and "sig=" not in message.replace(f"sig={REDACTED}", "")
+
+
+def test_credentials_are_chosen_from_the_environment_in_order(monkeypatch):
+    for name in (
+        "AZURE_STORAGE_CONNECTION_STRING",
+        "AZURE_STORAGE_ACCOUNT_NAME",
+        "AZURE_STORAGE_ACCOUNT_KEY",
+        "AZURE_STORAGE_SAS_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acct")
+    options, how = azure_options("az://c/run")
+    assert options["account_name"] == "acct" and "DefaultAzureCredential" in how
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "sv=2024&sig=abcdefgh")
+    assert "sas_token" in azure_options("az://c/run")[0]
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "secretkey123")
+    options, how = azure_options("az://c/run")
+    assert options["account_key"] == "secretkey123" and "secretkey123" not in how
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", "AccountName=x;AccountKey=y")
+    assert "connection_string" in azure_options("az://c/run")[0]
+    monkeypatch.delenv("AZURE_STORAGE_ACCOUNT_NAME")
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    # The account can also come from an ADLS URL.
+    assert azure_options("abfs://c@named.dfs.core.windows.net/run")[0]["account_name"] == "named"
+
+
+def test_secrets_are_scrubbed_from_retry_logs(monkeypatch):
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "supersecretkey==")
+    lines: list[str] = []
+
+    def failing():
+        raise OSError("denied with key supersecretkey== at https://a/b?sv=1&sig=tokenvalue")
+
+    with pytest.raises(OSError):
+        with_retries(failing, "upload x", attempts=2, first_delay=0.0, log=lines.append)
+    assert lines and "supersecretkey" not in lines[0] and "tokenvalue" not in lines[0]
+    assert redact("AccountKey=abc;x") == f"AccountKey={REDACTED};x"
+
+
+def test_a_sas_token_in_the_run_dir_url_is_refused_without_echoing_it():
+    with pytest.raises(StorageError, match="AZURE_STORAGE_SAS_TOKEN") as raised:
+        RunDir("az://c/run?sv=2024&sig=tokenvalue")
+    assert "tokenvalue" not in str(raised.value)
+
+
+def test_train_with_a_wrong_key_fails_before_any_task_starts(
+    azurite, builtin_data, disttrain_home, tmp_path
+):
+    container = azurite.create_container()
+    url = f"az://{container}/run"
+    result = cli(
+        "train",
+        *small_job(url, builtin_data, "--set", "train.steps=20", name="wrongkey"),
+        env=azurite.env(WRONG_KEY),
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert url in output and "wrong account key" in output
+    assert WRONG_KEY not in output
+    assert "starting" not in output  # no task was started
+    assert azurite.blob_names(container) == []
