@@ -80,15 +80,24 @@ class Azurite:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """Stop the emulator as an outage would, keeping what it had stored on disk."""
+        """Stop the emulator as an outage would: connections drop, stored data stays.
+
+        Azurite saves its metadata on SIGINT but then waits for every client connection
+        to close; once it reports being closed, the process is killed outright.
+        """
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
+        log = self.location / "azurite.log"
+        closed_before = log.read_text().count("successfully closed")
+        os.killpg(self.process.pid, signal.SIGINT)
+        deadline = time.monotonic() + 20
+        while log.read_text().count("successfully closed") == closed_before:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        self.process.wait()
 
     def connection_string(self, key: str = ACCOUNT_KEY) -> str:
         return (
