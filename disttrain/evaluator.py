@@ -1,8 +1,11 @@
 """The evaluator sidecar: every published checkpoint evaluated once, in step order.
 
 It is not part of the training cluster (see cluster.tf_config_for): it only reads the
-run dir. It ends once the chief's DONE marker is present and the checkpoint DONE names
-has been evaluated, so it never outlives the job.
+run dir. For each checkpoint that LATEST has covered it writes eval summaries and one
+line of `eval/results.jsonl`, and keeps `export/best/` as a SavedModel of the best
+checkpoint so far (by `eval.best_metric`) with a small `metrics.json`. It ends once the
+chief's DONE marker is present and the checkpoint DONE names has been evaluated, so it
+never outlives the job.
 """
 
 from __future__ import annotations
@@ -13,16 +16,30 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from disttrain.checkpoints import fetch_checkpoint, latest_manifest, published_steps
 from disttrain.config import Config
-from disttrain.data.pipeline import eval_dataset, list_split
+from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
 from disttrain.models import build_model
 from disttrain.progress import log
 from disttrain.steps import make_eval_batch
-from disttrain.storage import DONE_FILE, EVAL_LOGS, EVAL_RESULTS, RunDir
+from disttrain.storage import (
+    BEST_EXPORT,
+    BEST_METRICS,
+    DONE_FILE,
+    EVAL_LOGS,
+    EVAL_RESULTS,
+    RunDir,
+    describe,
+    with_retries,
+)
 from disttrain.summaries import SummaryMirror
+
+SERVING_SIGNATURE = "serving_default"
+# Higher accuracy is better; lower loss is better.
+_BETTER = {"accuracy": lambda new, old: new > old, "loss": lambda new, old: new < old}
 
 
 class Evaluator:
@@ -35,9 +52,10 @@ class Evaluator:
         self.eval_batch = make_eval_batch(self.model)
         self.scratch = Path(tempfile.mkdtemp(prefix="disttrain-eval-"))
         self.writer = tf.summary.create_file_writer(str(self.scratch / "events"))
-        self.mirror = SummaryMirror(self.scratch / "events", self.run_dir, EVAL_LOGS, 0.0)
+        self.mirror = SummaryMirror(self.scratch / "events", self.run_dir, EVAL_LOGS, 0.0, log)
 
     def close(self) -> None:
+        self.writer.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def evaluated_steps(self) -> set[int]:
@@ -50,16 +68,22 @@ class Evaluator:
         """Evaluate new checkpoints as they are published until the job is done."""
         evaluated = self.evaluated_steps()
         while True:
-            done = self.run_dir.exists(DONE_FILE)  # read before listing: no race with LATEST
-            for step in self.committed_steps():
-                if step not in evaluated:
-                    if self.evaluate_step(step) is not None:
-                        evaluated.add(step)
-            latest = latest_manifest(self.run_dir)
-            if done and (latest is None or latest.step in evaluated):
-                log(f"eval | finished | evaluated {len(evaluated)} checkpoints")
-                return
+            try:
+                if self.poll(evaluated):
+                    log(f"eval | finished | evaluated {len(evaluated)} checkpoints")
+                    return
+            except Exception as exc:  # storage outage: the next poll tries again
+                log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
             time.sleep(self.config.eval.poll_seconds)
+
+    def poll(self, evaluated: set[int]) -> bool:
+        """Evaluate what is new; True once DONE is there and the last checkpoint evaluated."""
+        done = self.run_dir.exists(DONE_FILE)  # read before listing: no race with LATEST
+        for step in self.steps_to_evaluate(evaluated):
+            if self.evaluate_step(step) is not None:
+                evaluated.add(step)
+        latest = latest_manifest(self.run_dir)
+        return done and (latest is None or latest.step in evaluated)
 
     def run_once(self) -> dict | None:
         """Evaluate the newest published checkpoint once (the 2017 eval chart's behaviour)."""
@@ -69,12 +93,15 @@ class Evaluator:
             return None
         return self.evaluate_step(latest.step)
 
-    def committed_steps(self) -> list[int]:
-        """Steps of checkpoints that LATEST has covered, ascending."""
+    def steps_to_evaluate(self, evaluated: set[int]) -> list[int]:
+        """Committed steps not yet evaluated, ascending (only the newest with latest_only)."""
         latest = latest_manifest(self.run_dir)
-        if latest is None:
+        if latest is None or latest.step in evaluated:
             return []
-        return [s for s in published_steps(self.run_dir) if s <= latest.step]
+        if self.config.eval.latest_only:
+            return [latest.step]
+        committed = [s for s in published_steps(self.run_dir) if s <= latest.step]
+        return [s for s in committed if s not in evaluated]
 
     def evaluate_step(self, step: int) -> dict | None:
         found = fetch_checkpoint(self.run_dir, self.scratch / "restore", log, step=step)
@@ -93,6 +120,7 @@ class Evaluator:
             f"eval | step: {step:6d} | loss: {result['loss']:.4f} | "
             f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
         )
+        self.keep_best(result)
         return result
 
     def measure(self) -> dict:
@@ -110,3 +138,63 @@ class Evaluator:
             "accuracy": correct / max(examples, 1),
             "examples": examples,
         }
+
+    def keep_best(self, result: dict) -> None:
+        """Export the model as export/best/ when `result` beats the current best."""
+        metric = self.config.eval.best_metric
+        best = best_metrics(self.run_dir)
+        if best is not None and best["step"] != result["step"]:
+            if not _BETTER[metric](result[metric], best[metric]):
+                return
+        metrics = {**result, "metric": metric, "class_names": list(self.split.class_names)}
+        local = self.scratch / "export"
+        shutil.rmtree(local, ignore_errors=True)
+        export_saved_model(self.model, self.config.data.image_size, local)
+        publish_export(self.run_dir, local, metrics)
+        log(f"eval | best export | ckpt-{result['step']} | {metric}: {result[metric]:.4f}")
+
+
+def best_metrics(run_dir: RunDir) -> dict | None:
+    """The metrics of the current export/best/ (None when there is none)."""
+    if not run_dir.exists(BEST_METRICS):
+        return None
+    return json.loads(run_dir.read_text(BEST_METRICS))
+
+
+def export_saved_model(model: keras.Model, image_size: int, path: Path) -> None:
+    """A SavedModel whose serving signature takes uint8 images, as the input pipeline ships.
+
+    The same normalisation as evaluation runs inside the signature, so a client sends
+    raw pixels and gets the checkpoint's exact predictions.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        logits = model(prepare_on_device(images, training=False), training=False)
+        return {
+            "logits": logits,
+            "probabilities": tf.nn.softmax(logits),
+            "classes": tf.argmax(logits, axis=-1),
+        }
+
+    archive.add_endpoint(
+        name=SERVING_SIGNATURE,
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, "images")],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def publish_export(run_dir: RunDir, local: Path, metrics: dict) -> None:
+    """Replace export/best/: its metrics.json goes first and comes back last, so a reader
+    that finds metrics.json finds a complete SavedModel beside it."""
+    with_retries(lambda: run_dir.delete(BEST_METRICS), f"delete {BEST_METRICS}", log=log)
+    with_retries(lambda: run_dir.delete(BEST_EXPORT), f"delete {BEST_EXPORT}", log=log)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        relative = f"{BEST_EXPORT}/{path.relative_to(local).as_posix()}"
+        with_retries(
+            lambda p=path, r=relative: run_dir.put_file(p, r), f"upload {relative}", log=log
+        )
+    text = json.dumps(metrics, sort_keys=True, indent=1)
+    with_retries(lambda: run_dir.write_text(BEST_METRICS, text), f"write {BEST_METRICS}", log=log)
