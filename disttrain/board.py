@@ -1,27 +1,120 @@
-"""`disttrain board`: TensorBoard over a run's logs."""
+"""`disttrain board`: TensorBoard over a run's train and eval logs.
+
+A local run dir (or a mounted share) is shown directly. A remote one (`az://...`) is
+mirrored into a local cache that a thread refreshes while TensorBoard runs: TensorBoard
+then reads plain local files, and the mirror only appends the bytes each event file
+gained, so TensorBoard sees the file grow as if a writer were local.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
 
-from disttrain.storage import RunDir
+from disttrain.storage import RunDir, describe
+
+LOGS = "logs"
 
 
-def run_board(run_dir_url: str, port: int) -> None:
+def default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "disttrain" / "board"
+
+
+def mirror_logs(run_dir: RunDir, local: Path) -> int:
+    """Bring `local` up to date with `<run_dir>/logs`; returns the number of bytes fetched."""
+    fetched = 0
+    for relative, remote_size in run_dir.file_sizes(LOGS).items():
+        target = local / relative
+        have = target.stat().st_size if target.exists() else 0
+        if have == remote_size:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remote_path = run_dir.path(f"{LOGS}/{relative}")
+        if have < remote_size:  # event files only grow: fetch the new tail
+            tail = run_dir.fs.cat_file(remote_path, start=have, end=remote_size)
+            with open(target, "ab") as out:
+                out.write(tail)
+            fetched += len(tail)
+        else:  # rewritten smaller (a new run in the same place): start over
+            data = run_dir.fs.cat_file(remote_path)
+            target.write_bytes(data)
+            fetched += len(data)
+    return fetched
+
+
+class LogMirrorThread(threading.Thread):
+    """Refreshes the local cache every `every_seconds` until stopped."""
+
+    def __init__(
+        self, run_dir: RunDir, local: Path, every_seconds: float, log: Callable[[str], None]
+    ):
+        super().__init__(name="board-log-mirror", daemon=True)
+        self.run_dir, self.local, self.every, self.log = run_dir, local, every_seconds, log
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                mirror_logs(self.run_dir, self.local)
+            except Exception as exc:  # an outage: keep showing what is cached
+                self.log(
+                    f"board | WARNING | refresh of {self.run_dir.url} failed | {describe(exc)}"
+                )
+
+
+def tensorboard_command(
+    logdir: Path | str, port: int, host: str, reload_seconds: float
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--port",
+        str(port),
+        "--host",
+        host,
+        "--reload_interval",
+        str(reload_seconds),
+    ]
+
+
+def run_board(
+    run_dir_url: str,
+    port: int = 6006,
+    host: str = "0.0.0.0",
+    refresh_seconds: float = 10.0,
+    cache_root: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> int:
+    """Serve TensorBoard until it exits or the user interrupts; returns its exit code."""
     run_dir = RunDir(run_dir_url)
-    logdir = run_dir.path("logs")
-    print(f"board | TensorBoard on {logdir} | open http://localhost:{port}/", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tensorboard.main",
-            "--logdir",
-            logdir,
-            "--port",
-            str(port),
-            "--bind_all",
-        ],
-        check=False,
-    )
+    mirror = None
+    if run_dir.is_local:
+        logdir = Path(run_dir.path(LOGS))
+    else:
+        key = hashlib.sha256(run_dir.url.encode()).hexdigest()[:16]
+        logdir = (cache_root or default_cache_root()) / key
+        logdir.mkdir(parents=True, exist_ok=True)
+        fetched = mirror_logs(run_dir, logdir)
+        log(f"board | mirroring {run_dir.url}/{LOGS} into {logdir} ({fetched} bytes so far)")
+        mirror = LogMirrorThread(run_dir, logdir, refresh_seconds, log)
+        mirror.start()
+    shown = "localhost" if host in ("0.0.0.0", "::") else host
+    log(f"board | TensorBoard on {logdir} | open http://{shown}:{port}/")
+    reload_seconds = max(1.0, min(refresh_seconds, 30.0))
+    process = subprocess.Popen(tensorboard_command(logdir, port, host, reload_seconds))
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        return process.wait()
+    finally:
+        if mirror is not None:
+            mirror.stopped.set()
