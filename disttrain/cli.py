@@ -45,6 +45,18 @@ LauncherOption = Annotated[
 NameOption = Annotated[
     str, typer.Option("--name", "-n", help="The job's name (config key `name`).")
 ]
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--namespace",
+        help="k8s/helm: the namespace (default: launcher.k8s.namespace for train, else the "
+        "kubeconfig context's).",
+    ),
+]
+ContextOption = Annotated[
+    str | None,
+    typer.Option("--context", help="k8s/helm: the kubeconfig context (default: the current one)."),
+]
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -64,6 +76,14 @@ def train(
             help="Print what would be started (commands and TF_CONFIG per task); start nothing.",
         ),
     ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="k8s/helm: wait for the job's result after submitting.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="k8s/helm: print the chief's output and wait.")
+    ] = False,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
 ) -> None:
     """Train: start the chief, workers, ps and evaluator, and wait for the result.
 
@@ -73,12 +93,14 @@ def train(
     from launchers import get_launcher
 
     try:
-        cfg = load_config(config, set_ or [])
+        target = [f"launcher.k8s.namespace={namespace}"] if namespace else []
+        target += [f"launcher.k8s.context={context}"] if context else []
+        cfg = load_config(config, [*(set_ or []), *target])
         backend = get_launcher(launcher or cfg.launcher.name)
         if dry_run:
             typer.echo(backend.dry_run(cfg))
             return
-        code = backend.submit(cfg, wait=True)
+        code = backend.submit(cfg, wait=wait, follow=follow)
     except ConfigError as exc:
         _fail(str(exc))
     raise typer.Exit(code)
@@ -161,9 +183,14 @@ def board(
 
 
 @app.command()
-def status(name: NameOption = "default", launcher: LauncherOption = None) -> None:
+def status(
+    name: NameOption = "default",
+    launcher: LauncherOption = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+) -> None:
     """Show every task of a job (state, restarts) and the job's result."""
-    typer.echo(_launcher(launcher).status(name))
+    typer.echo(_launcher(launcher, namespace=namespace, context=context).status(name))
 
 
 @app.command()
@@ -176,23 +203,76 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new output while the job runs.")
     ] = False,
+    previous: Annotated[
+        bool,
+        typer.Option("--previous", help="k8s/helm: the output of the run before the last restart."),
+    ] = False,
     launcher: LauncherOption = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
 ) -> None:
     """Print a task's output (or every task's, prefixed with its name)."""
-    _launcher(launcher).logs(name, role, index, follow)
+    _launcher(launcher, namespace=namespace, context=context).logs(
+        name, role, index, follow, previous=previous
+    )
 
 
 @app.command()
-def stop(name: NameOption = "default", launcher: LauncherOption = None) -> None:
+def stop(
+    name: NameOption = "default",
+    launcher: LauncherOption = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+) -> None:
     """Stop a job and every process or object it started."""
-    typer.echo(_launcher(launcher).stop(name))
+    typer.echo(_launcher(launcher, namespace=namespace, context=context).stop(name))
 
 
-def _launcher(name: str | None):
+@app.command("list")
+def list_(
+    launcher: LauncherOption = None,
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+) -> None:
+    """List the jobs a launcher can see (k8s: in the namespace) with their results."""
+    try:
+        typer.echo(_launcher(launcher, namespace=namespace, context=context).list_jobs())
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+secret_app = typer.Typer(help="The storage Secret Kubernetes pods read Azure credentials from.")
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("create")
+def secret_create(
+    secret_name: Annotated[
+        str, typer.Option("--name", help="The Secret's name (launcher.k8s.storage.secret).")
+    ] = "disttrain-storage",
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+) -> None:
+    """Create or replace the storage Secret from AZURE_STORAGE_* in this environment.
+
+    Reads AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME,
+    AZURE_STORAGE_ACCOUNT_KEY and AZURE_STORAGE_SAS_TOKEN; prints key names, never values.
+    """
+    import os
+
+    from launchers.kubernetes import create_storage_secret
+
+    try:
+        typer.echo(create_storage_secret(secret_name, namespace, context, dict(os.environ)))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _launcher(name: str | None, **options: str | None):
     from launchers import get_launcher
 
     try:
-        return get_launcher(name or "local")
+        return get_launcher(name or "local", **options)
     except ConfigError as exc:
         _fail(str(exc))
 

@@ -9,6 +9,7 @@ TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -91,10 +92,80 @@ class LocalLauncherConfig:
     host: str = "127.0.0.1"
 
 
+WORKER_IMAGE = "disttrain/worker:0.1.0"  # GPU TensorFlow + the whole trainer
+PS_IMAGE = "disttrain/ps:0.1.0"  # CPU-only TensorFlow, no data tooling: smaller
+
+
+@dataclass
+class K8sToleration:
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+@dataclass
+class K8sRoleConfig:
+    """How the pods of one role run (the 2017 sample used nodeSelector `jobrole: ps|worker`)."""
+
+    image: str = WORKER_IMAGE
+    cpu: str = "1"  # requested; Kubernetes quantities ("500m", "2")
+    memory: str = "2Gi"  # requested and the limit
+    gpus: int = 0  # nvidia.com/gpu; > 0 also tolerates the nvidia.com/gpu taint
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[K8sToleration] = field(default_factory=list)
+
+
+@dataclass
+class K8sPsConfig(K8sRoleConfig):
+    image: str = PS_IMAGE
+
+
+@dataclass
+class K8sBoardConfig(K8sRoleConfig):
+    enabled: bool = False
+    image: str = PS_IMAGE  # TensorBoard needs no GPU and no data tooling
+    memory: str = "1Gi"
+
+
+@dataclass
+class K8sStorageConfig:
+    # Secret holding AZURE_STORAGE_* keys (`disttrain secret create` makes it from the local
+    # environment); pods get the values by reference, never through a manifest.
+    secret: str = ""
+    # Azure Files share mounted at /azure/<share> (file.csi.azure.com, inline with `secret`,
+    # or through an existing PersistentVolumeClaim when azure_file_claim is set).
+    azure_file_share: str = ""
+    azure_file_claim: str = ""
+    # Scratch at /mnt for staging data: an emptyDir (optional size limit), or a folder of the
+    # node (the sample's ephemeral SSD) when host_path is set; hostPath breaks the
+    # "restricted" Pod Security Standard, so it is opt-in.
+    scratch_size_limit: str = ""
+    scratch_host_path: str = ""
+
+
+@dataclass
+class K8sLauncherConfig:
+    namespace: str = "default"
+    context: str = ""  # kubeconfig context; empty: the current one (or in-cluster)
+    service_account: str = ""
+    port: int = 2222
+    chief: K8sRoleConfig = field(default_factory=K8sRoleConfig)
+    worker: K8sRoleConfig = field(default_factory=K8sRoleConfig)
+    # A section given in YAML is built from its class defaults: the ps default lives there.
+    ps: K8sPsConfig = field(default_factory=K8sPsConfig)
+    evaluator: K8sRoleConfig = field(default_factory=K8sRoleConfig)
+    tensorboard: K8sBoardConfig = field(default_factory=K8sBoardConfig)
+    storage: K8sStorageConfig = field(default_factory=K8sStorageConfig)
+    active_deadline_seconds: int = 0  # 0: no deadline
+    ttl_seconds_after_finished: int = -1  # -1: keep the finished job's objects
+
+
 @dataclass
 class LauncherConfig:
     name: str = "local"
     local: LocalLauncherConfig = field(default_factory=LocalLauncherConfig)
+    k8s: K8sLauncherConfig = field(default_factory=K8sLauncherConfig)
 
 
 @dataclass
@@ -136,7 +207,26 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "cluster.peer_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.chief_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.max_restarts": (lambda v: v >= 0, "an integer >= 0"),
+    "launcher.k8s.port": (lambda v: 1 <= v <= 65535, "a port from 1 to 65535"),
+    "launcher.k8s.active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
+    "launcher.k8s.ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
 }
+for _role in ("chief", "worker", "ps", "evaluator", "tensorboard"):
+    _RULES[f"launcher.k8s.{_role}.gpus"] = (lambda v: v >= 0, "an integer >= 0")
+    _RULES[f"launcher.k8s.{_role}.image"] = (
+        lambda v: _is_pinned_image(v),
+        "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
+    )
+
+
+def _is_pinned_image(image: str) -> bool:
+    """`repo[:port]/name:tag` or `...@sha256:<hex>`: never an implicit `latest`."""
+    name, _, digest = image.partition("@")
+    if digest:
+        return bool(re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) and bool(name.strip())
+    last = name.rsplit("/", 1)[-1]
+    repo, _, tag = last.partition(":")
+    return bool(repo) and bool(re.fullmatch(r"\w[\w.-]{0,127}", tag)) and " " not in name
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -214,6 +304,15 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     origin = typing.get_origin(hint)
+    if origin is dict:  # dict[str, str]: labels such as a nodeSelector
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: got {value!r}; accepted: a mapping of names to strings")
+        return {str(k): _coerce_scalar(str, v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: got {value!r}; accepted: a list")
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

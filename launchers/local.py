@@ -110,7 +110,7 @@ class LocalLauncher(Launcher):
             lines.append("  " + " ".join(t.command))
         return "\n".join(lines)
 
-    def submit(self, config: Config, wait: bool = True) -> int:
+    def submit(self, config: Config, wait: bool = True, follow: bool = True) -> int:
         config = prepare_config(config)
         job = plan(config)
         _refuse_if_running(Path(job.state_dir))
@@ -139,7 +139,11 @@ class LocalLauncher(Launcher):
             )
         return "\n".join(lines)
 
-    def logs(self, name: str, role: str | None, index: int, follow: bool) -> None:
+    def logs(
+        self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
+    ) -> None:
+        if previous:
+            raise SystemExit("--previous: a local task's log holds every restart already")
         state = _read_state(default_state_dir() / name)
         names = list(state["tasks"]) if role is None else [f"{role}-{index}"]
         for task_name in names:

@@ -1,0 +1,462 @@
+"""A job as Kubernetes objects: pure builders from a Config to plain manifest dicts.
+
+Nothing here talks to a cluster or imports the `kubernetes` package: `launchers/kubernetes.py`
+sends these objects, `--dry-run` prints them, and the Helm charts are tested against them.
+
+The objects of a job NAME in namespace NS (every name is scoped by NAME, so jobs share a
+namespace):
+
+* `ConfigMap NAME-config`: the resolved config, mounted at /etc/disttrain/config.yaml.
+* `Service NAME`: headless, `publishNotReadyAddresses`, selecting the training pods; each
+  pod sets `hostname: NAME-<role>-<i>` and `subdomain: NAME`, so every task has the stable
+  DNS name `NAME-<role>-<i>.NAME.NS.svc` before it is even ready (peers wait for it).
+* One `Job` per task: `NAME` for the chief, `NAME-worker-<i>`, `NAME-ps-<i>`,
+  `NAME-evaluator-0`. The chief's Job *is* the job: it owns every other object
+  (ownerReferences), its result is the job's result, `ttlSecondsAfterFinished` on it
+  cleans everything up, and deleting it deletes everything.
+* Optionally `Deployment` + `Service NAME-tensorboard`.
+
+Why one Job per task rather than an Indexed Job per role: each pod's TF_CONFIG is then the
+literal string `disttrain.cluster.tf_config_json` gives for that task (no runtime
+`$(JOB_COMPLETION_INDEX)` substitution inside JSON that a manifest reader, the parity test
+and the trainer's index regex would otherwise see differently); each task has its own
+restart budget (`backoffLimit`, where an Indexed Job needs `backoffLimitPerIndex`, only GA in
+Kubernetes 1.33 while we support 1.25); and a worker's restarts never count against the chief.
+
+Failure semantics (DESIGN.md) without an operator: pods use `restartPolicy: OnFailure`, so a
+failed task restarts in place (same pod, same DNS name, `logs --previous` shows the failed
+run). A worker that dies restarts alone; the coordinator reschedules its work. A ps that
+dies makes the chief's coordinator fail (TensorFlow raises on a lost ps), so the chief
+restarts too and resumes from the latest published checkpoint. `backoffLimit =
+cluster.max_restarts` ends a task that keeps failing; the job fails when its chief does.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import yaml
+
+from disttrain.cluster import (
+    CHIEF,
+    EVALUATOR,
+    TASK_ENV,
+    ClusterShape,
+    Task,
+    tasks_of,
+    tf_config_json,
+)
+from disttrain.config import Config, ConfigError, K8sRoleConfig, dump_config
+
+APP = "disttrain"
+CONFIG_DIR = "/etc/disttrain"
+CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
+SCRATCH_DIR = "/mnt"
+AZURE_ROOT = "/azure"
+BOARD_PORT = 6006
+# The images' non-root user (docker/*.Dockerfile); the "restricted" standard needs non-root.
+RUN_AS_USER = 1000
+TASK_COMMAND = ["disttrain", "task", "--config", CONFIG_PATH]
+# Keys of the storage Secret, handed to the pods by reference (storage.py reads them).
+SECRET_ENV = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
+)
+# The same account and key under the names the Azure Files CSI driver reads.
+CSI_SECRET_KEYS = {
+    "AZURE_STORAGE_ACCOUNT_NAME": "azurestorageaccountname",
+    "AZURE_STORAGE_ACCOUNT_KEY": "azurestorageaccountkey",
+}
+AZURE_URL_PROTOCOLS = ("az://", "abfs://", "abfss://")
+GPU_RESOURCE = "nvidia.com/gpu"
+ROLE_LABEL = "disttrain.io/role"
+INDEX_LABEL = "disttrain.io/index"
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+# ---------------------------------------------------------------- checks before anything is sent
+
+
+def check_k8s_config(config: Config) -> None:
+    """Fail on what a pod could not use: bad names, a run dir or data root it cannot reach."""
+    k8s = config.launcher.k8s
+    if not _DNS_LABEL.fullmatch(config.name):
+        raise ConfigError(
+            f"name: got {config.name!r}; accepted on Kubernetes: lower-case letters, digits "
+            "and '-', starting with a letter and not ending with '-'"
+        )
+    if not _DNS_LABEL.fullmatch(k8s.namespace) or len(k8s.namespace) > 63:
+        raise ConfigError(
+            f"launcher.k8s.namespace: got {k8s.namespace!r}; accepted: a DNS label "
+            "(lower-case letters, digits and '-', at most 63 characters)"
+        )
+    share = k8s.storage.azure_file_share
+    if k8s.storage.azure_file_claim and not share:
+        raise ConfigError(
+            "launcher.k8s.storage.azure_file_claim: set, but azure_file_share is empty; "
+            "accepted: the share's name too (it is mounted at /azure/<share>)"
+        )
+    _check_reachable("run_dir", config.run_dir, config)
+    if config.data.source == "image_folder":
+        _check_reachable("data.root", config.data.root, config)
+
+
+def _check_reachable(key: str, location: str, config: Config) -> None:
+    storage = config.launcher.k8s.storage
+    if location.startswith(AZURE_URL_PROTOCOLS):
+        if storage.secret or config.launcher.k8s.service_account:
+            return
+        raise ConfigError(
+            f"{key}: got {location!r}, but the pods have no Azure credentials; accepted: "
+            "launcher.k8s.storage.secret naming a Secret (`disttrain secret create`) or "
+            "launcher.k8s.service_account with workload identity"
+        )
+    share_root = f"{AZURE_ROOT}/{storage.azure_file_share}/" if storage.azure_file_share else None
+    if share_root and location.rstrip("/") + "/" != share_root and location.startswith(share_root):
+        return
+    where = f"a path under {share_root}" if share_root else "a path under /azure/<share>/ "
+    raise ConfigError(
+        f"{key}: got {location!r}, which a pod cannot reach (it is not shared storage); "
+        f"accepted for Kubernetes: an az://, abfs:// or abfss:// URL, or {where}"
+        + ("" if share_root else "(with launcher.k8s.storage.azure_file_share)")
+    )
+
+
+# ---------------------------------------------------------------- names, labels, addresses
+
+
+def labels(name: str, component: str, task: Task | None = None) -> dict[str, str]:
+    found = {
+        "app.kubernetes.io/name": APP,
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/component": component,
+    }
+    if task is not None:
+        found[ROLE_LABEL] = task.role
+        found[INDEX_LABEL] = str(task.index)
+    return found
+
+
+def task_host(name: str, task: Task) -> str:
+    return f"{name}-{task.role}-{task.index}"
+
+
+def job_name(name: str, task: Task) -> str:
+    """The chief's Job is named after the job itself: `kubectl get job NAME` shows its result."""
+    return name if task.role == CHIEF else task_host(name, task)
+
+
+def address_of(name: str, namespace: str, port: int):
+    """Stable DNS of every task: `NAME-<role>-<i>.NAME.NS.svc:<port>` (hostname + subdomain)."""
+
+    def address(role: str, index: int) -> str:
+        return f"{task_host(name, Task(role, index))}.{name}.{namespace}.svc:{port}"
+
+    return address
+
+
+def _metadata(config: Config, name: str, labels_: dict[str, str]) -> dict:
+    return {"name": name, "namespace": config.launcher.k8s.namespace, "labels": labels_}
+
+
+# ---------------------------------------------------------------- the objects
+
+
+def job_objects(config: Config) -> list[dict]:
+    """Every object of the job in creation order; the chief's Job (the owner) comes first."""
+    check_k8s_config(config)
+    shape = ClusterShape.of(config)
+    tasks = tasks_of(shape)
+    chief = next(t for t in tasks if t.role == CHIEF)
+    objects = [task_job(config, shape, chief), config_map(config), headless_service(config)]
+    objects += [task_job(config, shape, t) for t in tasks if t.role != CHIEF]
+    if config.launcher.k8s.tensorboard.enabled:
+        objects += [board_deployment(config), board_service(config)]
+    return objects
+
+
+def config_map(config: Config) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(config, f"{config.name}-config", labels(config.name, "config")),
+        "data": {"config.yaml": dump_config(config)},
+    }
+
+
+def headless_service(config: Config) -> dict:
+    port = config.launcher.k8s.port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(config, config.name, labels(config.name, "trainer")),
+        "spec": {
+            "clusterIP": "None",
+            # Peers resolve each other before they are ready: each task waits for its peers.
+            "publishNotReadyAddresses": True,
+            "selector": {
+                "app.kubernetes.io/instance": config.name,
+                "app.kubernetes.io/component": "trainer",
+            },
+            "ports": [{"name": "grpc", "port": port, "targetPort": port}],
+        },
+    }
+
+
+def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
+    k8s = config.launcher.k8s
+    component = "evaluator" if task.role == EVALUATOR else "trainer"
+    pod_labels = labels(config.name, component, task)
+    tf_config = tf_config_json(shape, address_of(config.name, k8s.namespace, k8s.port), task)
+    env = [{"name": "TF_CONFIG", "value": tf_config}]
+    env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
+    container = _container(config, _role_config(config, task.role), TASK_COMMAND, env)
+    if task.role != EVALUATOR:
+        container["ports"] = [{"name": "grpc", "containerPort": k8s.port}]
+    pod = _pod_spec(config, _role_config(config, task.role), container, "OnFailure")
+    pod["hostname"] = task_host(config.name, task)
+    pod["subdomain"] = config.name
+    spec = {
+        "backoffLimit": config.cluster.max_restarts,
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+    }
+    if k8s.active_deadline_seconds:
+        spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
+    if task.role == CHIEF and k8s.ttl_seconds_after_finished >= 0:
+        spec["ttlSecondsAfterFinished"] = k8s.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(config, job_name(config.name, task), pod_labels),
+        "spec": spec,
+    }
+
+
+def board_deployment(config: Config) -> dict:
+    board = config.launcher.k8s.tensorboard
+    command = ["disttrain", "board", "--run-dir", config.run_dir, "--port", str(BOARD_PORT)]
+    container = _container(config, board, command, [])
+    container["ports"] = [{"name": "http", "containerPort": BOARD_PORT}]
+    board_labels = labels(config.name, "tensorboard")
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(config, f"{config.name}-tensorboard", board_labels),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": board_labels},
+            "template": {
+                "metadata": {"labels": board_labels},
+                "spec": _pod_spec(config, board, container, "Always"),
+            },
+        },
+    }
+
+
+def board_service(config: Config) -> dict:
+    board_labels = labels(config.name, "tensorboard")
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(config, f"{config.name}-tensorboard", board_labels),
+        "spec": {
+            "selector": board_labels,
+            "ports": [{"name": "http", "port": BOARD_PORT, "targetPort": BOARD_PORT}],
+        },
+    }
+
+
+def _role_config(config: Config, role: str) -> K8sRoleConfig:
+    return getattr(config.launcher.k8s, role)
+
+
+# ---------------------------------------------------------------- pods
+
+
+def _container(config: Config, role: K8sRoleConfig, command: list[str], env: list[dict]) -> dict:
+    env = [*env, {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"}]
+    env += storage_env(config)
+    return {
+        "name": "main",
+        "image": role.image,
+        "command": list(command),
+        "env": env,
+        "resources": resources(role),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": volume_mounts(config),
+    }
+
+
+def resources(role: K8sRoleConfig) -> dict:
+    requests = {"cpu": role.cpu, "memory": role.memory}
+    limits = {"memory": role.memory}
+    if role.gpus:
+        limits[GPU_RESOURCE] = str(role.gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def tolerations(role: K8sRoleConfig) -> list[dict]:
+    found = []
+    for toleration in role.tolerations:
+        entry = {"key": toleration.key, "operator": toleration.operator}
+        if toleration.value:
+            entry["value"] = toleration.value
+        if toleration.effect:
+            entry["effect"] = toleration.effect
+        found.append(entry)
+    if role.gpus:  # GPU node pools carry this taint so that only GPU pods land there
+        found.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    return found
+
+
+def _pod_spec(config: Config, role: K8sRoleConfig, container: dict, restart: str) -> dict:
+    k8s = config.launcher.k8s
+    spec = {
+        "restartPolicy": restart,
+        "automountServiceAccountToken": bool(k8s.service_account),
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes(config),
+    }
+    if k8s.service_account:
+        spec["serviceAccountName"] = k8s.service_account
+    if role.node_selector:
+        spec["nodeSelector"] = dict(role.node_selector)
+    if tolerations(role):
+        spec["tolerations"] = tolerations(role)
+    return spec
+
+
+def storage_env(config: Config) -> list[dict]:
+    """Credentials by reference only: the Secret's values never enter a manifest."""
+    secret = config.launcher.k8s.storage.secret
+    if not secret:
+        return []
+    return [
+        {
+            "name": key,
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
+        }
+        for key in SECRET_ENV
+    ]
+
+
+def volumes(config: Config) -> list[dict]:
+    storage = config.launcher.k8s.storage
+    found = [{"name": "config", "configMap": {"name": f"{config.name}-config"}}]
+    if storage.scratch_host_path:
+        found.append(
+            {
+                "name": "scratch",
+                "hostPath": {"path": storage.scratch_host_path, "type": "DirectoryOrCreate"},
+            }
+        )
+    else:
+        empty_dir = {"sizeLimit": storage.scratch_size_limit} if storage.scratch_size_limit else {}
+        found.append({"name": "scratch", "emptyDir": empty_dir})
+    if storage.azure_file_claim:
+        claim = {"claimName": storage.azure_file_claim}
+        found.append({"name": "azure-share", "persistentVolumeClaim": claim})
+    elif storage.azure_file_share:
+        found.append({"name": "azure-share", "csi": azure_file_csi(config)})
+    return found
+
+
+def azure_file_csi(config: Config) -> dict:
+    storage = config.launcher.k8s.storage
+    uid = RUN_AS_USER
+    return {
+        "driver": "file.csi.azure.com",
+        "volumeAttributes": {
+            "secretName": storage.secret,
+            "shareName": storage.azure_file_share,
+            # SMB has no POSIX owners: present the share as owned by the pods' user.
+            "mountOptions": f"dir_mode=0770,file_mode=0660,uid={uid},gid={uid},mfsymlinks,"
+            "cache=strict,nosharesock",
+        },
+    }
+
+
+def volume_mounts(config: Config) -> list[dict]:
+    storage = config.launcher.k8s.storage
+    found = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    if storage.azure_file_share:
+        found.append(
+            {"name": "azure-share", "mountPath": f"{AZURE_ROOT}/{storage.azure_file_share}"}
+        )
+    return found
+
+
+# ---------------------------------------------------------------- ownership, secrets, YAML
+
+
+def owner_reference(owner: dict, uid: str) -> dict:
+    """A reference to the created owner (its uid exists only once the API server made it)."""
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": uid,
+    }
+
+
+def owned_by(obj: dict, reference: dict) -> dict:
+    owned = copy.deepcopy(obj)
+    owned["metadata"]["ownerReferences"] = [reference]
+    return owned
+
+
+def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
+    """The storage Secret from environment values; sent to the API, never printed."""
+    data = {key: value for key, value in values.items() if key in SECRET_ENV and value}
+    for env_key, csi_key in CSI_SECRET_KEYS.items():
+        if env_key in data:
+            data[csi_key] = data[env_key]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "storage"},
+        },
+        "type": "Opaque",
+        "stringData": data,
+    }
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Plain YAML for `kubectl apply -f -`: no anchors, multi-line strings as blocks."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str):
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+
+def to_yaml(objects: list[dict]) -> str:
+    return yaml.dump_all(objects, Dumper=_ManifestDumper, sort_keys=False, width=1000)

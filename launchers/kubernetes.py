@@ -1,0 +1,377 @@
+"""The Kubernetes launcher: a job as Kubernetes objects, sent with the official client.
+
+Plan, then execute: `launchers.k8s_objects.job_objects(config)` builds every object as a
+plain manifest (the module docstring there explains the choice of one Job per task, the
+stable DNS names and the restart semantics); `--dry-run` prints exactly those objects and
+`submit` sends exactly those objects. The one thing a dry run cannot show is the owner's
+uid: `submit` creates the chief's Job first and adds an ownerReference to it on every other
+object, so deleting the job (`disttrain stop`, or `kubectl delete job NAME`) deletes
+everything. `stop` also deletes by label, which covers objects applied from a dry run.
+
+The `kubernetes` package is imported only when the cluster is contacted: this module
+imports without it, and `disttrain --help` never loads it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+from disttrain.config import Config, ConfigError
+from launchers import Launcher
+from launchers.k8s_objects import (
+    APP,
+    INDEX_LABEL,
+    ROLE_LABEL,
+    SECRET_ENV,
+    job_objects,
+    owned_by,
+    owner_reference,
+    storage_secret,
+    to_yaml,
+)
+from launchers.pod_security import restricted_violations
+
+POLL_SECONDS = 2.0
+DEFAULT_SECRET = "disttrain-storage"
+# kind -> (API class, method suffix): the objects a job is made of, plus its storage Secret.
+_APIS = {
+    "ConfigMap": ("CoreV1Api", "config_map"),
+    "Secret": ("CoreV1Api", "secret"),
+    "Service": ("CoreV1Api", "service"),
+    "Job": ("BatchV1Api", "job"),
+    "Deployment": ("AppsV1Api", "deployment"),
+}
+
+
+def warn_unrestricted(objects: list[dict]) -> None:
+    """A configured hostPath scratch is the one opt-in way out of the restricted standard."""
+    for problem in sorted({p for obj in objects for p in restricted_violations(obj)}):
+        print(f"WARNING: not \"restricted\" Pod Security: {problem}", file=sys.stderr)
+
+
+def dry_run_yaml(config: Config) -> str:
+    objects = job_objects(config)
+    header = (
+        f"# job {config.name} in namespace {config.launcher.k8s.namespace}: "
+        f"{len(objects)} objects. `disttrain train --launcher k8s` sends exactly these and adds\n"
+        f"# ownerReferences to Job/{config.name} (uid known once it is created). "
+        "No secret values: the storage Secret is referenced by name.\n"
+    )
+    return header + to_yaml(objects)
+
+
+class KubernetesLauncher(Launcher):
+    name = "k8s"
+    option_names = ("namespace", "context")
+
+    def __init__(self, namespace: str | None = None, context: str | None = None):
+        self.namespace, self.context = namespace, context
+
+    # ------------------------------------------------------------ submit and wait
+
+    def dry_run(self, config: Config) -> str:
+        return dry_run_yaml(config)
+
+    def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
+        objects = job_objects(config)  # validates: nothing is sent on bad input
+        warn_unrestricted(objects)
+        cluster = Cluster(
+            config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
+        )
+        cluster.refuse_if_present(config.name)
+        owner = cluster.create(objects[0])
+        reference = owner_reference(objects[0], owner.metadata.uid)
+        for obj in objects[1:]:
+            cluster.create(owned_by(obj, reference))
+        print(
+            f"job {config.name}: submitted {len(objects)} objects to namespace "
+            f"{cluster.namespace} (chief, {config.cluster.workers} workers, {config.cluster.ps} ps"
+            + (", evaluator" if config.eval.enabled else "")
+            + ")\n"
+            + f"  status: disttrain status -l k8s -n {config.name} --namespace {cluster.namespace}"
+        )
+        if follow:
+            cluster.follow_chief(config.name)
+        if wait or follow:
+            return cluster.wait_for_result(config.name)
+        return 0
+
+    # ------------------------------------------------------------ the other verbs
+
+    def status(self, name: str) -> str:
+        return self._cluster().status_table(name)
+
+    def logs(
+        self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
+    ) -> None:
+        self._cluster().print_logs(name, role, index, follow, previous)
+
+    def stop(self, name: str) -> str:
+        return self._cluster().delete_job(name)
+
+    def list_jobs(self) -> str:
+        return self._cluster().jobs_table()
+
+    def _cluster(self) -> Cluster:
+        return Cluster(self.context, self.namespace)
+
+
+def create_storage_secret(
+    name: str, namespace: str | None, context: str | None, environ: dict[str, str]
+) -> str:
+    """Create (or replace) the storage Secret from the local environment; print no value."""
+    found = {key: environ[key] for key in SECRET_ENV if environ.get(key)}
+    if not found:
+        raise ConfigError(
+            "secret create: none of " + ", ".join(SECRET_ENV) + " is set in the environment; "
+            "set the connection string, or the account name with its key or a SAS token"
+        )
+    cluster = Cluster(context, namespace)
+    secret = storage_secret(name, cluster.namespace, found)
+    if cluster.exists("Secret", name):
+        cluster.call("replace", "Secret", name, body=_typed(secret))
+        verb = "replaced"
+    else:
+        cluster.create(secret)
+        verb = "created"
+    keys = ", ".join(sorted(secret["stringData"]))
+    where = f"secret {name} in namespace {cluster.namespace}"
+    return f"{where}: {verb} with keys {keys} (values not shown)"
+
+
+def _typed(obj: dict):
+    from kubernetes import client
+
+    return getattr(client, "V1" + obj["kind"]).from_dict(obj)
+
+
+class Cluster:
+    """One namespace of one cluster, reached with the kubeconfig or the in-cluster account."""
+
+    def __init__(self, context: str | None, namespace: str | None):
+        from kubernetes import client
+        from kubernetes import config as kube_config
+
+        try:
+            kube_config.load_kube_config(context=context or None)
+            _, active = kube_config.list_kube_config_contexts()
+            default_namespace = active.get("context", {}).get("namespace") or "default"
+        except (kube_config.ConfigException, FileNotFoundError, TypeError) as exc:
+            if context:
+                raise SystemExit(f"--context: {context!r} cannot be used: {exc}") from None
+            try:
+                kube_config.load_incluster_config()
+            except kube_config.ConfigException:
+                raise SystemExit(
+                    "no Kubernetes cluster: no kubeconfig (KUBECONFIG or ~/.kube/config) "
+                    "and not running inside a cluster"
+                ) from None
+            default_namespace = _in_cluster_namespace()
+        self.namespace = namespace or default_namespace
+        self.client = client
+        self.api_client = client.ApiClient()
+
+    # ---------------------------------------------------------------- raw calls
+
+    def call(self, verb: str, kind: str, *args, **kwargs):
+        api_class, suffix = _APIS[kind]
+        api = getattr(self.client, api_class)(self.api_client)
+        method = getattr(api, f"{verb}_namespaced_{suffix}")
+        try:
+            return method(*args, namespace=self.namespace, **kwargs)
+        except self.client.ApiException as exc:
+            raise SystemExit(f"kubernetes API: {verb} {kind}: {exc.status} {exc.reason}") from None
+        except Exception as exc:  # urllib3 connection errors and the like
+            if "MaxRetryError" in type(exc).__name__ or "Connection" in type(exc).__name__:
+                raise SystemExit(f"kubernetes API unreachable: {exc}") from None
+            raise
+
+    def create(self, obj: dict):
+        return self.call("create", obj["kind"], body=_typed(obj))
+
+    def exists(self, kind: str, name: str) -> bool:
+        try:
+            api_class, suffix = _APIS[kind]
+            api = getattr(self.client, api_class)(self.api_client)
+            getattr(api, f"read_namespaced_{suffix}")(name, self.namespace)
+            return True
+        except self.client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise SystemExit(
+                f"kubernetes API: read {kind} {name}: {exc.status} {exc.reason}"
+            ) from None
+
+    def refuse_if_present(self, name: str) -> None:
+        if self.exists("Job", name):
+            raise SystemExit(
+                f"job {name!r} already exists in namespace {self.namespace} "
+                f"(`disttrain status -l k8s -n {name}`); `disttrain stop -l k8s -n {name}` first, "
+                "or choose another name with --set name=..."
+            )
+
+    def _selector(self, name: str, **extra: str) -> str:
+        pairs = {"app.kubernetes.io/name": APP, "app.kubernetes.io/instance": name, **extra}
+        return ",".join(f"{k}={v}" for k, v in pairs.items())
+
+    def pods(self, name: str, **extra: str) -> list:
+        core = self.client.CoreV1Api(self.api_client)
+        pods = core.list_namespaced_pod(
+            self.namespace, label_selector=self._selector(name, **extra)
+        )
+        return sorted(pods.items, key=lambda p: (_task_name(p), p.metadata.creation_timestamp))
+
+    # ---------------------------------------------------------------- results and tables
+
+    def job_result(self, name: str) -> tuple[str, str]:
+        """(running|succeeded|failed, reason) from the chief's Job conditions."""
+        job = self.call("read", "Job", name)
+        for condition in job.status.conditions or []:
+            if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
+                return "succeeded", ""
+            if condition.status == "True" and condition.type in ("Failed", "FailureTarget"):
+                return "failed", f"{condition.reason}: {condition.message}"
+        return "running", ""
+
+    def status_table(self, name: str) -> str:
+        result, reason = self.job_result(name)
+        lines = [
+            f"job {name} (namespace {self.namespace}): {result}"
+            + (f" ({reason})" if reason else ""),
+            f"{'TASK':<14} {'PHASE':<10} {'RESTARTS':>8} {'AGE':>7}  POD",
+        ]
+        for pod in self.pods(name):
+            restarts = sum(s.restart_count for s in pod.status.container_statuses or [])
+            lines.append(
+                f"{_task_name(pod):<14} {_phase(pod):<10} {restarts:>8} "
+                f"{_age(pod.metadata.creation_timestamp):>7}  {pod.metadata.name}"
+            )
+        return "\n".join(lines)
+
+    def jobs_table(self) -> str:
+        batch = self.client.BatchV1Api(self.api_client)
+        selector = f"app.kubernetes.io/name={APP},{ROLE_LABEL}=chief"
+        jobs = batch.list_namespaced_job(self.namespace, label_selector=selector).items
+        lines = [f"{'NAME':<40} {'RESULT':<10} {'AGE':>7}"]
+        for job in sorted(jobs, key=lambda j: j.metadata.name):
+            result, _ = self.job_result(job.metadata.name)
+            lines.append(
+                f"{job.metadata.name:<40} {result:<10} {_age(job.metadata.creation_timestamp):>7}"
+            )
+        if len(lines) == 1:
+            return f"no disttrain jobs in namespace {self.namespace}"
+        return "\n".join(lines)
+
+    def wait_for_result(self, name: str) -> int:
+        last = None
+        while True:
+            result, reason = self.job_result(name)
+            if result != last:
+                print(f"job {name}: {result}" + (f" ({reason})" if reason else ""), flush=True)
+                last = result
+            if result != "running":
+                return 0 if result == "succeeded" else 1
+            time.sleep(POLL_SECONDS)
+
+    # ---------------------------------------------------------------- logs
+
+    def print_logs(
+        self, name: str, role: str | None, index: int, follow: bool, previous: bool
+    ) -> None:
+        extra = {} if role is None else {ROLE_LABEL: role, INDEX_LABEL: str(index)}
+        pods = self.pods(name, **extra)
+        if not pods:
+            what = "any task" if role is None else f"task {role}-{index}"
+            raise SystemExit(f"job {name} in namespace {self.namespace} has no pod for {what}")
+        if role is not None:
+            pods = pods[-1:]  # the newest pod of the task
+        for pod in pods:
+            prefix = f"[{_task_name(pod)}] " if len(pods) > 1 else ""
+            self._stream_log(pod.metadata.name, prefix, follow and len(pods) == 1, previous)
+
+    def _stream_log(self, pod: str, prefix: str, follow: bool, previous: bool) -> None:
+        core = self.client.CoreV1Api(self.api_client)
+        try:
+            response = core.read_namespaced_pod_log(
+                pod, self.namespace, follow=follow, previous=previous, _preload_content=False
+            )
+        except self.client.ApiException as exc:
+            raise SystemExit(f"logs of pod {pod}: {exc.status} {exc.reason}") from None
+        pending = b""
+        for chunk in response.stream(4096):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
+            sys.stdout.flush()
+        if pending:
+            sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
+        sys.stdout.flush()
+
+    def follow_chief(self, name: str) -> None:
+        """Print the chief's output until the job ends (a restarted chief is followed too)."""
+        while self.job_result(name)[0] == "running":
+            pods = self.pods(name, **{ROLE_LABEL: "chief"})
+            running = [p for p in pods if p.status.phase == "Running"]
+            if running:
+                self._stream_log(running[-1].metadata.name, "[chief-0] ", True, False)
+            time.sleep(POLL_SECONDS)
+
+    # ---------------------------------------------------------------- stop
+
+    def delete_job(self, name: str) -> str:
+        """Delete the owner (its dependents follow) and anything else labelled with the job."""
+        deleted = []
+        selector = self._selector(name)
+        for kind in ("Job", "Deployment", "Service", "ConfigMap"):
+            api_class, suffix = _APIS[kind]
+            api = getattr(self.client, api_class)(self.api_client)
+            items = getattr(api, f"list_namespaced_{suffix}")(
+                self.namespace, label_selector=selector
+            ).items
+            for item in items:
+                try:
+                    getattr(api, f"delete_namespaced_{suffix}")(
+                        item.metadata.name, self.namespace, propagation_policy="Background"
+                    )
+                    deleted.append(f"{kind}/{item.metadata.name}")
+                except self.client.ApiException as exc:
+                    if exc.status != 404:  # already collected through its owner
+                        message = f"delete {kind}/{item.metadata.name}: {exc.reason}"
+                        raise SystemExit(message) from None
+        if not deleted:
+            return f"job {name}: nothing found in namespace {self.namespace}"
+        return f"job {name}: deleted {', '.join(deleted)} (their pods follow)"
+
+
+def _task_name(pod) -> str:
+    pod_labels = pod.metadata.labels or {}
+    role = pod_labels.get(ROLE_LABEL) or pod_labels.get("app.kubernetes.io/component", "?")
+    index = pod_labels.get(INDEX_LABEL)
+    return f"{role}-{index}" if index is not None else role
+
+
+def _phase(pod) -> str:
+    for status in pod.status.container_statuses or []:
+        waiting = status.state.waiting if status.state else None
+        if waiting and waiting.reason:  # CrashLoopBackOff says more than Running
+            return waiting.reason[:10]
+    return pod.status.phase or "Unknown"
+
+
+def _age(created: datetime | None) -> str:
+    if created is None:
+        return "-"
+    seconds = int((datetime.now(timezone.utc) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _in_cluster_namespace() -> str:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    return open(path).read().strip() if os.path.exists(path) else "default"

@@ -1,0 +1,356 @@
+"""The Kubernetes launcher's objects: schema-valid, restricted, stable DNS, TF_CONFIG per task.
+
+No cluster here: the objects are what `submit` sends (plan, then execute), validated with
+kubernetes-validate in strict mode against the newest and oldest supported Kubernetes.
+Submitting to a real API server is tested by the test-cluster suite (tests/kubecluster/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import yaml
+from kubernetes_validate.utils import validate
+
+from disttrain.cluster import ClusterShape, Task, tasks_of, tf_config_json
+from disttrain.config import ConfigError, load_config
+from launchers import get_launcher
+from launchers.k8s_objects import (
+    address_of,
+    job_objects,
+    owned_by,
+    owner_reference,
+    storage_secret,
+    to_yaml,
+)
+from launchers.kubernetes import KubernetesLauncher, dry_run_yaml
+from launchers.pod_security import restricted_violations
+
+# Newest and oldest Kubernetes the launcher supports (README, "Kubernetes and Helm").
+K8S_VERSIONS = ("1.37.0", "1.25.0")
+# The trainer's regex for its shard index (disttrain/data/pipeline.py).
+INDEX_IN_TF_CONFIG = re.compile(r'"task"\s*:\s*\{[^}]*"index"\s*:\s*(\d+)')
+SHARE = ["run_dir=/azure/tfshare/runs/mnist", "launcher.k8s.storage.azure_file_share=tfshare"]
+PLANTED_KEY = "PLANTEDkey0123456789+/abcdefSECRETVALUE=="
+
+
+def k8s_config(*overrides: str):
+    return load_config(None, [*SHARE, "launcher.name=k8s", *overrides])
+
+
+SHAPES = {
+    "1w0ps": ["cluster.workers=1", "cluster.ps=0", "eval.enabled=false"],
+    "2w1ps": ["cluster.workers=2", "cluster.ps=1"],
+    "4w2ps-gpu": [
+        "cluster.workers=4",
+        "cluster.ps=2",
+        "launcher.k8s.worker.gpus=1",
+        "launcher.k8s.worker.node_selector={jobrole: worker}",
+        "launcher.k8s.ps.node_selector={jobrole: ps}",
+        "launcher.k8s.ps.tolerations=[{key: dedicated, operator: Equal, value: ps, "
+        "effect: NoSchedule}]",
+    ],
+    "blob-board-deadline": [
+        "run_dir=az://runs/mnist",
+        "launcher.k8s.storage.azure_file_share=",
+        "launcher.k8s.storage.secret=azure-storage",
+        "launcher.k8s.tensorboard.enabled=true",
+        "launcher.k8s.active_deadline_seconds=7200",
+        "launcher.k8s.ttl_seconds_after_finished=600",
+        "launcher.k8s.service_account=trainer",
+        "launcher.k8s.storage.scratch_size_limit=20Gi",
+    ],
+    "share-through-claim": [
+        "launcher.k8s.storage.azure_file_claim=tf-share-claim",
+        "launcher.k8s.storage.secret=azure-storage",
+    ],
+}
+
+
+@pytest.fixture(params=sorted(SHAPES))
+def objects(request):
+    return job_objects(k8s_config(*SHAPES[request.param]))
+
+
+def jobs_by_task(objs: list[dict]) -> dict[Task, dict]:
+    found = {}
+    for obj in objs:
+        if obj["kind"] == "Job":
+            labels = obj["spec"]["template"]["metadata"]["labels"]
+            found[Task(labels["disttrain.io/role"], int(labels["disttrain.io/index"]))] = obj
+    return found
+
+
+def container_of(obj: dict) -> dict:
+    (container,) = obj["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def env_of(obj: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container_of(obj)["env"]}
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_strictly(objects, version):
+    for obj in objects:
+        validate(obj, version, strict=True)
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard(objects):
+    assert [p for obj in objects for p in restricted_violations(obj)] == []
+
+
+def test_restricted_check_catches_a_host_path_scratch():
+    objs = job_objects(k8s_config("launcher.k8s.storage.scratch_host_path=/mnt"))
+    problems = [p for obj in objs for p in restricted_violations(obj)]
+    assert problems and all("hostPath" in p for p in problems)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_each_task_gets_the_tf_config_of_the_cluster_contract(shape):
+    config = k8s_config(*SHAPES[shape])
+    cluster_shape = ClusterShape.of(config)
+    k8s = config.launcher.k8s
+    jobs = jobs_by_task(job_objects(config))
+    assert set(jobs) == set(tasks_of(cluster_shape))
+    for task, job in jobs.items():
+        tf_config = env_of(job)["TF_CONFIG"]
+        expected = tf_config_json(
+            cluster_shape, address_of(config.name, k8s.namespace, k8s.port), task
+        )
+        assert tf_config == expected
+        assert int(INDEX_IN_TF_CONFIG.search(tf_config).group(1)) == task.index
+        assert env_of(job)["GRPC_FAIL_FAST"] == "use_caller"
+        assert container_of(job)["command"] == [
+            "disttrain",
+            "task",
+            "--config",
+            "/etc/disttrain/config.yaml",
+        ]
+
+
+def test_addresses_are_the_pods_stable_dns_names_behind_the_headless_service():
+    config = k8s_config(*SHAPES["4w2ps-gpu"])
+    objs = job_objects(config)
+    (service,) = [o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "default"]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    cluster = json.loads(env_of(jobs_by_task(objs)[Task("chief", 0)])["TF_CONFIG"])["cluster"]
+    for task, job in jobs_by_task(objs).items():
+        pod = job["spec"]["template"]
+        if task.role == "evaluator":
+            assert not _selects(service, pod), "the evaluator must stay out of the cluster"
+            continue
+        assert _selects(service, pod)
+        dns = f"{pod['spec']['hostname']}.{pod['spec']['subdomain']}.default.svc:2222"
+        assert cluster[task.role][task.index] == dns
+        assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+
+
+def _selects(service: dict, pod_template: dict) -> bool:
+    labels = pod_template["metadata"]["labels"]
+    return all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+
+
+def test_two_jobs_share_a_namespace_without_sharing_objects_or_pods():
+    first = job_objects(k8s_config("name=alpha"))
+    second = job_objects(k8s_config("name=beta"))
+    names = lambda objs: {(o["kind"], o["metadata"]["name"]) for o in objs}  # noqa: E731
+    assert not names(first) & names(second)
+    for service in (o for o in first if o["kind"] == "Service"):
+        assert not any(
+            _selects(service, j["spec"]["template"])
+            for j in second
+            if "spec" in j and "template" in j["spec"]
+        )
+
+
+def test_labels_name_the_app_instance_component_role_and_index(objects):
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "disttrain"
+        assert labels["app.kubernetes.io/instance"] == "default"
+        assert labels["app.kubernetes.io/component"]
+    for task, job in jobs_by_task(objects).items():
+        labels = job["spec"]["template"]["metadata"]["labels"]
+        assert (labels["disttrain.io/role"], labels["disttrain.io/index"]) == (
+            task.role,
+            str(task.index),
+        )
+
+
+def test_restart_policies_and_budget_follow_the_failure_semantics():
+    config = k8s_config(*SHAPES["blob-board-deadline"], "cluster.max_restarts=5")
+    objs = job_objects(config)
+    for task, job in jobs_by_task(objs).items():
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        assert job["spec"]["backoffLimit"] == 5
+        assert job["spec"]["activeDeadlineSeconds"] == 7200
+        # Only the owner has a TTL: its deletion takes every other object with it.
+        assert ("ttlSecondsAfterFinished" in job["spec"]) == (task.role == "chief")
+    assert objs[0]["kind"] == "Job" and objs[0]["metadata"]["name"] == "default"
+
+
+def test_workers_get_gpus_with_the_matching_toleration_and_ps_do_not():
+    jobs = jobs_by_task(job_objects(k8s_config(*SHAPES["4w2ps-gpu"])))
+    worker, ps = jobs[Task("worker", 3)], jobs[Task("ps", 1)]
+    assert container_of(worker)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in worker[
+        "spec"
+    ]["template"]["spec"]["tolerations"]
+    assert worker["spec"]["template"]["spec"]["nodeSelector"] == {"jobrole": "worker"}
+    assert "nvidia.com/gpu" not in container_of(ps)["resources"]["limits"]
+    assert ps["spec"]["template"]["spec"]["nodeSelector"] == {"jobrole": "ps"}
+    assert container_of(ps)["image"] == "disttrain/ps:0.1.0"
+    assert container_of(worker)["image"] == "disttrain/worker:0.1.0"
+
+
+def test_storage_mounts_share_scratch_and_config_and_credentials_by_reference():
+    objs = job_objects(k8s_config(*SHAPES["blob-board-deadline"]))
+    for obj in objs:
+        if "template" not in obj.get("spec", {}):
+            continue
+        mounts = {m["mountPath"] for m in container_of(obj)["volumeMounts"]}
+        assert {"/etc/disttrain", "/mnt"} <= mounts
+        env = env_of(obj)
+        assert env["AZURE_STORAGE_ACCOUNT_KEY"] == {
+            "secretKeyRef": {
+                "name": "azure-storage",
+                "key": "AZURE_STORAGE_ACCOUNT_KEY",
+                "optional": True,
+            }
+        }
+    share_job = job_objects(k8s_config())[0]
+    (share,) = [v for v in share_job["spec"]["template"]["spec"]["volumes"] if "csi" in v]
+    assert share["csi"]["driver"] == "file.csi.azure.com"
+    assert {"name": "azure-share", "mountPath": "/azure/tfshare"} in container_of(share_job)[
+        "volumeMounts"
+    ]
+
+
+def test_no_secret_value_reaches_a_manifest_or_the_dry_run(monkeypatch):
+    for name in ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_CONNECTION_STRING"):
+        monkeypatch.setenv(name, f"AccountName=x;AccountKey={PLANTED_KEY}")
+    config = k8s_config(*SHAPES["blob-board-deadline"])
+    rendered = dry_run_yaml(config)
+    assert PLANTED_KEY not in rendered
+    cli = subprocess.run(
+        [sys.executable, "-m", "disttrain", "train", "--config", "configs/azure.yaml", "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "AZURE_STORAGE_ACCOUNT_KEY": PLANTED_KEY},
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert PLANTED_KEY not in cli.stdout + cli.stderr
+    # The Secret that `disttrain secret create` sends holds it; that object is never printed.
+    secret = storage_secret("azure-storage", "default", {"AZURE_STORAGE_ACCOUNT_KEY": PLANTED_KEY})
+    assert secret["stringData"]["azurestorageaccountkey"] == PLANTED_KEY
+
+
+def test_dry_run_prints_exactly_the_objects_submit_sends():
+    config = k8s_config(*SHAPES["2w1ps"])
+    printed = [doc for doc in yaml.safe_load_all(dry_run_yaml(config)) if doc]
+    planned = job_objects(config)
+    assert printed == planned
+    reference = owner_reference(planned[0], "0f6a3c1e-uid")
+    owned = [owned_by(obj, reference) for obj in planned[1:]]
+    assert all(o["metadata"]["ownerReferences"] == [reference] for o in owned)
+    assert [
+        {**o, "metadata": {k: v for k, v in o["metadata"].items() if k != "ownerReferences"}}
+        for o in owned
+    ] == planned[1:]
+    assert "ownerReferences" not in planned[1]["metadata"], "owned_by must not change the plan"
+
+
+def test_dry_run_yaml_is_plain_multi_document_yaml():
+    text = to_yaml(job_objects(k8s_config()))
+    assert "&id" not in text and "*id" not in text  # no anchors/aliases
+    assert "config.yaml: |" in text
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["cluster.workers=0", "cluster.ps=1"], "cluster.workers: got 0"),
+        (["launcher.k8s.worker.gpus=-1"], "launcher.k8s.worker.gpus: got -1"),
+        (["launcher.k8s.ps.image=disttrain/ps"], "launcher.k8s.ps.image: got 'disttrain/ps'"),
+        (["run_dir=runs/mnist"], "run_dir: got 'runs/mnist', which a pod cannot reach"),
+        (["run_dir=/azure/othershare/runs/x"], "a path under /azure/tfshare/"),
+        (["run_dir=/tmp/runs/x"], "which a pod cannot reach"),
+        (["run_dir=az://runs/x"], "the pods have no Azure credentials"),
+        (["data.source=image_folder", "data.root=/home/me/images"], "data.root: got"),
+        (["name=Upper"], "name: got 'Upper'"),
+        (["launcher.k8s.namespace=Bad_NS"], "launcher.k8s.namespace: got 'Bad_NS'"),
+    ],
+)
+def test_bad_input_fails_clearly_before_anything_is_sent(overrides, message, monkeypatch):
+    # No cluster is reachable at all: the error must come from the check, not from a connection.
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        KubernetesLauncher().submit(k8s_config(*overrides))
+
+
+def test_cli_reports_bad_input_with_the_key_and_exit_code_2():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "disttrain",
+            "train",
+            "-l",
+            "k8s",
+            "--set",
+            "run_dir=runs/x",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "error: run_dir: got 'runs/x'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_verbs_without_a_cluster_say_so(monkeypatch, tmp_path):
+    env = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": ""}
+    result = subprocess.run(
+        [sys.executable, "-m", "disttrain", "status", "-l", "k8s", "-n", "mnist"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode != 0
+    assert "no Kubernetes cluster" in result.stderr
+
+
+def test_launcher_options_are_declared_per_launcher():
+    assert isinstance(get_launcher("k8s", namespace="ml", context=None), KubernetesLauncher)
+    with pytest.raises(ConfigError, match="--namespace does not apply to launcher 'local'"):
+        get_launcher("local", namespace="ml")
+
+
+def test_the_launcher_module_imports_without_the_kubernetes_client():
+    code = (
+        "import sys; import launchers.kubernetes, disttrain.cli; "
+        "sys.exit(1 if 'kubernetes' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_azure_example_config_renders_the_2017_sample_cluster():
+    config = load_config("configs/azure.yaml")
+    objs = job_objects(config)
+    jobs = jobs_by_task(objs)
+    assert config.run_dir.startswith("/azure/")
+    assert jobs[Task("worker", 0)]["spec"]["template"]["spec"]["nodeSelector"] == {
+        "jobrole": "worker"
+    }
+    assert jobs[Task("ps", 0)]["spec"]["template"]["spec"]["nodeSelector"] == {"jobrole": "ps"}
+    for version in K8S_VERSIONS:
+        for obj in objs:
+            validate(obj, version, strict=True)
