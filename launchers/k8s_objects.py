@@ -99,6 +99,12 @@ def check_k8s_config(config: Config) -> None:
             "launcher.k8s.storage.azure_file_claim: set, but azure_file_share is empty; "
             "accepted: the share's name too (it is mounted at /azure/<share>)"
         )
+    if share and not k8s.storage.azure_file_claim and not k8s.storage.secret:
+        raise ConfigError(
+            "launcher.k8s.storage.secret: empty, but the Azure Files share "
+            f"{share!r} is mounted inline and the driver reads the account from a Secret; "
+            "accepted: a Secret name (`disttrain secret create`) or azure_file_claim"
+        )
     _check_reachable("run_dir", config.run_dir, config)
     if config.data.source == "image_folder":
         _check_reachable("data.root", config.data.root, config)
@@ -238,7 +244,7 @@ def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
 def board_deployment(config: Config) -> dict:
     board = config.launcher.k8s.tensorboard
     command = ["disttrain", "board", "--run-dir", config.run_dir, "--port", str(BOARD_PORT)]
-    container = _container(config, board, command, [])
+    container = _container(config, board, command, [], with_config=False)
     container["ports"] = [{"name": "http", "containerPort": BOARD_PORT}]
     board_labels = labels(config.name, "tensorboard")
     return {
@@ -250,7 +256,7 @@ def board_deployment(config: Config) -> dict:
             "selector": {"matchLabels": board_labels},
             "template": {
                 "metadata": {"labels": board_labels},
-                "spec": _pod_spec(config, board, container, "Always"),
+                "spec": _pod_spec(config, board, container, "Always", with_config=False),
             },
         },
     }
@@ -276,7 +282,13 @@ def _role_config(config: Config, role: str) -> K8sRoleConfig:
 # ---------------------------------------------------------------- pods
 
 
-def _container(config: Config, role: K8sRoleConfig, command: list[str], env: list[dict]) -> dict:
+def _container(
+    config: Config,
+    role: K8sRoleConfig,
+    command: list[str],
+    env: list[dict],
+    with_config: bool = True,
+) -> dict:
     env = [*env, {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"}]
     env += storage_env(config)
     return {
@@ -291,7 +303,7 @@ def _container(config: Config, role: K8sRoleConfig, command: list[str], env: lis
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": volume_mounts(config),
+        "volumeMounts": volume_mounts(config, with_config),
     }
 
 
@@ -303,7 +315,7 @@ def resources(role: K8sRoleConfig) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def tolerations(role: K8sRoleConfig) -> list[dict]:
+def user_tolerations(role: K8sRoleConfig) -> list[dict]:
     found = []
     for toleration in role.tolerations:
         entry = {"key": toleration.key, "operator": toleration.operator}
@@ -312,12 +324,19 @@ def tolerations(role: K8sRoleConfig) -> list[dict]:
         if toleration.effect:
             entry["effect"] = toleration.effect
         found.append(entry)
+    return found
+
+
+def tolerations(role: K8sRoleConfig) -> list[dict]:
+    found = user_tolerations(role)
     if role.gpus:  # GPU node pools carry this taint so that only GPU pods land there
         found.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     return found
 
 
-def _pod_spec(config: Config, role: K8sRoleConfig, container: dict, restart: str) -> dict:
+def _pod_spec(
+    config: Config, role: K8sRoleConfig, container: dict, restart: str, with_config: bool = True
+) -> dict:
     k8s = config.launcher.k8s
     spec = {
         "restartPolicy": restart,
@@ -331,7 +350,7 @@ def _pod_spec(config: Config, role: K8sRoleConfig, container: dict, restart: str
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": volumes(config),
+        "volumes": volumes(config, with_config),
     }
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
@@ -356,9 +375,11 @@ def storage_env(config: Config) -> list[dict]:
     ]
 
 
-def volumes(config: Config) -> list[dict]:
+def volumes(config: Config, with_config: bool = True) -> list[dict]:
     storage = config.launcher.k8s.storage
-    found = [{"name": "config", "configMap": {"name": f"{config.name}-config"}}]
+    found = (
+        [{"name": "config", "configMap": {"name": f"{config.name}-config"}}] if with_config else []
+    )
     if storage.scratch_host_path:
         found.append(
             {
@@ -392,12 +413,10 @@ def azure_file_csi(config: Config) -> dict:
     }
 
 
-def volume_mounts(config: Config) -> list[dict]:
+def volume_mounts(config: Config, with_config: bool = True) -> list[dict]:
     storage = config.launcher.k8s.storage
-    found = [
-        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
-        {"name": "scratch", "mountPath": SCRATCH_DIR},
-    ]
+    found = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] if with_config else []
+    found.append({"name": "scratch", "mountPath": SCRATCH_DIR})
     if storage.azure_file_share:
         found.append(
             {"name": "azure-share", "mountPath": f"{AZURE_ROOT}/{storage.azure_file_share}"}

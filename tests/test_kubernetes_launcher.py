@@ -35,7 +35,12 @@ from launchers.pod_security import restricted_violations
 K8S_VERSIONS = ("1.37.0", "1.25.0")
 # The trainer's regex for its shard index (disttrain/data/pipeline.py).
 INDEX_IN_TF_CONFIG = re.compile(r'"task"\s*:\s*\{[^}]*"index"\s*:\s*(\d+)')
-SHARE = ["run_dir=/azure/tfshare/runs/mnist", "launcher.k8s.storage.azure_file_share=tfshare"]
+SHARE = [
+    "run_dir=/azure/tfshare/runs/mnist",
+    "launcher.k8s.storage.azure_file_share=tfshare",
+    "launcher.k8s.storage.secret=azure-storage",
+]
+NO_SHARE = ["launcher.k8s.storage.azure_file_share="]
 PLANTED_KEY = "PLANTEDkey0123456789+/abcdefSECRETVALUE=="
 
 
@@ -216,7 +221,8 @@ def test_storage_mounts_share_scratch_and_config_and_credentials_by_reference():
         if "template" not in obj.get("spec", {}):
             continue
         mounts = {m["mountPath"] for m in container_of(obj)["volumeMounts"]}
-        assert {"/etc/disttrain", "/mnt"} <= mounts
+        assert "/mnt" in mounts
+        assert ("/etc/disttrain" in mounts) == (obj["kind"] == "Job")
         env = env_of(obj)
         assert env["AZURE_STORAGE_ACCOUNT_KEY"] == {
             "secretKeyRef": {
@@ -282,10 +288,14 @@ def test_dry_run_yaml_is_plain_multi_document_yaml():
         (["run_dir=runs/mnist"], "run_dir: got 'runs/mnist', which a pod cannot reach"),
         (["run_dir=/azure/othershare/runs/x"], "a path under /azure/tfshare/"),
         (["run_dir=/tmp/runs/x"], "which a pod cannot reach"),
-        (["run_dir=az://runs/x"], "the pods have no Azure credentials"),
+        (
+            ["run_dir=az://runs/x", *NO_SHARE, "launcher.k8s.storage.secret="],
+            "the pods have no Azure credentials",
+        ),
         (["data.source=image_folder", "data.root=/home/me/images"], "data.root: got"),
         (["name=Upper"], "name: got 'Upper'"),
         (["launcher.k8s.namespace=Bad_NS"], "launcher.k8s.namespace: got 'Bad_NS'"),
+        (["launcher.k8s.storage.secret="], "launcher.k8s.storage.secret: empty"),
     ],
 )
 def test_bad_input_fails_clearly_before_anything_is_sent(overrides, message, monkeypatch):
