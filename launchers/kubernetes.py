@@ -49,7 +49,7 @@ _APIS = {
 def warn_unrestricted(objects: list[dict]) -> None:
     """A configured hostPath scratch is the one opt-in way out of the restricted standard."""
     for problem in sorted({p for obj in objects for p in restricted_violations(obj)}):
-        print(f"WARNING: not \"restricted\" Pod Security: {problem}", file=sys.stderr)
+        print(f'WARNING: not "restricted" Pod Security: {problem}', file=sys.stderr)
 
 
 def dry_run_yaml(config: Config) -> str:

@@ -1,0 +1,30 @@
+# The parameter-server image: CPU-only TensorFlow and the trainer without data or image
+# tooling (no tensorflow-datasets, no Pillow, no CUDA): noticeably smaller than the worker
+# image. Also runs TensorBoard. Build from the repository root:
+#   make images        (docker build -f docker/ps.Dockerfile -t disttrain/ps:0.1.0 .)
+FROM python:3.11-slim-bookworm
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+WORKDIR /opt/disttrain
+COPY docker/requirements.py docker/requirements.py
+COPY pyproject.toml README.md ./
+COPY disttrain disttrain
+COPY launchers launchers
+COPY configs configs
+
+# pyproject's dependencies at their own version ranges (tensorflow-cpu~=2.21.0 included),
+# minus the data tooling a ps never uses; then the package itself without dependencies.
+RUN python docker/requirements.py --extra azure --without tensorflow-datasets pillow \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && pip install --no-cache-dir --no-deps . \
+    && rm /tmp/requirements.txt
+
+# Non-root, uid 1000: the pods' securityContext (runAsUser 1000, "restricted" standard).
+RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin disttrain
+USER 1000
+WORKDIR /home/disttrain
+CMD ["disttrain", "task", "--config", "/etc/disttrain/config.yaml"]
