@@ -27,10 +27,20 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    source: Literal["builtin", "image_folder"] = "builtin"
-    # Image-folder root (`<root>/<split>/<class>/*.jpg`); the built-in dataset's cache
-    # folder when source is builtin (empty: ~/.cache/disttrain).
+    source: Literal["builtin", "image_folder", "tfrecord", "tfds", "synthetic"] = "builtin"
+    # image_folder: `<root>/<split>/<class>/*.{jpg,jpeg,png}`, a local path or any fsspec
+    # URL (staged to scratch_dir first); tfrecord: the folder `disttrain data convert`
+    # wrote; builtin: the built-in dataset's cache folder (empty: ~/.cache/disttrain).
     root: str = ""
+    # Local scratch for staged remote folders (`/mnt/...` in pods); empty: ~/.cache/disttrain.
+    scratch_dir: str = ""
+    # A corrupt or non-image file: skip it (counted, path logged once) or fail the job.
+    on_bad_file: Literal["skip", "fail"] = "skip"
+    # TensorFlow Datasets: the dataset name (e.g. "cats_vs_dogs") and its prepared data_dir.
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+    # The synthetic source (benchmarks): random uint8 images of image_size, this many classes.
+    synthetic_classes: int = 10
     image_size: int = 32
     batch_size: int = 64
     shuffle_buffer: int = 2048
@@ -40,9 +50,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["small_cnn"] = "small_cnn"
+    name: Literal["small_cnn", "alexnet", "resnet50"] = "small_cnn"
     width: int = 32
     dropout: float = 0.1
+    # Shard variables of at least this many bytes across the ps (MinSizePartitioner);
+    # 0 keeps every variable whole on one ps.
+    partition_min_shard_bytes: int = 0
 
 
 @dataclass
@@ -53,6 +66,10 @@ class TrainConfig:
     learning_rate: float = 0.002
     seed: int = 0
     log_every_seconds: float = 5.0
+    # Compute dtype; variables stay float32. mixed_float16 adds dynamic loss scaling.
+    precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
+    # Compile the forward and backward pass with XLA.
+    jit_compile: bool = False
 
 
 @dataclass
@@ -191,6 +208,8 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: 8 <= v <= 1024, "an integer from 8 to 1024"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
+    "data.synthetic_classes": (lambda v: v >= 2, "an integer >= 2"),
+    "model.partition_min_shard_bytes": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "model.width": (lambda v: v >= 1, "an integer >= 1"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.steps": (lambda v: v >= 1, "an integer >= 1"),

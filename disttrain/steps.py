@@ -2,8 +2,12 @@
 
 A chunk runs `num_steps` optimizer steps inside one tf.function, so the coordinator pays
 its per-call cost (a remote function launch under ParameterServerStrategy) once per
-chunk, not once per step. Each chunk returns sums (loss, correct, examples) that the
-chief adds up; nothing here knows which strategy is in use.
+chunk, not once per step. Each chunk returns sums (loss, correct, examples, bad files)
+that the chief adds up; nothing here knows which strategy is in use.
+
+A negative label marks a placeholder for a file the input pipeline could not decode (see
+data/pipeline.py): it is left out of the loss and the accuracy, and counted the first
+time a worker meets it.
 """
 
 from __future__ import annotations
@@ -11,32 +15,107 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from disttrain.data.pipeline import prepare_on_device
+from disttrain.config import TrainConfig
+from disttrain.data.pipeline import BAD_FILE_FIRST_SEEN, prepare_on_device
 
 _SUM = tf.distribute.ReduceOp.SUM
 
 
+def make_optimizer(config: TrainConfig, model: keras.Model) -> keras.optimizers.Optimizer:
+    """Adam, built for the model (call inside the strategy scope).
+
+    float16 gets dynamic loss scaling, as its small gradients underflow. The optimizer
+    updates each shard of a partitioned variable as a variable of its own: its slots then
+    live on the shard's ps, and no update needs the whole variable in one place (a
+    ShardedVariable cannot be updated as one).
+    """
+    optimizer = keras.optimizers.Adam(config.learning_rate)
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(update_targets(model.trainable_variables))
+    return optimizer
+
+
+def update_targets(variables) -> list:
+    """The variables the optimizer updates: the shards of a partitioned variable, in order."""
+    return [target for variable in variables for target in _shards_or_self(variable)]
+
+
+def split_gradients(grads, variables) -> list:
+    """Each variable's gradient, cut along axis 0 like its shards (see update_targets)."""
+    parts = []
+    for grad, variable in zip(grads, variables):
+        shards = _shards_or_self(variable)
+        sizes = [shard.shape[0] for shard in shards]
+        parts.extend(tf.split(grad, sizes, axis=0) if len(shards) > 1 else [grad])
+    return parts
+
+
+def _shards_or_self(variable) -> list:
+    shards = getattr(getattr(variable, "value", None), "variables", None)
+    return list(shards) if shards is not None and len(shards) > 1 else [variable]
+
+
 def make_train_chunk(
-    strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer
+    strategy: tf.distribute.Strategy,
+    model: keras.Model,
+    optimizer: keras.optimizers.Optimizer,
+    jit_compile: bool = False,
 ):
-    """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples)."""
+    """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files)."""
+    scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def loss_of(logits, labels):
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            tf.maximum(labels, 0), logits, from_logits=True
+        ) * tf.cast(labels >= 0, tf.float32)
+        # Averaged over the global batch: MWMS sums gradients across replicas.
+        loss = tf.nn.compute_average_loss(per_example)
+        return per_example, optimizer.scale_loss(loss) if scales_loss else loss
+
+    def forward_backward(trainable, non_trainable, images, labels):
+        """Gradients with respect to variable *values*, read on the worker beforehand.
+
+        Working on values, not variables, is what lets XLA compile the pass (it cannot
+        reach a variable living on a parameter server) and what lets a variable sharded
+        across ps (a ShardedVariable, which has no single handle to differentiate) be
+        trained: its value is the shards concatenated.
+        """
+        with tf.GradientTape() as tape:
+            tape.watch(trainable)
+            logits, non_trainable = model.stateless_call(
+                trainable, non_trainable, prepare_on_device(images, True), training=True
+            )
+            per_example, loss = loss_of(tf.cast(logits, tf.float32), labels)
+        return tape.gradient(loss, trainable), per_example, logits, non_trainable
+
+    if jit_compile:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def read(variables):
+        # convert_to_tensor, not identity: a ShardedVariable converts to its concatenation.
+        return [tf.convert_to_tensor(v.value) for v in variables]
 
     def replica_step(images, labels):
-        images = prepare_on_device(images, training=True)
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = keras.losses.sparse_categorical_crossentropy(
-                labels, logits, from_logits=True
-            )
-            # Averaged over the global batch: MWMS sums gradients across replicas.
-            loss = tf.nn.compute_average_loss(per_example)
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return _batch_sums(per_example, logits, labels)
+        grads, per_example, logits, updated = forward_backward(
+            read(model.trainable_variables), read(model.non_trainable_variables), images, labels
+        )
+        for variable, value in zip(model.non_trainable_variables, updated):
+            variable.assign(value)  # batch-norm statistics and dropout seeds
+        # The loss-scale optimizer unscales, and skips a step whose gradients overflowed.
+        targets = update_targets(model.trainable_variables)
+        optimizer.apply_gradients(zip(split_gradients(grads, model.trainable_variables), targets))
+        bad = tf.reduce_sum(tf.cast(tf.equal(labels, BAD_FILE_FIRST_SEEN), tf.int64))
+        return (*_batch_sums(per_example, logits, labels), bad)
 
     @tf.function
     def train_chunk(iterator, num_steps):
-        totals = (tf.constant(0.0), tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+        totals = (
+            tf.constant(0.0),
+            tf.constant(0, tf.int64),
+            tf.constant(0, tf.int64),
+            tf.constant(0, tf.int64),
+        )
         for _ in tf.range(num_steps):
             images, labels = next(iterator)
             sums = strategy.run(replica_step, args=(images, labels))
@@ -52,7 +131,9 @@ def make_eval_batch(model: keras.Model):
 
     @tf.function
     def eval_batch(images, labels):
-        logits = model(prepare_on_device(images, training=False), training=False)
+        logits = tf.cast(
+            model(prepare_on_device(images, training=False), training=False), tf.float32
+        )
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
         return _batch_sums(per_example, logits, labels)
 
@@ -60,7 +141,9 @@ def make_eval_batch(model: keras.Model):
 
 
 def _batch_sums(per_example, logits, labels):
+    """(loss sum, correct, examples) over the examples with a real (non-negative) label."""
+    valid = labels >= 0
     predictions = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-    correct = tf.reduce_sum(tf.cast(tf.equal(predictions, labels), tf.int64))
-    examples = tf.cast(tf.size(labels), tf.int64)
+    correct = tf.reduce_sum(tf.cast(tf.logical_and(tf.equal(predictions, labels), valid), tf.int64))
+    examples = tf.reduce_sum(tf.cast(valid, tf.int64))
     return tf.reduce_sum(tf.cast(per_example, tf.float32)), correct, examples

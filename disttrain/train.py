@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from disttrain.checkpoints import (
@@ -29,12 +28,18 @@ from disttrain.checkpoints import (
 )
 from disttrain.cluster import CHIEF, ClusterShape, Task
 from disttrain.config import Config
-from disttrain.data.pipeline import Split, list_split, train_dataset, worker_index_on_worker
+from disttrain.data.pipeline import (
+    Split,
+    describe_split,
+    list_split,
+    train_dataset,
+    worker_index_on_worker,
+)
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
-from disttrain.steps import make_train_chunk
+from disttrain.steps import make_optimizer, make_train_chunk
 from disttrain.storage import DONE_FILE, TRAIN_LOGS, RunDir
-from disttrain.strategy import make_strategy
+from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
 
 
@@ -43,7 +48,7 @@ class Dispatcher:
     """Runs chunks: `send(num_steps)` starts one, `receive(handle)` waits for its sums."""
 
     send: Callable[[int], object]
-    receive: Callable[[object], tuple[float, int, int]]
+    receive: Callable[[object], tuple[float, int, int, int]]  # loss, correct, examples, bad
     max_in_flight: int
     drain: Callable[[], None]
 
@@ -51,22 +56,26 @@ class Dispatcher:
 def train(config: Config, task: Task, shape: ClusterShape) -> None:
     run_dir = RunDir(config.run_dir)
     is_chief = task.role == CHIEF
-    strategy, coordinator = make_strategy(shape)
+    strategy, coordinator = make_strategy(shape, config.model.partition_min_shard_bytes)
     split = list_split(config.data, config.data.train_split)
+    log(describe_split(split, config.data.image_size))
     log(
-        f"{task.name} | strategy: {type(strategy).__name__} | train examples: "
-        f"{len(split.files)} | classes: {len(split.class_names)} | run dir: {run_dir.url}"
+        f"{task.name} | strategy: {type(strategy).__name__} | model: {config.model.name} | "
+        f"precision: {config.train.precision} | jit_compile: {config.train.jit_compile} | "
+        f"run dir: {run_dir.url}"
     )
     with strategy.scope():
-        model = build_model(config.model, config.data.image_size, len(split.class_names))
-        optimizer = keras.optimizers.Adam(config.train.learning_rate)
-        optimizer.build(model.trainable_variables)
+        model = build_model(
+            config.model, config.data.image_size, len(split.class_names), config.train.precision
+        )
+        optimizer = make_optimizer(config.train, model)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    log(describe_placement(model.variables))
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
-        chunk = make_train_chunk(strategy, model, optimizer)
+        chunk = make_train_chunk(strategy, model, optimizer, config.train.jit_compile)
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
         loop.run(start)
@@ -148,6 +157,7 @@ class TrainLoop:
         self.staging = staging
         self.pending: deque[tuple[object, int]] = deque()
         self.completed = 0
+        self.bad_files = 0  # distinct undecodable files met (each counted once per worker)
         self.window = [0.0, 0, 0]  # loss sum, correct, examples since the last progress line
         self.publisher = BackgroundPublisher(run_dir, config.checkpoint.keep, log)
         events = staging / "events" / "train"
@@ -172,10 +182,13 @@ class TrainLoop:
 
     def _receive_oldest(self) -> None:
         handle, size = self.pending.popleft()
-        loss_sum, correct, examples = (float(v) for v in self.dispatcher.receive(handle))
+        loss_sum, correct, examples, bad = (float(v) for v in self.dispatcher.receive(handle))
         self.completed += size
         if not self.is_chief:
             return
+        if bad:  # the paths are in the log of the worker that read them
+            self.bad_files += int(bad)
+            log(f"data | bad files skipped so far: {self.bad_files} | not decodable")
         with self.writer.as_default(step=self.completed):
             tf.summary.scalar("loss", loss_sum / max(examples, 1))
             tf.summary.scalar("accuracy", correct / max(examples, 1))

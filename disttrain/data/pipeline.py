@@ -1,64 +1,45 @@
-"""The tf.data input pipeline: files in, uint8 batches out.
+"""The tf.data input pipeline: a listed split in, uint8 batches out.
 
-The CPU decodes (training crops inside the JPEG decoder) and ships uint8 batches; the
-cast, normalisation and flips run inside the step on the worker's device
-(`prepare_on_device`), so a GPU worker does its own augmentation and the host moves a
-quarter of the bytes float32 would cost.
+The CPU decodes (training crops inside the JPEG decoder, so the pixels outside the crop
+window are never decoded) and ships uint8 batches; the cast, normalisation and flips run
+inside the step on the worker's device (`prepare_on_device`), so a GPU worker does its
+own augmentation and the host moves a quarter of the bytes float32 would cost.
+
+Bad files. `ignore_errors` alone would drop a corrupt file without saying which, so image
+files are decoded in small chunks: each chunk's survivors are compared with its paths, and
+a file that did not decode becomes a placeholder with a negative label (the step masks it
+and counts the first sighting). Its path is printed once, in the first epoch, by the worker
+that reads it; with `data.on_bad_file: fail` the chunk fails instead, naming the path.
+TFRecord shards and TFDS data were decoded when they were written, so they take the plain
+path, where a decode error fails loudly.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 import tensorflow as tf
 
 from disttrain.config import DataConfig
-from disttrain.data.builtin import ensure_builtin_dataset
+from disttrain.data.sources import (  # noqa: F401  (re-exported: callers import from here)
+    DataError,
+    Split,
+    describe_split,
+    list_split,
+)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the folder or file."""
-
-
-@dataclass(frozen=True)
-class Split:
-    files: list[str]
-    labels: list[int]
-    class_names: list[str]
-
-
-def dataset_root(config: DataConfig) -> Path:
-    if config.source == "builtin":
-        return ensure_builtin_dataset(config.root or None)
-    root = Path(config.root)
-    if not config.root or not root.is_dir():
-        raise DataError(
-            f"data.root: {config.root!r} is not a folder; expected <root>/<split>/<class>/*.jpg"
-        )
-    return root
-
-
-def list_split(config: DataConfig, split: str) -> Split:
-    """Every image file of a split with its label; classes are the sorted folder names."""
-    folder = dataset_root(config) / split
-    if not folder.is_dir():
-        raise DataError(f"data split folder {str(folder)!r} does not exist")
-    class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(str(path))
-                labels.append(label)
-    if not files:
-        raise DataError(
-            f"data split folder {str(folder)!r} holds no images "
-            f"({', '.join(IMAGE_SUFFIXES)}) under class folders"
-        )
-    return Split(files, labels, class_names)
+AUTOTUNE = tf.data.AUTOTUNE
+# A bad file's label: first sighting on this worker (counted) and later epochs (not).
+BAD_FILE_FIRST_SEEN = -1
+BAD_FILE_SEEN_AGAIN = -2
+# Files decoded per chunk: large enough to amortise the per-chunk dataset, small enough
+# that a chunk never holds a worker's pipeline up.
+CHECK_CHUNK = 32
+# Training crops: the fraction of the image area kept, and the aspect ratios allowed.
+CROP_AREA = (0.6, 1.0)
+CROP_ASPECT = (0.8, 1.25)
+EVAL_CENTRAL_FRACTION = 0.875
 
 
 def train_dataset(
@@ -66,33 +47,55 @@ def train_dataset(
 ) -> tf.data.Dataset:
     """An endless, shuffled dataset of (uint8 images, int32 labels) for one worker's shard.
 
-    `num_shards` and `shard_index` may be tensors: under ParameterServerStrategy the
-    index is only known on the worker itself (see `worker_index_on_worker`).
+    `shard_index` may be a tensor: under ParameterServerStrategy the index is only known
+    on the worker itself (see `worker_index_on_worker`).
     """
-    ds = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
-    ds = ds.shard(num_shards, shard_index)
-    ds = ds.shuffle(len(split.files), seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.map(
-        lambda f, y: (_decode_random_crop(f, config.image_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=False,
-    )
-    return ds.batch(config.batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    size = config.image_size
+    decode = lambda data: decode_random_crop(data, size)  # noqa: E731
+    if split.source == "synthetic":
+        return synthetic_batches(config, split, config.batch_size, seed).repeat()
+    if split.source in ("tfrecord", "tfds"):
+        records = _sharded_records(split, num_shards, shard_index)
+        records = records.shuffle(config.shuffle_buffer, seed=seed).repeat()
+        images = records.map(
+            lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=False
+        )
+    else:
+        files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
+        files = files.shard(num_shards, shard_index)
+        files = files.shuffle(len(split.files), seed=seed, reshuffle_each_iteration=True)
+        first_epoch = _shard_size(len(split.files), num_shards, shard_index)
+        images = _checked_images(
+            files.repeat(), decode, size, first_epoch, config.on_bad_file, deterministic=False
+        )
+    return images.batch(config.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
 def eval_dataset(
     config: DataConfig, split: Split, batch_size: int, max_examples: int = 0
 ) -> tf.data.Dataset:
-    """One deterministic pass over the split, centrally cropped."""
-    ds = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
-    if max_examples:
-        ds = ds.take(max_examples)
-    ds = ds.map(
-        lambda f, y: (_decode_central(f, config.image_size), y),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    """One deterministic pass over the split, centrally cropped; bad files left out."""
+    size = config.image_size
+    decode = lambda data: decode_central_crop(data, size)  # noqa: E731
+    if split.source == "synthetic":
+        count = max_examples or split.num_examples
+        return synthetic_batches(config, split, count, seed=1).unbatch().batch(batch_size)
+    if split.source in ("tfrecord", "tfds"):
+        records = _sharded_records(split, 1, 0)
+        if max_examples:
+            records = records.take(max_examples)
+        images = records.map(
+            lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
+    else:
+        files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
+        if max_examples:
+            files = files.take(max_examples)
+        images = _checked_images(
+            files, decode, size, len(split.files), config.on_bad_file, deterministic=True
+        )
+        images = images.filter(lambda image, label: label >= 0)
+    return images.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def prepare_on_device(images: tf.Tensor, training: bool) -> tf.Tensor:
@@ -121,32 +124,190 @@ def worker_index_on_worker() -> tf.Tensor:
     return tf.strings.to_number(index, tf.int64)
 
 
-def _decode_random_crop(path: tf.Tensor, size: int, min_area: float = 0.6) -> tf.Tensor:
-    data = tf.io.read_file(path)
-    shape = tf.image.extract_jpeg_shape(data)
-    begin, crop, _ = tf.image.sample_distorted_bounding_box(
-        shape,
-        bounding_boxes=tf.zeros([1, 0, 4]),
-        min_object_covered=0.0,
-        aspect_ratio_range=(0.8, 1.25),
-        area_range=(min_area, 1.0),
-        max_attempts=10,
-        use_image_if_no_bounding_boxes=True,
-    )
-    window = tf.stack([begin[0], begin[1], crop[0], crop[1]])
-    image = tf.image.decode_and_crop_jpeg(data, window, channels=3)
-    return _resize_uint8(image, size)
+# --- decoding ------------------------------------------------------------------------
 
 
-def _decode_central(path: tf.Tensor, size: int, fraction: float = 0.875) -> tf.Tensor:
-    image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-    if fraction < 1.0:
-        image = tf.image.central_crop(image, fraction)
-    return _resize_uint8(image, size)
+def decode_random_crop(data: tf.Tensor, size: int) -> tf.Tensor:
+    """A random crop (area and aspect jitter) of an encoded image, resized to size x size."""
+
+    def random_window(shape):
+        begin, crop, _ = tf.image.sample_distorted_bounding_box(
+            shape,
+            bounding_boxes=tf.zeros([1, 0, 4]),
+            min_object_covered=0.0,
+            aspect_ratio_range=CROP_ASPECT,
+            area_range=CROP_AREA,
+            max_attempts=10,
+            use_image_if_no_bounding_boxes=True,
+        )
+        return tf.stack([begin[0], begin[1], crop[0], crop[1]])
+
+    return resize_uint8(decode_window(data, random_window), size)
 
 
-def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+def decode_central_crop(data: tf.Tensor, size: int) -> tf.Tensor:
+    """The central EVAL_CENTRAL_FRACTION of an encoded image, resized to size x size."""
+
+    def central_window(shape):
+        height, width = shape[0], shape[1]
+        crop_h = tf.cast(tf.cast(height, tf.float32) * EVAL_CENTRAL_FRACTION, tf.int32)
+        crop_w = tf.cast(tf.cast(width, tf.float32) * EVAL_CENTRAL_FRACTION, tf.int32)
+        crop_h, crop_w = tf.maximum(crop_h, 1), tf.maximum(crop_w, 1)
+        return tf.stack([(height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w])
+
+    return resize_uint8(decode_window(data, central_window), size)
+
+
+def decode_window(data: tf.Tensor, window_of) -> tf.Tensor:
+    """Decode only `window_of(shape)` = [y, x, height, width] of an encoded image.
+
+    JPEG crops inside the decoder (the skipped blocks are never decoded); PNG and other
+    formats are decoded whole and sliced.
+    """
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(data)
+        return tf.image.decode_and_crop_jpeg(data, window_of(shape), channels=3)
+
+    def other():
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        window = window_of(tf.shape(image, out_type=tf.int32))
+        return tf.slice(image, [window[0], window[1], 0], [window[2], window[3], 3])
+
+    return tf.cond(tf.io.is_jpeg(data), jpeg, other)
+
+
+def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
     image = tf.image.resize(image, (size, size), antialias=True)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     image.set_shape((size, size, 3))
     return image
+
+
+# --- bad files ---------------------------------------------------------------------------
+
+
+def _checked_images(
+    files: tf.data.Dataset, decode, size: int, first_epoch, on_bad_file: str, deterministic: bool
+) -> tf.data.Dataset:
+    """(path, label) -> (image, label), a bad file's label replaced by a negative marker.
+
+    `first_epoch` is how many elements make up one pass (a bad file is reported and
+    counted only there).
+    """
+    chunks = files.enumerate().batch(CHECK_CHUNK)
+    return chunks.interleave(
+        lambda position, example: _decode_chunk(
+            position, example, decode, size, first_epoch, on_bad_file
+        ),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
+
+
+def _decode_chunk(position, example, decode, size, first_epoch, on_bad_file) -> tf.data.Dataset:
+    paths, labels = example
+    decoded = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+        lambda path, label: (decode(tf.io.read_file(path)), label, path)
+    )
+    # A chunk whose every file failed still yields one (empty) batch.
+    empty = tf.data.Dataset.from_tensors(
+        (
+            tf.zeros([0, size, size, 3], tf.uint8),
+            tf.zeros([0], labels.dtype),
+            tf.zeros([0], tf.string),
+        )
+    )
+    survivors = decoded.ignore_errors().batch(CHECK_CHUNK).concatenate(empty).take(1)
+    return survivors.flat_map(
+        lambda images, good_labels, good_paths: _with_placeholders(
+            images, good_labels, good_paths, paths, position, first_epoch, on_bad_file
+        )
+    )
+
+
+def _with_placeholders(
+    images, good_labels, good_paths, paths, position, first_epoch, on_bad_file
+) -> tf.data.Dataset:
+    missing = tf.logical_not(tf.reduce_any(tf.equal(paths[:, None], good_paths[None, :]), axis=1))
+    first_seen = tf.logical_and(missing, position < tf.cast(first_epoch, tf.int64))
+    bad_paths = tf.boolean_mask(paths, missing)
+    if on_bad_file == "fail":
+        checks = [
+            tf.debugging.Assert(
+                tf.size(bad_paths) == 0,
+                ["bad image file (data.on_bad_file: fail):", bad_paths],
+                summarize=CHECK_CHUNK,
+            )
+        ]
+    else:
+        checks = [_report_once(tf.boolean_mask(paths, first_seen))]
+    with tf.control_dependencies(checks):
+        bad_labels = tf.where(
+            tf.boolean_mask(first_seen, missing), BAD_FILE_FIRST_SEEN, BAD_FILE_SEEN_AGAIN
+        )
+        count = tf.size(bad_labels)
+        placeholders = tf.zeros(tf.concat([[count], images.shape[1:]], 0), tf.uint8)
+        all_images = tf.concat([images, placeholders], 0)
+        all_labels = tf.concat([good_labels, tf.cast(bad_labels, good_labels.dtype)], 0)
+    return tf.data.Dataset.from_tensor_slices((all_images, all_labels))
+
+
+def _report_once(first_seen_paths: tf.Tensor):
+    def report():
+        tf.print(
+            "data | bad image file skipped (not decodable; data.on_bad_file: skip) |",
+            first_seen_paths,
+            summarize=CHECK_CHUNK,
+            output_stream=sys.stdout,
+        )
+        return tf.constant(True)
+
+    return tf.cond(tf.size(first_seen_paths) > 0, report, lambda: tf.constant(False))
+
+
+def _shard_size(total: int, num_shards, shard_index) -> tf.Tensor:
+    """Elements in shard `shard_index` of `total` split round-robin (`Dataset.shard`)."""
+    n = tf.cast(num_shards, tf.int64)
+    i = tf.cast(shard_index, tf.int64)
+    return (tf.constant(total, tf.int64) - i + n - 1) // n
+
+
+def find_undecodable(paths: list[str]) -> list[str]:
+    """The files among `paths` that the pipeline's decoder cannot read (run eagerly)."""
+    if not paths:
+        return []
+    decoded = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda path: (tf.shape(decode_central_crop(tf.io.read_file(path), 8)), path),
+        num_parallel_calls=AUTOTUNE,
+    )
+    good = {path.decode() for _, path in decoded.ignore_errors().as_numpy_iterator()}
+    return [path for path in paths if path not in good]
+
+
+# --- record sources and synthetic data -------------------------------------------------
+
+
+def _sharded_records(split: Split, num_shards, shard_index) -> tf.data.Dataset:
+    """(encoded image, int32 label) of one shard of a TFRecord or TFDS split."""
+    if split.source == "tfds":
+        from disttrain.data.tfds_source import tfds_records
+
+        # Every worker reads the split's records and keeps its own: TFDS slicing needs a
+        # Python index, which a PSS worker does not have (see worker_index_on_worker).
+        return tfds_records(split).shard(num_shards, shard_index)
+    from disttrain.data.tfrecords import tfrecord_records
+
+    return tfrecord_records(split.files, num_shards, shard_index)
+
+
+def synthetic_batches(
+    config: DataConfig, split: Split, count: int, seed: int | None
+) -> tf.data.Dataset:
+    """One cached batch of `count` random uint8 images and labels: no decode cost at all."""
+    size, classes = config.image_size, len(split.class_names)
+    # Stateless ops: a dataset function must not create variables (PSS traces it once).
+    key = tf.constant([seed or 0, 0], tf.int64)
+    images = tf.random.stateless_uniform([count, size, size, 3], key, 0, 256, tf.int32)
+    labels = tf.random.stateless_uniform([count], key + 1, 0, classes, tf.int32)
+    return tf.data.Dataset.from_tensors((tf.cast(images, tf.uint8), labels))

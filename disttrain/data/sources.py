@@ -1,0 +1,212 @@
+"""What a data source holds: the files (or records) of a split, its classes and counts.
+
+Pure Python (no TensorFlow at import): launchers call `check_data_source` before any
+process starts, and every task lists its split the same way, so a bad layout is one clear
+error at submit time instead of a crash on a worker. Reading the listed split is
+pipeline.py's job.
+
+Sources (config `data.source`):
+  builtin       the generated shapes dataset (an image folder in the cache), the default
+  image_folder  `<root>/<split>/<class>/*.{jpg,jpeg,png}`, local or any fsspec URL (staged)
+  tfrecord      shards written by `disttrain data convert`, classes in classes.json beside them
+  tfds          a TensorFlow Datasets name with a prepared `data_dir`
+  synthetic     random uint8 images of the configured shape (benchmarks)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from disttrain.config import DataConfig
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CLASSES_FILE = "classes.json"  # beside TFRecord shards: class names and per-shard counts
+SYNTHETIC_EXAMPLES = {"train": 4096, "test": 1024}
+
+
+class DataError(ValueError):
+    """The data cannot be used; the message names the source, folder or file."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a source, as the input pipeline reads it.
+
+    `files` are image files (with `labels`) for folder sources and TFRecord shards (with
+    `shard_counts`, examples per shard) for tfrecord; tfds and synthetic need neither.
+    """
+
+    source: str
+    name: str
+    class_names: list[str]
+    num_examples: int  # -1: unknown (a TFDS split without metadata)
+    files: list[str]
+    labels: list[int]
+    image_shape: str  # what the stored images look like, for the start-up report
+    shard_counts: list[int] = ()
+    tfds_name: str = ""
+    tfds_data_dir: str = ""
+
+
+def list_split(config: DataConfig, split: str) -> Split:
+    """List one split of the configured source; raises DataError when it is unusable."""
+    if config.source in ("builtin", "image_folder"):
+        return _folder_split(config, split)
+    if config.source == "tfrecord":
+        return _tfrecord_split(config, split)
+    if config.source == "tfds":
+        from disttrain.data.tfds_source import tfds_split
+
+        return tfds_split(config, split)
+    return _synthetic_split(config, split)
+
+
+def check_data_source(config: DataConfig) -> None:
+    """Both splits exist, are non-empty and agree on the classes; raises DataError."""
+    train = list_split(config, config.train_split)
+    test = list_split(config, config.test_split)
+    if train.class_names != test.class_names:
+        raise DataError(
+            f"data: split {train.name!r} has {len(train.class_names)} classes "
+            f"({_names(train.class_names)}) but split {test.name!r} has "
+            f"{len(test.class_names)} ({_names(test.class_names)}); they must match"
+        )
+
+
+def describe_split(split: Split, image_size: int) -> str:
+    """One start-up report line: source, split, examples, classes, stored and fed shape."""
+    count = "unknown" if split.num_examples < 0 else str(split.num_examples)
+    return (
+        f"data | {split.source} | split: {split.name} | examples: {count} | "
+        f"classes: {len(split.class_names)} ({_names(split.class_names)}) | "
+        f"stored images: {split.image_shape} | fed as: {image_size}x{image_size}x3 uint8"
+    )
+
+
+def folder_root(config: DataConfig) -> Path:
+    """The local folder holding `<split>/<class>/*` for builtin and image_folder sources.
+
+    A remote URL is staged to `data.scratch_dir` first (reused when already complete).
+    """
+    if config.source == "builtin":
+        from disttrain.data.builtin import ensure_builtin_dataset
+
+        return ensure_builtin_dataset(config.root or None)
+    if not config.root:
+        raise DataError("data.root: empty; accepted: a folder laid out as <root>/<split>/<class>/*")
+    if is_remote(config.root):
+        from disttrain.data.staging import stage_folder
+
+        return stage_folder(config.root, scratch_dir(config))
+    root = Path(config.root.removeprefix("file://"))
+    if not root.is_dir():
+        raise DataError(
+            f"data.root: {config.root!r} is not a folder; expected <root>/<split>/<class>/*.jpg"
+        )
+    return root
+
+
+def is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def scratch_dir(config: DataConfig) -> Path:
+    if config.scratch_dir:
+        return Path(config.scratch_dir)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(cache) / "disttrain" / "staged"
+
+
+def list_image_folder(folder: Path) -> tuple[list[str], list[int], list[str]]:
+    """(files, labels, class names) of `<folder>/<class>/*.{jpg,jpeg,png}`; classes sorted."""
+    try:
+        class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except OSError as exc:
+        raise DataError(f"data split folder {str(folder)!r} cannot be read: {exc}") from None
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        for path in sorted((folder / name).iterdir()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(str(path))
+                labels.append(label)
+    return files, labels, class_names
+
+
+def _folder_split(config: DataConfig, split: str) -> Split:
+    folder = folder_root(config) / split
+    if not folder.is_dir():
+        raise DataError(f"data split folder {str(folder)!r} does not exist")
+    files, labels, class_names = list_image_folder(folder)
+    if not files:
+        raise DataError(
+            f"data split folder {str(folder)!r} holds no images "
+            f"({', '.join(IMAGE_SUFFIXES)}) under class folders"
+        )
+    return Split(
+        config.source, split, class_names, len(files), files, labels, _image_shape(files[0])
+    )
+
+
+def _image_shape(path: str) -> str:
+    """The first file's shape, e.g. "32x32x3 (first file)"; never fails the listing."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            channels = len(image.getbands())
+            return f"{image.height}x{image.width}x{channels} (first file)"
+    except Exception:  # a bad file is the pipeline's to skip or fail on, with its path
+        return "unknown (first file unreadable)"
+
+
+def read_classes_file(root: Path) -> dict:
+    path = root / CLASSES_FILE
+    if not path.is_file():
+        raise DataError(
+            f"data.root: {str(root)!r} has no {CLASSES_FILE}; "
+            "write TFRecord shards with `disttrain data convert`"
+        )
+    return json.loads(path.read_text())
+
+
+def _tfrecord_split(config: DataConfig, split: str) -> Split:
+    root = Path(config.root.removeprefix("file://"))
+    if is_remote(config.root):
+        from disttrain.data.staging import stage_folder
+
+        root = stage_folder(config.root, scratch_dir(config))
+    meta = read_classes_file(root)
+    shards = meta["splits"].get(split)
+    if not shards or not sum(shards["counts"]):
+        raise DataError(
+            f"data.root: {str(root)!r} has no examples in split {split!r}; "
+            f"splits written: {', '.join(sorted(meta['splits'])) or 'none'}"
+        )
+    missing = [name for name in shards["files"] if not (root / name).is_file()]
+    if missing:
+        raise DataError(f"TFRecord shard {str(root / missing[0])!r} listed in classes.json is gone")
+    return Split(
+        "tfrecord",
+        split,
+        list(meta["classes"]),
+        sum(shards["counts"]),
+        [str(root / name) for name in shards["files"]],
+        [],
+        meta.get("image_shape", "unknown"),
+        shard_counts=list(shards["counts"]),
+    )
+
+
+def _synthetic_split(config: DataConfig, split: str) -> Split:
+    names = [f"class{i}" for i in range(config.synthetic_classes)]
+    count = SYNTHETIC_EXAMPLES.get(split, SYNTHETIC_EXAMPLES["test"])
+    shape = f"{config.image_size}x{config.image_size}x3 (random)"
+    return Split("synthetic", split, names, count, [], [], shape)
+
+
+def _names(class_names: list[str], limit: int = 6) -> str:
+    shown = ", ".join(class_names[:limit])
+    return shown + (f", ... {len(class_names) - limit} more" if len(class_names) > limit else "")

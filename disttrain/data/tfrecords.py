@@ -1,0 +1,132 @@
+"""TFRecord shards: `disttrain data convert` writes them from an image folder; the pipeline
+reads them.
+
+A shard holds the encoded image bytes as they were on disk (no re-encoding: the training
+decoder still crops inside the JPEG), the label and the source path. Files are shuffled
+once with a fixed seed before sharding, so every shard mixes the classes and a worker
+that reads a few shards still sees them all. Every image is decoded once during
+conversion by the same decoder training uses; files it cannot read are left out (logged
+with their path) or, with `--on-bad-file fail`, stop the conversion.
+
+Beside the shards, classes.json keeps the class names, the shard files of each split with
+their example counts, and the stored image shape.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import tensorflow as tf
+
+from disttrain.data.sources import CLASSES_FILE, DataError, list_image_folder
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/path": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def convert_image_folder(
+    root: Path,
+    out_dir: Path,
+    shards: int,
+    on_bad_file: str,
+    log: Callable[[str], None],
+) -> dict:
+    """Write `<out_dir>/<split>-NNNNN-of-MMMMM.tfrecord` for each split folder of `root`."""
+    from disttrain.data.pipeline import find_undecodable
+
+    splits = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not splits:
+        raise DataError(f"data convert: {str(root)!r} has no split folders (<root>/<split>/...)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta: dict = {"classes": None, "splits": {}, "image_shape": "unknown"}
+    for split in splits:
+        files, labels, class_names = list_image_folder(root / split)
+        if meta["classes"] not in (None, class_names):
+            raise DataError(
+                f"data convert: split {split!r} has classes {class_names} but an earlier "
+                f"split has {meta['classes']}; they must match"
+            )
+        meta["classes"] = class_names
+        bad = set(find_undecodable(files))
+        for path in sorted(bad):
+            if on_bad_file == "fail":
+                raise DataError(f"data convert: {path!r} is not a decodable image")
+            log(f"data convert | bad image file skipped | {path}")
+        examples = [(f, y) for f, y in zip(files, labels) if f not in bad]
+        if not examples:
+            raise DataError(f"data convert: split folder {str(root / split)!r} has no images")
+        meta["splits"][split] = write_shards(examples, out_dir, split, shards)
+        log(
+            f"data convert | {split} | {len(examples)} images ({len(bad)} skipped) | "
+            f"{len(meta['splits'][split]['files'])} shards | {out_dir}"
+        )
+    meta["image_shape"] = _first_shape(root, splits[0])
+    (out_dir / CLASSES_FILE).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def write_shards(examples: list[tuple[str, int]], out_dir: Path, split: str, shards: int) -> dict:
+    """Write the examples round-robin into at most `shards` files; their names and counts."""
+    examples = list(examples)
+    random.Random(0).shuffle(examples)
+    shards = max(1, min(shards, len(examples)))
+    names = [f"{split}-{i:05d}-of-{shards:05d}.tfrecord" for i in range(shards)]
+    counts = [0] * shards
+    writers = [tf.io.TFRecordWriter(str(out_dir / name)) for name in names]
+    try:
+        for i, (path, label) in enumerate(examples):
+            writers[i % shards].write(_example(path, label).SerializeToString())
+            counts[i % shards] += 1
+    finally:
+        for writer in writers:
+            writer.close()
+    return {"files": names, "counts": counts}
+
+
+def _example(path: str, label: int) -> tf.train.Example:
+    data = Path(path).read_bytes()
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+        "image/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        "image/path": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def _first_shape(root: Path, split: str) -> str:
+    from disttrain.data.sources import _image_shape
+
+    files, _, _ = list_image_folder(root / split)
+    return _image_shape(files[0]).replace(" (first file)", " (first image)") if files else "unknown"
+
+
+def tfrecord_records(files: list[str], num_shards, shard_index) -> tf.data.Dataset:
+    """(encoded image, int32 label) of one worker's part of the shard files.
+
+    With at least as many shard files as workers each worker reads whole files of its own
+    (no byte is read twice); with fewer, every worker reads all files and keeps every
+    n-th record.
+    """
+    names = tf.data.Dataset.from_tensor_slices(files)
+    by_file = isinstance(num_shards, int) and len(files) >= num_shards
+    if by_file:
+        names = names.shard(num_shards, shard_index)
+    records = names.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=min(len(files), 8),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    if not by_file:
+        records = records.shard(num_shards, shard_index)
+    return records.map(_parse, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _parse(record: tf.Tensor):
+    example = tf.io.parse_single_example(record, FEATURES)
+    return example["image/encoded"], tf.cast(example["image/label"], tf.int32)
