@@ -189,6 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.api.requests.append(f"{method} {self.path}")
         if "protobuf" in self.headers.get("Content-Type", ""):
             try:
                 body = json.dumps(protobuf.decode(body)).encode()

@@ -16,7 +16,7 @@ import uuid
 
 from . import garbage
 from .resources import BY_KIND
-from .store import ApiError, Store, now
+from .store import Store, now, run_control_loop
 
 DEPLOYMENTS = BY_KIND[("apps/v1", "Deployment")]
 REPLICASETS = BY_KIND[("apps/v1", "ReplicaSet")]
@@ -62,19 +62,13 @@ class DeploymentController:
         self.thread.start()
 
     def _loop(self) -> None:
-        seen = -1
-        while not self.store.closed:
-            with self.store.lock:
-                if self.store.revision == seen:
-                    self.store.changed.wait(0.5)
-                seen = self.store.revision
-            try:
-                for deployment in self.store.list(DEPLOYMENTS)[0]:
-                    self.sync_deployment(deployment)
-                for replica_set in self.store.list(REPLICASETS)[0]:
-                    self.sync_replica_set(replica_set)
-            except ApiError:
-                pass
+        run_control_loop(self.store, self.sync_all)
+
+    def sync_all(self) -> None:
+        for deployment in self.store.list(DEPLOYMENTS)[0]:
+            self.sync_deployment(deployment)
+        for replica_set in self.store.list(REPLICASETS)[0]:
+            self.sync_replica_set(replica_set)
 
     def sync_deployment(self, deployment: dict) -> None:
         meta, spec = deployment["metadata"], deployment["spec"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 
 from .resources import BY_KIND, RESOURCES, Resource
-from .store import ApiError, Store
+from .store import ApiError, Store, run_control_loop
 
 NAMESPACES = BY_KIND[("v1", "Namespace")]
 PODS = BY_KIND[("v1", "Pod")]
@@ -115,16 +115,7 @@ class GarbageCollector:
         self.thread.start()
 
     def _run(self) -> None:
-        seen = -1
-        while not self.store.closed:
-            with self.store.lock:
-                if self.store.revision == seen:
-                    self.store.changed.wait(0.5)
-                seen = self.store.revision
-            try:
-                self.collect()
-            except ApiError:
-                pass  # raced with a client; the next pass sees the new state
+        run_control_loop(self.store, self.collect)
 
     def collect(self) -> None:
         everything = [(res, obj) for res in RESOURCES for obj in self.store.list(res)[0]]

@@ -24,7 +24,7 @@ import uuid
 
 from . import garbage
 from .resources import BY_KIND
-from .store import ApiError, Store, now
+from .store import ApiError, Store, now, run_control_loop
 
 JOBS = BY_KIND[("batch/v1", "Job")]
 PODS = BY_KIND[("v1", "Pod")]
@@ -77,17 +77,14 @@ class JobController:
         self.thread.start()
 
     def _loop(self) -> None:
-        seen = -1
-        while not self.store.closed:
-            with self.store.lock:
-                if self.store.revision == seen:
-                    self.store.changed.wait(0.5)
-                seen = self.store.revision
-            for job in self.store.list(JOBS)[0]:
-                try:
-                    self.sync(job)
-                except ApiError:
-                    pass  # raced with a deletion; next pass
+        run_control_loop(self.store, self.sync_all)
+
+    def sync_all(self) -> None:
+        for job in self.store.list(JOBS)[0]:
+            try:
+                self.sync(job)
+            except ApiError:
+                pass  # raced with a deletion; the next pass sees it
 
     def sync(self, job: dict) -> None:
         meta, spec, status = job["metadata"], job["spec"], job.get("status") or {}

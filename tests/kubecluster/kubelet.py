@@ -21,12 +21,13 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .network import PodNetwork, write_dns
 from .resources import BY_KIND
-from .store import ApiError, Store, now
+from .store import ApiError, Store, now, run_control_loop
 
 PODS = BY_KIND[("v1", "Pod")]
 SERVICES = BY_KIND[("v1", "Service")]
@@ -110,6 +111,9 @@ class PodRunner:
             phase = self._run_pod(pod)
         except ApiError:
             phase = None  # the pod is gone
+        except Exception:
+            traceback.print_exc()  # a bug in the test kubelet: loud, and the pod fails
+            phase = "Failed"
         finally:
             self._kill_all()
             if self.netns:
@@ -543,6 +547,7 @@ class Kubelet:
         self.lock = threading.RLock()
         self.thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
         self.dns_revision = -1
+        self.closing = False
 
     def start(self) -> None:
         self.thread.start()
@@ -570,16 +575,7 @@ class Kubelet:
 
     # -- the loop
     def _loop(self) -> None:
-        seen = -1
-        while not self.store.closed:
-            with self.store.lock:
-                if self.store.revision == seen:
-                    self.store.changed.wait(0.5)
-                seen = self.store.revision
-            try:
-                self.sync()
-            except ApiError:
-                pass
+        run_control_loop(self.store, self.sync)
 
     def sync(self) -> None:
         pods, _ = self.store.list(PODS)
@@ -615,6 +611,8 @@ class Kubelet:
     def _start(self, pod: dict) -> None:
         runner = PodRunner(self, pod)
         with self.lock:
+            if self.closing:
+                return
             self.runners[pod["metadata"]["uid"]] = runner
         runner.folder.mkdir(parents=True, exist_ok=True)
         runner.start()
@@ -690,13 +688,15 @@ class Kubelet:
         for runner in list(self.runners.values()):
             if (runner.namespace, runner.name) == (namespace, pod_name):
                 runs = list(runner.containers.values())
-                run = runner.containers.get(container) if container else runs[0]
+                run = runner.containers.get(container) if container else (runs or [None])[0]
                 if run and run.current and run.current.exit_code is None:
                     return run.current.process
         return None
 
     def shutdown(self) -> None:
+        """Stop every pod (SIGTERM, then SIGKILL after 2 s) and start no new one."""
         with self.lock:
+            self.closing = True
             runners = list(self.runners.values())
         for runner in runners:
             runner.stop(2.0)

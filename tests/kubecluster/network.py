@@ -176,9 +176,11 @@ def resolv_conf(namespace: str) -> str:
 
 def write_dns(netns: str, viewer: dict, pods: list[dict], services: list[dict]) -> None:
     folder = NETNS_DIR / netns
-    if folder.exists():
+    try:
         write_in_place(folder / "hosts", hosts_file(viewer, pods, services))
         write_in_place(folder / "resolv.conf", resolv_conf(viewer["metadata"]["namespace"]))
+    except FileNotFoundError:
+        pass  # the pod ended and its namespace went away meanwhile
 
 
 def running_as_root_with_ip() -> str | None:

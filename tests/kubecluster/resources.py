@@ -32,6 +32,7 @@ class Resource:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
 
+CATEGORY_ALL = {"Pod", "Service", "Deployment", "ReplicaSet", "StatefulSet", "Job"}
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 RESOURCES = [
@@ -136,6 +137,7 @@ def api_resource_list(group: str, version: str) -> dict | None:
                 "kind": r.kind,
                 "verbs": VERBS,
                 "shortNames": list(r.short_names),
+                "categories": ["all"] if r.kind in CATEGORY_ALL else [],
             }
         )
         for sub in r.subresources:

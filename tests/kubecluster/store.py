@@ -11,6 +11,7 @@ import copy
 import datetime
 import re
 import threading
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -372,6 +373,22 @@ class Store:
         with self.lock:
             self.closed = True
             self.changed.notify_all()
+
+
+def run_control_loop(store: Store, reconcile: Callable[[], None]) -> None:
+    """Call `reconcile()` after every change, and at least twice a second (level-triggered)."""
+    seen = -1
+    while not store.closed:
+        with store.lock:
+            if store.revision == seen:
+                store.changed.wait(0.5)
+            seen = store.revision
+        try:
+            reconcile()
+        except ApiError:
+            pass  # raced with a client; the next pass sees the new state
+        except Exception:
+            traceback.print_exc()  # a bug in the test cluster: loud, but keep the cluster up
 
 
 def _first_after(history: list[Event], revision: int) -> int:

@@ -1,0 +1,47 @@
+"""pytest fixtures for the test cluster. A test module imports what it uses:
+
+    from kubecluster.fixtures import kube_cluster, kube_namespace  # noqa: F401
+
+`kube_cluster` is one cluster per module (an API server is cheap; pods are not shared);
+`kube_namespace` gives each test its own namespace and deletes it (and so every object and
+pod in it) afterwards. The cluster is closed even when a test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from . import TOOLS_BIN, KubeCluster, unavailable_reason
+from .garbage import NAMESPACES, delete
+
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def kube_cluster(tmp_path_factory):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    missing = [tool for tool in ("kubectl", "helm") if not (TOOLS_BIN / tool).exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing in {TOOLS_BIN}: run `make tools`")
+    cluster = KubeCluster(tmp_path_factory.mktemp("kubecluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster) -> str:
+    name = f"t{next(_numbers)}"
+    kube_cluster.create_namespace(name)
+    yield name
+    delete(kube_cluster.store, NAMESPACES, "", name)
+    kube_cluster.wait_for(
+        f"namespace {name} to be deleted",
+        lambda: kube_cluster.get("Namespace", "", name) is None,
+        timeout=60,
+    )

@@ -1,0 +1,453 @@
+"""The test cluster itself (tests/kubecluster), driven with the real kubectl and helm.
+
+These prove the cluster behaves as Kubernetes does for what the launchers rely on, so the
+end-to-end launcher tests (test_e2e_kubernetes.py) can trust it: Indexed Jobs whose pods
+reach each other by DNS name on separate network hosts, backoffLimit, restart in place with
+`logs --previous`, cascade and orphan deletion, strict validation, env and volumes,
+server-side apply (helm), deadlines and TTLs, and a teardown that leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+
+import pytest
+from kubecluster import KubeCluster, unavailable_reason
+from kubecluster.network import netns_names
+
+pytestmark = pytest.mark.integration
+
+
+def python_job(name: str, script: str, **spec: object) -> dict:
+    """A batch/v1 Job whose container runs `script` with the project's python."""
+    pod_spec = {
+        "restartPolicy": spec.pop("restartPolicy", "Never"),
+        "containers": [
+            {
+                "name": "main",
+                "image": "python:3.11-slim",
+                "command": ["python", "-c", textwrap.dedent(script)],
+            }
+        ],
+    }
+    pod_spec.update(spec.pop("pod", {}))
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"metadata": {"labels": {"job": name}}, "spec": pod_spec}, **spec},
+    }
+
+
+def apply(cluster: KubeCluster, namespace: str, *objects: dict, server_side: bool = False):
+    args = ["apply", "-n", namespace, "-f", "-"] + (["--server-side"] if server_side else [])
+    return cluster.kubectl(*args, input="\n---\n".join(json.dumps(o) for o in objects))
+
+
+def job_condition(cluster: KubeCluster, namespace: str, name: str) -> dict | None:
+    job = cluster.get("Job", namespace, name, "batch/v1") or {}
+    done = [
+        c
+        for c in (job.get("status") or {}).get("conditions", [])
+        if c["type"] in ("Complete", "Failed")
+    ]
+    return done[0] if done else None
+
+
+def wait_job(cluster: KubeCluster, namespace: str, name: str, timeout: float = 60) -> dict:
+    return cluster.wait_for(
+        f"job {name} to finish", lambda: job_condition(cluster, namespace, name), timeout
+    )
+
+
+def pods_of(cluster: KubeCluster, namespace: str, job: str) -> list[dict]:
+    return cluster.list("Pod", namespace, f"job={job}")
+
+
+PING_PONG = """
+    import os, socket, time
+    index = int(os.environ["JOB_COMPLETION_INDEX"])
+    print("index", index, "hostname", socket.gethostname(), flush=True)
+    if index == 0:
+        server = socket.create_server(("0.0.0.0", 5000))
+        conn, (peer, _) = server.accept()
+        print("from", peer, conn.recv(100).decode(), flush=True)
+        conn.sendall(b"pong")
+    else:
+        for attempt in range(300):
+            try:
+                conn = socket.create_connection(("pingpong-0.peers", 5000))
+                break
+            except OSError:
+                time.sleep(0.1)
+        conn.sendall(b"ping from " + socket.gethostname().encode())
+        print("reply", conn.recv(100).decode(), flush=True)
+"""
+
+
+def test_indexed_job_pods_reach_each_other_by_dns_name(kube_cluster, kube_namespace):
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "peers"},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {"job": "pingpong"},
+        },
+    }
+    job = python_job(
+        "pingpong",
+        PING_PONG,
+        completions=2,
+        parallelism=2,
+        completionMode="Indexed",
+        backoffLimit=0,
+        pod={"subdomain": "peers"},
+    )
+    apply(kube_cluster, kube_namespace, service, job)
+    assert wait_job(kube_cluster, kube_namespace, "pingpong")["type"] == "Complete"
+
+    status = kube_cluster.get("Job", kube_namespace, "pingpong", "batch/v1")["status"]
+    assert status["completedIndexes"] == "0-1" and status["succeeded"] == 2
+    pods = {p["spec"]["hostname"]: p for p in pods_of(kube_cluster, kube_namespace, "pingpong")}
+    assert set(pods) == {"pingpong-0", "pingpong-1"}
+    addresses = {h: p["status"]["podIP"] for h, p in pods.items()}
+    assert addresses["pingpong-0"] != addresses["pingpong-1"]
+    assert all(ip.startswith("198.1") for ip in addresses.values())
+    server_log = kube_cluster.kubectl(
+        "logs", "-n", kube_namespace, pods["pingpong-0"]["metadata"]["name"]
+    ).stdout
+    # The server saw the client's own pod address: two hosts, not one loopback.
+    assert f"from {addresses['pingpong-1']} ping from pingpong-1" in server_log
+    assert "hostname pingpong-0" in server_log
+    client_log = kube_cluster.kubectl(
+        "logs", "-n", kube_namespace, pods["pingpong-1"]["metadata"]["name"]
+    ).stdout
+    assert "reply pong" in client_log
+
+
+def test_failing_pod_exhausts_backoff_limit(kube_cluster, kube_namespace):
+    job = python_job("fails", "import sys; print('boom'); sys.exit(3)", backoffLimit=1)
+    apply(kube_cluster, kube_namespace, job)
+    waited = kube_cluster.kubectl(
+        "wait", "-n", kube_namespace, "--for=condition=Failed", "job/fails", "--timeout=60s"
+    )
+    assert "condition met" in waited.stdout
+    condition = job_condition(kube_cluster, kube_namespace, "fails")
+    assert condition["reason"] == "BackoffLimitExceeded"
+    pods = pods_of(kube_cluster, kube_namespace, "fails")
+    assert len(pods) == 2  # the first try and one retry: backoffLimit 1
+    for pod in pods:
+        assert pod["status"]["phase"] == "Failed"
+        terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 3 and terminated["reason"] == "Error"
+
+
+COUNTING = """
+    import pathlib, sys
+    counter = pathlib.Path("/scratch/attempts")
+    attempt = int(counter.read_text()) + 1 if counter.exists() else 1
+    counter.write_text(str(attempt))
+    print(f"attempt {attempt}", flush=True)
+    sys.exit(0 if attempt == 2 else 1)
+"""
+
+
+def test_on_failure_restarts_in_place_and_keeps_previous_logs(kube_cluster, kube_namespace):
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "retry"},
+        "spec": {
+            "restartPolicy": "OnFailure",
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.11-slim",
+                    "command": ["python", "-c", textwrap.dedent(COUNTING)],
+                    "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                }
+            ],
+        },
+    }
+    apply(kube_cluster, kube_namespace, pod)
+    kube_cluster.wait_for(
+        "pod retry to succeed",
+        lambda: (
+            (kube_cluster.get("Pod", kube_namespace, "retry") or {}).get("status", {}).get("phase")
+            == "Succeeded"
+        ),
+        timeout=60,
+    )
+    status = kube_cluster.get("Pod", kube_namespace, "retry")["status"]["containerStatuses"][0]
+    assert status["restartCount"] == 1
+    assert status["lastState"]["terminated"]["exitCode"] == 1
+    logs = kube_cluster.kubectl("logs", "-n", kube_namespace, "retry").stdout
+    previous = kube_cluster.kubectl("logs", "-n", kube_namespace, "retry", "--previous").stdout
+    assert (logs.strip(), previous.strip()) == ("attempt 2", "attempt 1")
+
+
+def test_deleting_a_job_cascades_to_its_pods_or_orphans_them(kube_cluster, kube_namespace):
+    for name in ("cascade", "orphan"):
+        apply(kube_cluster, kube_namespace, python_job(name, "import time; time.sleep(600)"))
+    for name in ("cascade", "orphan"):
+        kube_cluster.wait_for(
+            f"{name} pod running",
+            lambda n=name: [
+                p
+                for p in pods_of(kube_cluster, kube_namespace, n)
+                if p["status"].get("phase") == "Running"
+            ],
+        )
+    kube_cluster.kubectl("delete", "-n", kube_namespace, "job/cascade", "--timeout=60s")
+    kube_cluster.kubectl("delete", "-n", kube_namespace, "job/orphan", "--cascade=orphan")
+    kube_cluster.wait_for(
+        "cascade's pod to be deleted",
+        lambda: not pods_of(kube_cluster, kube_namespace, "cascade"),
+        timeout=60,
+    )
+    (orphan,) = pods_of(kube_cluster, kube_namespace, "orphan")
+    assert orphan["status"]["phase"] == "Running"
+    assert "ownerReferences" not in orphan["metadata"]
+
+
+def test_invalid_objects_are_rejected_like_a_real_api_server(kube_cluster, kube_namespace):
+    typo = python_job("typo", "pass")
+    typo["spec"]["template"]["spec"]["containers"][0]["comand"] = ["oops"]
+    rejected = kube_cluster.kubectl(
+        "apply", "-n", kube_namespace, "-f", "-", input=json.dumps(typo), check=False
+    )
+    assert rejected.returncode != 0
+    assert "comand" in rejected.stderr and "invalid" in rejected.stderr.lower()
+
+    always = python_job("always", "pass", restartPolicy="Always")
+    rejected = kube_cluster.kubectl(
+        "apply", "-n", kube_namespace, "-f", "-", input=json.dumps(always), check=False
+    )
+    assert 'Unsupported value: "Always"' in rejected.stderr
+
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "once"}}
+    kube_cluster.kubectl("create", "-n", kube_namespace, "-f", "-", input=json.dumps(config_map))
+    again = kube_cluster.kubectl(
+        "create", "-n", kube_namespace, "-f", "-", input=json.dumps(config_map), check=False
+    )
+    assert "AlreadyExists" in again.stderr
+    missing = kube_cluster.kubectl("get", "-n", kube_namespace, "pod/nope", check=False)
+    assert 'pods "nope" not found' in missing.stderr
+
+
+ENV_AND_VOLUMES = """
+    import os, pathlib
+    for key in ("LITERAL", "FROM_CONFIG", "FROM_SECRET", "POD_NAME", "POD_IP", "ALL_A"):
+        print(key, "=", os.environ.get(key), flush=True)
+    print("config file =", pathlib.Path("/etc/app/settings.txt").read_text())
+    print("secret file =", pathlib.Path("/etc/creds/token").read_text())
+    pathlib.Path("/azure/myshare/written-by-pod").write_text(os.environ["POD_NAME"])
+"""
+
+
+def test_env_and_volumes_come_from_refs_the_downward_api_and_shares(kube_cluster, kube_namespace):
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"mode": "fast", "settings.txt": "from a configmap", "A": "bulk"},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "stringData": {"token": "s3cret"},
+    }
+    container = {
+        "name": "main",
+        "image": "python:3.11-slim",
+        "command": ["python", "-c", textwrap.dedent(ENV_AND_VOLUMES)],
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "ALL_"}],
+        "env": [
+            {"name": "LITERAL", "value": "plain"},
+            {
+                "name": "FROM_CONFIG",
+                "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}},
+            },
+            {
+                "name": "FROM_SECRET",
+                "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}},
+            },
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ],
+        "volumeMounts": [
+            {"name": "settings", "mountPath": "/etc/app", "readOnly": True},
+            {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+            {"name": "share", "mountPath": "/azure/myshare"},
+        ],
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "envpod"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [
+                {"name": "settings", "configMap": {"name": "settings"}},
+                {"name": "creds", "secret": {"secretName": "creds"}},
+                {
+                    "name": "share",
+                    "csi": {
+                        "driver": "file.csi.azure.com",
+                        "volumeAttributes": {"shareName": "myshare", "secretName": "creds"},
+                    },
+                },
+            ],
+        },
+    }
+    apply(kube_cluster, kube_namespace, config_map, secret, pod)
+    # `logs -f` streams until the container exits.
+    kube_cluster.wait_for(
+        "envpod to start",
+        lambda: kube_cluster.get("Pod", kube_namespace, "envpod")["status"].get(
+            "containerStatuses"
+        ),
+    )
+    logs = kube_cluster.kubectl("logs", "-n", kube_namespace, "-f", "envpod").stdout
+    pod_ip = kube_cluster.get("Pod", kube_namespace, "envpod")["status"]["podIP"]
+    for line in (
+        "LITERAL = plain",
+        "FROM_CONFIG = fast",
+        "FROM_SECRET = s3cret",
+        "POD_NAME = envpod",
+        f"POD_IP = {pod_ip}",
+        "ALL_A = bulk",
+        "config file = from a configmap",
+        "secret file = s3cret",
+    ):
+        assert line in logs
+    assert (kube_cluster.share("myshare") / "written-by-pod").read_text() == "envpod"
+
+
+def test_deadline_fails_a_job_and_ttl_deletes_a_finished_one(kube_cluster, kube_namespace):
+    slow = python_job("slow", "import time; time.sleep(600)", activeDeadlineSeconds=2)
+    quick = python_job("quick", "print('done')", ttlSecondsAfterFinished=1)
+    apply(kube_cluster, kube_namespace, slow, quick)
+    condition = wait_job(kube_cluster, kube_namespace, "slow")
+    assert (condition["type"], condition["reason"]) == ("Failed", "DeadlineExceeded")
+    kube_cluster.wait_for(
+        "slow's pod to be stopped",
+        lambda: all(
+            p["status"]["phase"] != "Running" for p in pods_of(kube_cluster, kube_namespace, "slow")
+        ),
+        timeout=60,
+    )
+    kube_cluster.wait_for(
+        "quick to be deleted by its TTL",
+        lambda: (
+            kube_cluster.get("Job", kube_namespace, "quick", "batch/v1") is None
+            and not pods_of(kube_cluster, kube_namespace, "quick")
+        ),
+        timeout=60,
+    )
+
+
+CHART_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ .Release.Name }}-web
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: {{ .Release.Name }}-web}}
+  template:
+    metadata: {labels: {app: {{ .Release.Name }}-web}}
+    spec:
+      containers:
+      - name: web
+        image: python:3.11-slim
+        command: [python, -m, http.server, "8000"]
+        env: [{name: GREETING, value: {{ .Values.greeting | quote }}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ .Release.Name }}-settings
+data:
+  greeting: {{ .Values.greeting | quote }}
+"""
+
+
+def test_helm_installs_upgrades_and_uninstalls_with_server_side_apply(
+    kube_cluster, kube_namespace, tmp_path
+):
+    chart = tmp_path / "web"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: web\nversion: 0.1.0\n")
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    (chart / "templates" / "web.yaml").write_text(CHART_DEPLOYMENT)
+    helm = ["-n", kube_namespace]
+    kube_cluster.helm("install", "site", str(chart), *helm, "--wait", "--timeout", "60s")
+    deployment = kube_cluster.get("Deployment", kube_namespace, "site-web", "apps/v1")
+    assert deployment["status"]["readyReplicas"] == 1
+    kube_cluster.helm("upgrade", "site", str(chart), *helm, "--set", "greeting=bonjour", "--wait")
+    settings = kube_cluster.get("ConfigMap", kube_namespace, "site-settings")
+    assert settings["data"] == {"greeting": "bonjour"}
+    assert "PATCH" in " ".join(r for r in kube_cluster.api.requests if "site-settings" in r)
+    kube_cluster.wait_for(
+        "the upgraded pod to run alone",
+        lambda: (
+            [
+                p["spec"]["containers"][0]["env"][0]["value"]
+                for p in kube_cluster.list("Pod", kube_namespace)
+                if p["status"].get("phase") == "Running"
+            ]
+            == ["bonjour"]
+        ),
+    )
+    assert "deployed" in kube_cluster.helm("status", "site", *helm).stdout
+    kube_cluster.helm("uninstall", "site", *helm, "--wait")
+    kube_cluster.wait_for(
+        "the release's objects to be gone",
+        lambda: (
+            not kube_cluster.list("Pod", kube_namespace)
+            and not kube_cluster.list("Deployment", kube_namespace, api_version="apps/v1")
+            and kube_cluster.get("ConfigMap", kube_namespace, "site-settings") is None
+        ),
+    )
+
+
+def test_closing_the_cluster_leaves_no_namespace_file_or_process(tmp_path):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with KubeCluster(tmp_path / "cluster") as cluster:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "sleeper"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "busybox:1",
+                        "command": ["sleep", "600"],
+                        "volumeMounts": [{"name": "scratch", "mountPath": "/kubecluster-probe"}],
+                    }
+                ],
+                "volumes": [{"name": "scratch", "emptyDir": {}}],
+            },
+        }
+        apply(cluster, "default", pod)
+        process = cluster.wait_for(
+            "sleeper to run", lambda: cluster.process_of("default", "sleeper")
+        )
+        prefix = cluster.network.prefix
+        assert any(name.startswith(prefix) for name in netns_names())
+        hosts_files = [f"/etc/netns/{n}/hosts" for n in cluster.network.namespaces[1:]]
+    assert process.poll() is not None
+    assert not [name for name in netns_names() if name.startswith(prefix)]
+    assert not any(subprocess.run(["test", "-e", f]).returncode == 0 for f in hosts_files)
+    assert not subprocess.run(["test", "-e", "/kubecluster-probe"]).returncode == 0
