@@ -43,8 +43,9 @@ format: $(STAMP)
 	$(BIN)/ruff format disttrain launchers tests bench
 	$(BIN)/ruff check --fix disttrain launchers tests bench
 
-bench: $(STAMP)
+bench: $(STAMP) azurite
 	$(BIN)/python bench/coordinator_overhead.py
+	$(BIN)/python bench/checkpoint_publish.py
 
 clean:
 	rm -rf $(VENV) runs .disttrain

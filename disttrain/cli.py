@@ -140,9 +140,11 @@ def eval_(
     ] = False,
 ) -> None:
     """Evaluate a run's checkpoints on the test split (continuously, or --once)."""
+    from disttrain.storage import StorageError
+
     try:
         cfg = _config_for_run(config, set_ or [], run_dir)
-    except ConfigError as exc:
+    except (ConfigError, StorageError) as exc:
         _fail(str(exc))
     from disttrain.evaluator import Evaluator
 
