@@ -9,6 +9,9 @@ import pytest
 # Azurite fixtures (azurite, azurite_env, own_azurite) for every test module.
 from azurite import azurite, azurite_env, own_azurite  # noqa: F401
 
+# The test cluster (tests/kubecluster): kube_cluster (one per module), kube_namespace.
+from kubecluster.fixtures import kube_cluster, kube_namespace  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def builtin_data(tmp_path_factory) -> Path:
