@@ -22,13 +22,13 @@ import tensorflow as tf
 from disttrain.checkpoints import fetch_checkpoint, latest_manifest, published_steps
 from disttrain.config import Config
 from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.done import is_done
 from disttrain.models import build_model
 from disttrain.progress import log
 from disttrain.steps import make_eval_batch
 from disttrain.storage import (
     BEST_EXPORT,
     BEST_METRICS,
-    DONE_FILE,
     EVAL_LOGS,
     EVAL_RESULTS,
     RunDir,
@@ -78,7 +78,9 @@ class Evaluator:
 
     def poll(self, evaluated: set[int]) -> bool:
         """Evaluate what is new; True once DONE is there and the last checkpoint evaluated."""
-        done = self.run_dir.exists(DONE_FILE)  # read before listing: no race with LATEST
+        # Read before listing: no race with LATEST. A DONE short of train.steps is an
+        # earlier run's (the run dir was re-submitted to train further).
+        done = is_done(self.run_dir, self.config.train.steps)
         for step in self.steps_to_evaluate(evaluated):
             if self.evaluate_step(step) is not None:
                 evaluated.add(step)

@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from disttrain.cluster import CHIEF, Task
 from disttrain.config import Config
+from disttrain.done import is_done
 from disttrain.peers import accepts
 from disttrain.progress import log
-from disttrain.storage import DONE_FILE, RunDir
+from disttrain.storage import RunDir
 
 POLL_SECONDS = 2.0
 CHIEF_EXIT_GRACE_SECONDS = 30.0
@@ -33,7 +34,10 @@ def serve(config: Config, task: Task, tf_config: dict) -> None:
     )
     log(f"{task.name} | serving | {tf_config['cluster'][task.role][task.index]}")
     reason = wait_for_end(
-        RunDir(config.run_dir), tf_config["cluster"][CHIEF][0], config.cluster.chief_timeout_seconds
+        RunDir(config.run_dir),
+        config.train.steps,
+        tf_config["cluster"][CHIEF][0],
+        config.cluster.chief_timeout_seconds,
     )
     # Stay up until the chief has gone: it may still be tearing down its remote context,
     # and a server vanishing under it fills the chief's log with gRPC errors.
@@ -41,11 +45,11 @@ def serve(config: Config, task: Task, tf_config: dict) -> None:
     log(f"{task.name} | stopping | {reason}")
 
 
-def wait_for_end(run_dir: RunDir, chief_address: str, chief_timeout: float) -> str:
+def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout: float) -> str:
     """Block until DONE exists or the chief has been unreachable too long; say which."""
     unreachable_since = None
     while True:
-        if run_dir.exists(DONE_FILE):
+        if _done(run_dir, steps):
             return "the chief wrote DONE"
         if accepts(chief_address):
             unreachable_since = None
@@ -60,3 +64,11 @@ def wait_until_closed(address: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while accepts(address) and time.monotonic() < deadline:
         time.sleep(0.5)
+
+
+def _done(run_dir: RunDir, steps: int) -> bool:
+    try:
+        return is_done(run_dir, steps)
+    except Exception as exc:  # a storage outage must not kill a server: ask again later
+        log(f"server | WARNING | cannot read DONE, retrying | {type(exc).__name__}")
+        return False

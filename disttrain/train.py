@@ -9,10 +9,8 @@ and only the chief publishes; alone, it is a plain single-process loop.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from disttrain.data.pipeline import (
     train_dataset,
     worker_index_on_worker,
 )
+from disttrain.done import write_done
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.steps import make_optimizer, make_train_chunk
@@ -252,6 +251,5 @@ class TrainLoop:
             )
         self.writer.flush()
         self.mirror.sync()
-        done = {"step": total, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        self.run_dir.write_text(DONE_FILE, json.dumps(done))
+        write_done(self.run_dir, total)
         log(f"chief | done | step: {total} | wrote {self.run_dir.url}/{DONE_FILE}")
