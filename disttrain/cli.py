@@ -270,6 +270,43 @@ def secret_create(
         _fail(str(exc))
 
 
+data_app = typer.Typer(help="Prepare training data.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[
+        str, typer.Argument(help="An image folder <root>/<split>/<class>/*: a path or fsspec URL.")
+    ],
+    out_dir: Annotated[str, typer.Argument(help="Local folder for the shards and classes.json.")],
+    shards: Annotated[int, typer.Option(help="Shard files per split (>= the worker count).")] = 16,
+    on_bad_file: Annotated[
+        str, typer.Option(help="skip (log the path, leave it out) or fail on a bad image.")
+    ] = "skip",
+    scratch_dir: Annotated[
+        str, typer.Option(help="Where a remote folder is staged first (default: ~/.cache).")
+    ] = "",
+) -> None:
+    """Write TFRecord shards from an image folder (then train with data.source=tfrecord)."""
+    from pathlib import Path
+
+    from disttrain.data.sources import DataError, is_remote, scratch_dir_for
+
+    if on_bad_file not in ("skip", "fail") or shards < 1:
+        _fail(f"--on-bad-file: got {on_bad_file!r}, accepted: skip, fail; --shards must be >= 1")
+    from disttrain.data.staging import stage_folder
+    from disttrain.data.tfrecords import convert_image_folder
+    from disttrain.progress import log
+
+    try:
+        root = stage_folder(source, scratch_dir_for(scratch_dir)) if is_remote(source) else None
+        root = root or Path(source.removeprefix("file://"))
+        convert_image_folder(root, Path(out_dir), shards, on_bad_file, log)
+    except DataError as exc:
+        _fail(str(exc))
+
+
 def _launcher(name: str | None, **options: str | None):
     from launchers import get_launcher
 

@@ -114,8 +114,13 @@ def is_remote(url: str) -> bool:
 
 
 def scratch_dir(config: DataConfig) -> Path:
-    if config.scratch_dir:
-        return Path(config.scratch_dir)
+    return scratch_dir_for(config.scratch_dir)
+
+
+def scratch_dir_for(configured: str) -> Path:
+    """`data.scratch_dir`, or ~/.cache/disttrain/staged when it is empty."""
+    if configured:
+        return Path(configured)
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
     return Path(cache) / "disttrain" / "staged"
 
@@ -138,7 +143,8 @@ def list_image_folder(folder: Path) -> tuple[list[str], list[int], list[str]]:
 def _folder_split(config: DataConfig, split: str) -> Split:
     folder = folder_root(config) / split
     if not folder.is_dir():
-        raise DataError(f"data split folder {str(folder)!r} does not exist")
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise DataError(f"data split folder {str(folder)!r} {problem}")
     files, labels, class_names = list_image_folder(folder)
     if not files:
         raise DataError(
