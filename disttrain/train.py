@@ -25,7 +25,7 @@ from disttrain.checkpoints import (
     staged_prefix,
 )
 from disttrain.cluster import CHIEF, ClusterShape, Task
-from disttrain.config import Config
+from disttrain.config import Config, dump_config
 from disttrain.data.pipeline import (
     Split,
     describe_split,
@@ -37,7 +37,7 @@ from disttrain.done import write_done
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.steps import make_optimizer, make_train_chunk
-from disttrain.storage import DONE_FILE, TRAIN_LOGS, RunDir
+from disttrain.storage import CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
 
@@ -71,6 +71,8 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
+    if is_chief:  # the run dir's record of the run, whichever launcher (or none) started it
+        run_dir.write_text(CONFIG_FILE, dump_config(config))
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
