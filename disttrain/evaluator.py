@@ -59,10 +59,7 @@ class Evaluator:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def evaluated_steps(self) -> set[int]:
-        if not self.run_dir.exists(EVAL_RESULTS):
-            return set()
-        lines = self.run_dir.read_text(EVAL_RESULTS).splitlines()
-        return {json.loads(line)["step"] for line in lines if line.strip()}
+        return evaluated_steps(self.run_dir)
 
     def run_continuously(self) -> None:
         """Evaluate new checkpoints as they are published until the job is done."""
@@ -154,6 +151,21 @@ class Evaluator:
         export_saved_model(self.model, self.config.data.image_size, local)
         publish_export(self.run_dir, local, metrics)
         log(f"eval | best export | ckpt-{result['step']} | {metric}: {result[metric]:.4f}")
+
+
+def evaluated_steps(run_dir: RunDir) -> set[int]:
+    """Steps that `eval/results.jsonl` records as evaluated."""
+    if not run_dir.exists(EVAL_RESULTS):
+        return set()
+    lines = run_dir.read_text(EVAL_RESULTS).splitlines()
+    return {json.loads(line)["step"] for line in lines if line.strip()}
+
+
+def awaiting_evaluation(run_dir: RunDir) -> set[int]:
+    """Published checkpoints newer than the last evaluated one: retention must keep them,
+    or an evaluator that fell behind would find them deleted and skip them."""
+    last = max(evaluated_steps(run_dir), default=-1)
+    return {step for step in published_steps(run_dir) if step > last}
 
 
 def best_metrics(run_dir: RunDir) -> dict | None:

@@ -34,6 +34,7 @@ from disttrain.data.pipeline import (
     worker_index_on_worker,
 )
 from disttrain.done import write_done
+from disttrain.evaluator import awaiting_evaluation
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.steps import make_optimizer, make_train_chunk
@@ -160,7 +161,13 @@ class TrainLoop:
         self.completed = 0
         self.bad_files = 0  # distinct undecodable files met (each counted once per worker)
         self.window = [0.0, 0, 0]  # loss sum, correct, examples since the last progress line
-        self.publisher = BackgroundPublisher(run_dir, config.checkpoint.keep, log)
+        evaluated_later = config.eval.enabled and not config.eval.latest_only
+        self.publisher = BackgroundPublisher(
+            run_dir,
+            config.checkpoint.keep,
+            log,
+            protected_steps=(lambda: awaiting_evaluation(run_dir)) if evaluated_later else set,
+        )
         events = staging / "events" / "train"
         self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None
         self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS) if is_chief else None

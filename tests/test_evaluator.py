@@ -156,3 +156,28 @@ def test_a_restarted_evaluator_does_not_evaluate_a_checkpoint_twice(builtin_data
     second.run_continuously()
     second.close()
     assert [r["step"] for r in results(run_dir)] == [100, 200]
+
+
+def test_retention_keeps_checkpoints_the_evaluator_has_not_reached(tmp_path):
+    from functools import partial
+
+    from disttrain.checkpoints import publish_checkpoint, published_steps
+    from disttrain.evaluator import awaiting_evaluation
+    from disttrain.storage import EVAL_RESULTS, RunDir
+
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.write_text(EVAL_RESULTS, '{"step": 100}\n')
+    publish = partial(
+        publish_checkpoint,
+        run_dir,
+        keep=1,
+        protected_steps=lambda: awaiting_evaluation(run_dir),
+        log=lambda _: None,
+    )
+    for step in (100, 200, 300, 400):
+        staged = tmp_path / f"staged-{step}"
+        staged.mkdir()
+        (staged / "ckpt.index").write_bytes(b"x" * step)
+        publish(staged_folder=staged, step=step)
+    # 100 is evaluated and old: deleted; 200 and 300 wait for the evaluator; 400 is newest.
+    assert published_steps(run_dir) == [200, 300, 400]
