@@ -67,9 +67,9 @@ def alexnet(config: ModelConfig, image_size: int, num_classes: int) -> keras.Mod
     """AlexNet as the 2017 sample trained it (224x224, two classes), one tower.
 
     Five convolutions (64-192-384-384-256, the single-GPU layout of TF's alexnet_v2),
-    three max-pools and two 4096-unit dense layers with dropout: 57M parameters at
-    224x224, most of them in the dense layers, which is what makes it a parameter-server
-    model. "same" padding keeps it buildable for smaller test images.
+    three max-pools and two 4096-unit dense layers with dropout: 71M parameters at
+    224x224 (a 7x7x256 map feeds the dense layers), most of them dense, which is what
+    makes it a parameter-server model. "same" padding keeps it buildable for small images.
     """
     conv = lambda filters, size, **kw: keras.layers.Conv2D(  # noqa: E731
         filters, size, padding="same", activation="relu", **kw

@@ -1,0 +1,142 @@
+"""The model zoo: shapes, and real training runs of each model on the local cluster."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from processes import cli, small_job
+
+from disttrain.config import ModelConfig
+
+
+@pytest.mark.parametrize(
+    "name, size, classes",
+    [("small_cnn", 32, 6), ("alexnet", 224, 2), ("resnet50", 32, 10)],
+)
+def test_each_model_takes_the_data_shape_and_returns_logits(name, size, classes):
+    import numpy as np
+
+    from disttrain.models import build_model
+
+    model = build_model(ModelConfig(name=name), size, classes)
+    logits = model(np.zeros((2, size, size, 3), "float32"), training=False)
+    assert tuple(logits.shape) == (2, classes)
+
+
+def test_alexnet_at_224_is_the_2017_samples_size():
+    from disttrain.models import build_model
+
+    model = build_model(ModelConfig(name="alexnet"), 224, 2)
+    # One tower, 64-192-384-384-256 convolutions, a 7x7x256 map, two 4096 dense layers.
+    assert 71e6 < model.count_params() < 72e6
+
+
+def tiny_folder(builtin: Path, root: Path, per_class: int = 12) -> Path:
+    """Two classes of the built-in dataset plus one corrupt JPEG in the training split."""
+    for split in ("train", "test"):
+        for name in ("circle", "square"):
+            (root / split / name).mkdir(parents=True)
+            for path in sorted((builtin / split / name).glob("*.jpg"))[:per_class]:
+                shutil.copy(path, root / split / name / path.name)
+    corrupt = root / "train" / "square" / "corrupt.jpg"
+    corrupt.write_bytes((root / "train" / "square" / "00000.jpg").read_bytes()[:300])
+    return root
+
+
+def job_args(run_dir: Path, data: Path, *extra: str) -> list[str]:
+    sets = [
+        "data.source=image_folder",
+        "data.batch_size=4",
+        "cluster.workers=1",
+        "cluster.max_restarts=0",
+        "eval.enabled=false",
+        *extra,
+    ]
+    return small_job(run_dir, data, *[a for s in sets for a in ("--set", s)])
+
+
+def worker_log(home: Path, name: str) -> str:
+    return (home / "local" / name / "logs" / "worker-0.log").read_text()
+
+
+@pytest.mark.integration
+def test_alexnet_trains_in_bfloat16_with_xla_and_skips_a_corrupt_jpeg(
+    tmp_path, builtin_data, disttrain_home
+):
+    data = tiny_folder(builtin_data, tmp_path / "data")
+    result = cli(
+        "train",
+        *job_args(
+            tmp_path / "run",
+            data,
+            "model.name=alexnet",
+            "train.precision=mixed_bfloat16",
+            "train.jit_compile=true",
+            "train.steps=10",
+            "train.steps_per_schedule=5",
+            "checkpoint.every_steps=10",
+        ),
+        check=True,
+    )
+    assert "model: alexnet | precision: mixed_bfloat16 | jit_compile: True" in result.stdout
+    assert "data | bad files skipped so far: 1" in result.stdout
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 10
+    log = worker_log(disttrain_home, "t")
+    assert log.count(str(data / "train" / "square" / "corrupt.jpg")) == 1
+
+
+@pytest.mark.integration
+def test_a_corrupt_jpeg_fails_the_job_with_its_path_when_configured(
+    tmp_path, builtin_data, disttrain_home
+):
+    data = tiny_folder(builtin_data, tmp_path / "data", per_class=3)
+    result = cli(
+        "train",
+        *job_args(tmp_path / "run", data, "data.on_bad_file=fail", "train.steps=20"),
+    )
+    assert result.returncode != 0
+    chief = (disttrain_home / "local" / "t" / "logs" / "chief-0.log").read_text()
+    assert "bad image file (data.on_bad_file: fail)" in chief
+    assert str(data / "train" / "square" / "corrupt.jpg") in chief
+    assert not (tmp_path / "run" / "DONE").exists()
+
+
+@pytest.mark.integration
+def test_resnet50_partitioned_over_two_ps_trains_checkpoints_and_resumes(
+    tmp_path, builtin_data, disttrain_home
+):
+    data = tiny_folder(builtin_data, tmp_path / "data")
+    run_dir = tmp_path / "run"
+    common = [
+        "model.name=resnet50",
+        "cluster.ps=2",
+        "model.partition_min_shard_bytes=1000000",
+        "train.steps_per_schedule=2",
+        "checkpoint.every_steps=2",
+    ]
+    first = cli("train", *job_args(run_dir, data, *common, "train.steps=2"), check=True)
+
+    sharded = re.search(r"sharded across ps: (.*)", first.stdout).group(1)
+    assert "(2 shards)" in sharded  # large kernels are split over both ps
+    assert json.loads((run_dir / "checkpoints" / "LATEST").read_text())["step"] == 2
+
+    second = cli("train", *job_args(run_dir, data, *common, "train.steps=4"), check=True)
+
+    assert "checkpoint | restored | ckpt-2 | resuming at step 2" in second.stdout
+    assert json.loads((run_dir / "DONE").read_text())["step"] == 4
+    # The checkpoint holds whole variables: an unpartitioned model (the evaluator's) reads it.
+    import tensorflow as tf
+
+    from disttrain.models import build_model
+
+    model = build_model(ModelConfig(name="resnet50"), 32, 2)
+    before = model.layers[-1].kernel.numpy().copy()
+    prefix = run_dir / "checkpoints" / "ckpt-4" / "ckpt"
+    tf.train.Checkpoint(model=model).read(
+        str(prefix)
+    ).expect_partial().assert_existing_objects_matched()
+    assert (model.layers[-1].kernel.numpy() != before).any()
