@@ -64,7 +64,6 @@ def _checkpoint_sharded_variables_whole() -> None:
     ShardedVariable._restore_from_tensors = restore
 
 
-
 def describe_placement(variables) -> str:
     """A start-up line: how many variables, their size, and which are sharded across ps."""
     sharded = []
