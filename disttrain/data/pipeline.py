@@ -178,7 +178,9 @@ def decode_window(data: tf.Tensor, window_of) -> tf.Tensor:
 
 
 def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
-    image = tf.image.resize(image, (size, size), antialias=True)
+    # Bilinear without antialiasing: 2.6x faster at 224x224 on CPU (bench/input_pipeline.py),
+    # and the crops are mostly scaled up, where antialiasing changes nothing.
+    image = tf.image.resize(image, (size, size), method="bilinear", antialias=False)
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     image.set_shape((size, size, 3))
     return image
