@@ -181,9 +181,18 @@ class KubeCluster:
                 f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']} "
                 f"{pod['status'].get('phase')} {pod['status'].get('podIP')} {states}"
             )
+            lines += [f"    | {line}" for line in self._log_tail(pod)]
         for job in self.list("Job", api_version="batch/v1"):
             lines.append(f"job {job['metadata']['name']} {job.get('status')}")
         return "\n".join(lines)
+
+    def _log_tail(self, pod: dict, lines: int = 8) -> list[str]:
+        container = pod["spec"]["containers"][0]["name"]
+        try:
+            path, _ = self.kubelet.log_source(pod, container, previous=False)
+        except Exception:  # noqa: BLE001 (a diagnostic must never hide the real failure)
+            return []
+        return Path(path).read_text(errors="replace").splitlines()[-lines:]
 
     def process_of(self, namespace: str, pod_name: str, container: str | None = None):
         return self.kubelet.process_of(namespace, pod_name, container)

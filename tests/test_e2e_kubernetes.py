@@ -1,0 +1,308 @@
+"""The Kubernetes launcher, unmodified, against the test cluster (tests/kubecluster).
+
+Every task is a real `disttrain task` process in its own pod, on its own network host
+(network namespace + address), finding its peers through the headless Service's DNS names,
+with the run dir on a mounted Azure Files share (a local folder behind the CSI volume) and
+the config from the job's ConfigMap. The CLI talks to the cluster's API server through a
+kubeconfig, exactly as it would to AKS.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from kubecluster import KubeCluster
+from processes import cli, kill_tree, start_cli
+
+pytestmark = pytest.mark.integration
+
+SHARE = "tfshare"
+SECRET = "azure-storage"
+
+
+@pytest.fixture(scope="module")
+def share_data(kube_cluster: KubeCluster) -> str:
+    """The built-in dataset on the share, so pods read it instead of each generating it."""
+    from disttrain.data.builtin import ensure_builtin_dataset
+
+    ensure_builtin_dataset(kube_cluster.share(SHARE) / "data")
+    return f"/azure/{SHARE}/data"
+
+
+@pytest.fixture
+def k8s(kube_cluster: KubeCluster, kube_namespace: str, share_data: str, tmp_path: Path):
+    """A namespace holding the storage Secret, and the CLI environment that reaches it."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET},
+        "stringData": {"AZURE_STORAGE_ACCOUNT_NAME": "testaccount"},
+    }
+    kube_cluster.kubectl("apply", "-n", kube_namespace, "-f", "-", input=json.dumps(secret))
+    env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
+    return kube_cluster, kube_namespace, env
+
+
+def job_args(namespace: str, name: str, *extra: str, workers: int = 2, evaluator: bool = True):
+    """`--set` arguments for a small job whose run dir is on the share."""
+    settings = {
+        "name": name,
+        "run_dir": f"/azure/{SHARE}/runs/{namespace}/{name}",
+        "data.root": f"/azure/{SHARE}/data",
+        "train.steps": 200,
+        "train.log_every_seconds": 1,
+        "checkpoint.every_steps": 50,
+        "eval.poll_seconds": 0.5,
+        "eval.enabled": str(evaluator).lower(),
+        "cluster.workers": workers,
+        "cluster.ps": 1,
+        "cluster.max_restarts": 3,
+        "launcher.k8s.namespace": namespace,
+        "launcher.k8s.storage.secret": SECRET,
+        "launcher.k8s.storage.azure_file_share": SHARE,
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    return [*args, *extra]
+
+
+def run_dir(cluster: KubeCluster, namespace: str, name: str) -> Path:
+    return cluster.share(SHARE) / "runs" / namespace / name
+
+
+def pods_of(cluster: KubeCluster, namespace: str, name: str, **labels: str) -> list[dict]:
+    selector = ",".join(
+        [
+            f"app.kubernetes.io/instance={name}",
+            *(f"disttrain.io/{k}={v}" for k, v in labels.items()),
+        ]
+    )
+    return cluster.list("Pod", namespace, selector)
+
+
+def chief_result(cluster: KubeCluster, namespace: str, name: str) -> str | None:
+    job = cluster.get("Job", namespace, name, "batch/v1") or {}
+    for condition in (job.get("status") or {}).get("conditions", []):
+        if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
+            return condition["type"]
+    return None
+
+
+def chief_log(cluster: KubeCluster, namespace: str, name: str) -> str:
+    pods = pods_of(cluster, namespace, name, role="chief")
+    if not pods:
+        return ""
+    result = cluster.kubectl("logs", "-n", namespace, pods[-1]["metadata"]["name"], check=False)
+    return result.stdout
+
+
+def training_started(cluster: KubeCluster, namespace: str, name: str) -> bool:
+    return "train | step:" in chief_log(cluster, namespace, name)
+
+
+def assert_trained(cluster: KubeCluster, namespace: str, name: str, steps: int = 200) -> None:
+    folder = run_dir(cluster, namespace, name)
+    assert (folder / "DONE").exists(), cluster.describe()
+    latest = json.loads((folder / "checkpoints" / "LATEST").read_text())
+    assert latest["step"] == steps
+
+
+def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
+    cluster, namespace, env = k8s
+    started = time.monotonic()
+    result = cli("train", "--launcher", "k8s", "--wait", *job_args(namespace, "mnist"), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
+    assert "job mnist: succeeded" in result.stdout
+    wall = time.monotonic() - started
+
+    assert_trained(cluster, namespace, "mnist")
+    folder = run_dir(cluster, namespace, "mnist")
+    assert (folder / "eval" / "results.jsonl").read_text().strip()
+    assert list((folder / "export" / "best").iterdir())
+    pods = pods_of(cluster, namespace, "mnist")
+    tasks = sorted(
+        f"{p['metadata']['labels']['disttrain.io/role']}-"
+        f"{p['metadata']['labels']['disttrain.io/index']}"
+        for p in pods
+    )
+    assert tasks == ["chief-0", "evaluator-0", "ps-0", "worker-0", "worker-1"]
+    # The chief's success ends the job; the others stop on their own (DONE) soon after.
+    cluster.wait_for(
+        "every task to exit",
+        lambda: (
+            {p["status"]["phase"] for p in pods_of(cluster, namespace, "mnist")} == {"Succeeded"}
+        ),
+        timeout=120,
+    )
+    # Five hosts: every task had its own address.
+    assert len({p["status"]["podIP"] for p in pods}) == 5
+
+    status = cli(
+        "status",
+        "--launcher",
+        "k8s",
+        "--name",
+        "mnist",
+        "--namespace",
+        namespace,
+        env=env,
+        check=True,
+    ).stdout
+    assert "succeeded" in status.splitlines()[0]
+    assert sum("Succeeded" in line for line in status.splitlines()) == 5
+
+    logs = cli(
+        "logs",
+        "--launcher",
+        "k8s",
+        "--name",
+        "mnist",
+        "--namespace",
+        namespace,
+        "worker",
+        "1",
+        env=env,
+        check=True,
+    ).stdout
+    assert "worker-1" in logs and "DONE" in logs
+    assert "worker-0 |" not in logs
+
+    stopped = cli(
+        "stop",
+        "--launcher",
+        "k8s",
+        "--name",
+        "mnist",
+        "--namespace",
+        namespace,
+        env=env,
+        check=True,
+    ).stdout
+    assert "Job/mnist" in stopped
+    cluster.wait_for(
+        "every object of the job to be deleted",
+        lambda: (
+            not any(
+                cluster.list(kind, namespace, "app.kubernetes.io/instance=mnist", api_version=api)
+                for kind, api in (
+                    ("Pod", "v1"),
+                    ("Job", "batch/v1"),
+                    ("Service", "v1"),
+                    ("ConfigMap", "v1"),
+                )
+            )
+        ),
+        timeout=60,
+    )
+    print(f"\ne2e k8s job (chief, 2 workers, 1 ps, evaluator; 200 steps): {wall:.1f} s")
+
+
+def test_dry_run_applied_with_kubectl_trains_even_when_a_worker_pod_is_deleted(k8s):
+    cluster, namespace, env = k8s
+    args = job_args(namespace, "applied", workers=2, evaluator=False)
+    manifest = cli("train", "--launcher", "k8s", "--dry-run", *args, env=env, check=True).stdout
+    applied = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest).stdout
+    assert "job.batch/applied created" in applied
+
+    cluster.wait_for(
+        "training to start", lambda: training_started(cluster, namespace, "applied"), timeout=120
+    )
+    (victim,) = pods_of(cluster, namespace, "applied", role="worker", index="1")
+    cluster.kubectl("delete", "pod", "-n", namespace, victim["metadata"]["name"], "--wait=false")
+    cluster.wait_for(
+        "a replacement worker-1 pod",
+        lambda: any(
+            p["metadata"]["uid"] != victim["metadata"]["uid"]
+            for p in pods_of(cluster, namespace, "applied", role="worker", index="1")
+        ),
+    )
+    cluster.wait_for(
+        "the job to finish", lambda: chief_result(cluster, namespace, "applied"), timeout=240
+    )
+    assert chief_result(cluster, namespace, "applied") == "Complete", cluster.describe()
+    assert_trained(cluster, namespace, "applied")
+
+
+def test_killed_ps_brings_back_ps_and_chief_which_resume_from_the_checkpoint(k8s):
+    cluster, namespace, env = k8s
+    args = job_args(namespace, "psfault", "--set", "train.steps=400", workers=1, evaluator=False)
+    submitted = cli("train", "--launcher", "k8s", *args, env=env)
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    latest = run_dir(cluster, namespace, "psfault") / "checkpoints" / "LATEST"
+    cluster.wait_for("a first checkpoint", latest.exists, timeout=180)
+    (ps_pod,) = pods_of(cluster, namespace, "psfault", role="ps")
+    process = cluster.process_of(namespace, ps_pod["metadata"]["name"])
+    assert process is not None, cluster.describe()
+    process.send_signal(signal.SIGKILL)
+
+    cluster.wait_for(
+        "the job to finish", lambda: chief_result(cluster, namespace, "psfault"), timeout=300
+    )
+    assert chief_result(cluster, namespace, "psfault") == "Complete", cluster.describe()
+    assert_trained(cluster, namespace, "psfault", steps=400)
+    restarts = {
+        p["metadata"]["labels"]["disttrain.io/role"]: p["status"]["containerStatuses"][0][
+            "restartCount"
+        ]
+        for p in pods_of(cluster, namespace, "psfault")
+    }
+    assert restarts["ps"] >= 1 and restarts["chief"] >= 1, restarts
+    chief = pods_of(cluster, namespace, "psfault", role="chief")[-1]["metadata"]["name"]
+    current = cluster.kubectl("logs", "-n", namespace, chief).stdout
+    resumed = [line for line in current.splitlines() if "checkpoint | restored" in line]
+    assert resumed and "resuming at step 0" not in resumed[0], current[-3000:]
+
+
+def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_why(k8s):
+    cluster, namespace, env = k8s
+    args = job_args(
+        namespace,
+        "broken",
+        "--set",
+        "data.source=image_folder",
+        "--set",
+        f"data.root=/azure/{SHARE}/no-such-folder",
+        "--set",
+        "cluster.max_restarts=1",
+        workers=1,
+        evaluator=False,
+    )
+    result = cli("train", "--launcher", "k8s", "--wait", *args, env=env, timeout=300)
+    assert result.returncode != 0
+    assert chief_result(cluster, namespace, "broken") == "Failed"
+    status = cli(
+        "status", "--launcher", "k8s", "--name", "broken", "--namespace", namespace, env=env
+    ).stdout
+    first = status.splitlines()[0]
+    assert "failed" in first and "BackoffLimitExceeded" in first, status
+    assert "chief" in status, status
+
+
+def test_two_jobs_share_a_namespace_without_colliding(k8s):
+    cluster, namespace, env = k8s
+    procs = []
+    try:
+        for name in ("first", "second"):
+            log = Path(env["DISTTRAIN_HOME"]).parent / f"{name}.log"
+            args = job_args(namespace, name, "--set", "train.steps=100", workers=1, evaluator=False)
+            procs.append(
+                (
+                    name,
+                    log,
+                    start_cli("train", "--launcher", "k8s", "--wait", *args, log_path=log, env=env),
+                )
+            )
+        for _, log, proc in procs:
+            assert proc.wait(timeout=300) == 0, log.read_text() + cluster.describe()
+    finally:
+        for _, _, proc in procs:
+            kill_tree(proc)
+    for name in ("first", "second"):
+        assert_trained(cluster, namespace, name, steps=100)
+        assert {
+            p["metadata"]["labels"]["app.kubernetes.io/instance"]
+            for p in pods_of(cluster, namespace, name)
+        } == {name}
