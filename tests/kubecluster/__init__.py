@@ -33,7 +33,7 @@ from .defaults import apply_defaults
 from .deployments import DeploymentController
 from .garbage import GarbageCollector
 from .jobs import JobController
-from .kubelet import NODE_NAME, Kubelet
+from .kubelet import NODE_LABELS, NODE_NAME, Kubelet
 from .network import PodNetwork, remove_stale_namespaces, running_as_root_with_ip
 from .resources import BY_KIND
 from .store import Store
@@ -71,7 +71,7 @@ class KubeCluster:
         self.store.create(
             BY_KIND[("v1", "Node")],
             "",
-            {"metadata": {"name": NODE_NAME, "labels": {"kubernetes.io/hostname": NODE_NAME}}},
+            {"metadata": {"name": NODE_NAME, "labels": NODE_LABELS}},
         )
         for name in ("kube-system", *namespaces):
             self.create_namespace(name)

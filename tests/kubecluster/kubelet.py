@@ -36,6 +36,7 @@ SECRETS = BY_KIND[("v1", "Secret")]
 CLAIMS = BY_KIND[("v1", "PersistentVolumeClaim")]
 VOLUMES = BY_KIND[("v1", "PersistentVolume")]
 NODE_NAME = "testcluster-node"
+NODE_LABELS = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
 NODE_IP = "198.18.0.1"  # reported as hostIP; no interface holds it
 PODINIT = Path(__file__).with_name("podinit.py")
 VENV_BIN = Path(sys.executable).parent
@@ -536,6 +537,19 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
         pass
 
 
+def unschedulable_reason(pod: dict) -> str | None:
+    """Why the one node (labels NODE_LABELS, no GPU) cannot take this pod, or None."""
+    spec = pod["spec"]
+    wanted = spec.get("nodeSelector") or {}
+    if any(NODE_LABELS.get(key) != value for key, value in wanted.items()):
+        return f"1 node(s) didn't match Pod's node affinity/selector ({wanted})"
+    for container in spec.get("containers", []):
+        limits = (container.get("resources") or {}).get("limits") or {}
+        if str(limits.get("nvidia.com/gpu", "0")) not in ("0", ""):
+            return "1 Insufficient nvidia.com/gpu"
+    return None
+
+
 class Kubelet:
     """Schedules pods onto the one node and keeps one PodRunner per running pod."""
 
@@ -603,10 +617,30 @@ class Kubelet:
         self.refresh_dns()
 
     def _schedule(self, pod: dict) -> None:
+        """Bind to the node, or leave Pending (Unschedulable) as a real scheduler would."""
+        reason = unschedulable_reason(pod)
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+        if reason:
+            condition = {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": f"0/1 nodes are available: {reason}",
+            }
+            if condition not in pod["status"].get("conditions", []):
+                self.store.mutate(
+                    PODS,
+                    namespace,
+                    name,
+                    lambda o: o["status"].update(conditions=[condition]),
+                    "status",
+                )
+            return
+
         def bind(obj: dict) -> None:
             obj["spec"]["nodeName"] = NODE_NAME
 
-        self.store.mutate(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], bind)
+        self.store.mutate(PODS, namespace, name, bind)
 
     def _start(self, pod: dict) -> None:
         runner = PodRunner(self, pod)

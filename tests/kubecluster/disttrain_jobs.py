@@ -1,0 +1,97 @@
+"""Running disttrain jobs on the test cluster: the settings, and reading their results.
+
+Shared by the end-to-end tests of the Kubernetes and Helm launchers. Every job keeps its run
+dir on the Azure Files share `tfshare` (a folder of the cluster behind the CSI volume), reads
+the built-in dataset from the same share, and gets its storage Secret by reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import KubeCluster
+
+SHARE = "tfshare"
+SECRET = "azure-storage"
+DATA_ROOT = f"/azure/{SHARE}/data"
+
+
+def put_dataset_on_share(cluster: KubeCluster) -> None:
+    """The built-in dataset on the share, so pods read it instead of each generating it."""
+    from disttrain.data.builtin import ensure_builtin_dataset
+
+    ensure_builtin_dataset(cluster.share(SHARE) / "data")
+
+
+def create_storage_secret(cluster: KubeCluster, namespace: str) -> None:
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": SECRET},
+        "stringData": {"AZURE_STORAGE_ACCOUNT_NAME": "testaccount"},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(secret))
+
+
+def job_args(namespace: str, name: str, *extra: str, workers: int = 2, evaluator: bool = True):
+    """`--set` arguments for a small job whose run dir is on the share."""
+    settings = {
+        "name": name,
+        "run_dir": f"/azure/{SHARE}/runs/{namespace}/{name}",
+        "data.root": DATA_ROOT,
+        "train.steps": 200,
+        "train.log_every_seconds": 1,
+        "checkpoint.every_steps": 50,
+        "eval.poll_seconds": 0.5,
+        "eval.enabled": str(evaluator).lower(),
+        "cluster.workers": workers,
+        "cluster.ps": 1,
+        "cluster.max_restarts": 3,
+        "launcher.k8s.namespace": namespace,
+        "launcher.k8s.storage.secret": SECRET,
+        "launcher.k8s.storage.azure_file_share": SHARE,
+    }
+    args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
+    return [*args, *extra]
+
+
+def run_dir(cluster: KubeCluster, namespace: str, name: str) -> Path:
+    return cluster.share(SHARE) / "runs" / namespace / name
+
+
+def pods_of(cluster: KubeCluster, namespace: str, name: str, **labels: str) -> list[dict]:
+    selector = ",".join(
+        [
+            f"app.kubernetes.io/instance={name}",
+            *(f"disttrain.io/{k}={v}" for k, v in labels.items()),
+        ]
+    )
+    return cluster.list("Pod", namespace, selector)
+
+
+def chief_result(cluster: KubeCluster, namespace: str, name: str) -> str | None:
+    job = cluster.get("Job", namespace, name, "batch/v1") or {}
+    for condition in (job.get("status") or {}).get("conditions", []):
+        if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
+            return condition["type"]
+    return None
+
+
+def chief_log(cluster: KubeCluster, namespace: str, name: str) -> str:
+    pods = pods_of(cluster, namespace, name, role="chief")
+    if not pods:
+        return ""
+    result = cluster.kubectl("logs", "-n", namespace, pods[-1]["metadata"]["name"], check=False)
+    return result.stdout
+
+
+def training_started(cluster: KubeCluster, namespace: str, name: str) -> bool:
+    return "train | step:" in chief_log(cluster, namespace, name)
+
+
+def assert_trained(cluster: KubeCluster, namespace: str, name: str, steps: int = 200) -> None:
+    folder = run_dir(cluster, namespace, name)
+    assert (folder / "DONE").exists(), cluster.describe()
+    latest = json.loads((folder / "checkpoints" / "LATEST").read_text())
+    assert latest["step"] == steps

@@ -1,0 +1,143 @@
+"""The Helm launcher and the charts, unmodified, against the test cluster (tests/kubecluster).
+
+Helm 4 installs with server-side apply by default and keeps releases in Secrets; the test
+cluster serves both (and the OpenAPI v3 paths helm reads to leave field validation to the
+server), so no helm flag is changed for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kubecluster import KubeCluster
+from kubecluster.disttrain_jobs import (
+    DATA_ROOT,
+    SECRET,
+    SHARE,
+    assert_trained,
+    chief_result,
+    create_storage_secret,
+    job_args,
+    pods_of,
+    put_dataset_on_share,
+    run_dir,
+)
+from processes import REPO, cli
+
+pytestmark = pytest.mark.integration
+
+CHARTS = REPO / "launchers" / "charts"
+
+
+@pytest.fixture(scope="module")
+def share_data(kube_cluster: KubeCluster) -> None:
+    put_dataset_on_share(kube_cluster)
+
+
+@pytest.fixture
+def helm_env(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_path: Path):
+    create_storage_secret(kube_cluster, kube_namespace)
+    env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
+    return kube_cluster, kube_namespace, env
+
+
+def test_helm_launcher_trains_to_completion_and_stop_uninstalls(helm_env):
+    cluster, namespace, env = helm_env
+    args = job_args(namespace, "charted", workers=1, evaluator=True)
+    result = cli("train", "--launcher", "helm", "--wait", *args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
+    assert "job charted: succeeded" in result.stdout
+    assert_trained(cluster, namespace, "charted")
+    assert (run_dir(cluster, namespace, "charted") / "eval" / "results.jsonl").read_text()
+
+    status = cli(
+        "status",
+        "--launcher",
+        "helm",
+        "--name",
+        "charted",
+        "--namespace",
+        namespace,
+        env=env,
+        check=True,
+    ).stdout
+    assert "STATUS: deployed" in status and "succeeded" in status
+    releases = cluster.helm("list", "-n", namespace, "-q").stdout.split()
+    assert sorted(releases) == ["charted", "charted-eval"]
+
+    stopped = cli(
+        "stop",
+        "--launcher",
+        "helm",
+        "--name",
+        "charted",
+        "--namespace",
+        namespace,
+        env=env,
+        check=True,
+    ).stdout
+    assert "uninstalled charted, charted-eval" in stopped
+    assert cluster.helm("list", "-n", namespace, "-q").stdout.split() == []
+    cluster.wait_for(
+        "the releases' objects to be deleted",
+        lambda: (
+            not pods_of(cluster, namespace, "charted")
+            and cluster.get("Job", namespace, "charted", "batch/v1") is None
+        ),
+        timeout=60,
+    )
+
+
+def sample_values(namespace: str, name: str) -> dict:
+    """configs/values.override.yaml, adapted to this machine: no GPU and no labelled node
+    pools (the sample asks for both), a small job, the run dir and data on the share."""
+    values = yaml.safe_load((REPO / "configs" / "values.override.yaml").read_text())
+    values.update(name=name, runDir=f"/azure/{SHARE}/runs/{namespace}/{name}")
+    values["cluster"].update(workers=1, ps=1)
+    for role in ("chief", "worker", "ps"):
+        values[role].update(gpus=0, nodeSelector={}, cpu="100m", memory="1Gi")
+    values["storage"].update(secret=SECRET, azureFileShare=SHARE)
+    values["config"] = {
+        "data": {"root": DATA_ROOT},
+        "train": {"steps": 200, "log_every_seconds": 1},
+        "checkpoint": {"every_steps": 50},
+        "eval": {"poll_seconds": 0.5},
+    }
+    return values
+
+
+def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(helm_env, tmp_path):
+    cluster, namespace, _ = helm_env
+    values = tmp_path / "values.override.yaml"
+    values.write_text(yaml.safe_dump(sample_values(namespace, "sample")))
+    target = ["-n", namespace, "-f", str(values)]
+    cluster.helm("install", "sample", str(CHARTS / "distrib-tensorflow"), *target)
+    cluster.helm("install", "sample-eval", str(CHARTS / "eval-tensorflow"), *target)
+    notes = cluster.helm(
+        "install",
+        "sample-tensorboard",
+        str(CHARTS / "tensorboard"),
+        *target,
+        "--wait",
+        "--timeout",
+        "120s",
+    ).stdout
+    assert "port-forward" in notes
+
+    cluster.wait_for(
+        "the chief to finish", lambda: chief_result(cluster, namespace, "sample"), timeout=240
+    )
+    assert chief_result(cluster, namespace, "sample") == "Complete", cluster.describe()
+    assert_trained(cluster, namespace, "sample")
+    cluster.wait_for(
+        "the evaluator to write results",
+        lambda: (run_dir(cluster, namespace, "sample") / "eval" / "results.jsonl").exists(),
+        timeout=120,
+    )
+    board = cluster.get("Deployment", namespace, "sample-tensorboard", "apps/v1")
+    assert board["status"]["readyReplicas"] == 1
+    for release in ("sample-tensorboard", "sample-eval", "sample"):
+        cluster.helm("uninstall", release, "-n", namespace, "--wait")
+    cluster.wait_for("every pod to be gone", lambda: not cluster.list("Pod", namespace), timeout=60)
