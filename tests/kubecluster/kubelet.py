@@ -196,6 +196,7 @@ class PodRunner:
             run.waiting = ("CreateContainerConfigError", str(error))
             run.restart_at = time.monotonic() + 1.0
             return
+        self.kubelet.refresh_dns(force=True)  # the hosts file is complete before the start
         init_spec = {
             "hostname": pod["spec"].get("hostname") or self.name,
             "mounts": mounts,
@@ -562,6 +563,7 @@ class Kubelet:
         self.thread = threading.Thread(target=self._loop, name="kubelet", daemon=True)
         self.dns_revision = -1
         self.closing = False
+        self.dns_lock = threading.Lock()
 
     def start(self) -> None:
         self.thread.start()
@@ -667,20 +669,22 @@ class Kubelet:
             self.runners.pop(runner.uid, None)
         self.store.wake()
 
-    def refresh_dns(self) -> None:
-        with self.store.lock:
-            revision = self.store.revision
-            if revision == self.dns_revision:
-                return
-            self.dns_revision = revision
-            pods, _ = self.store.list(PODS)
-            services, _ = self.store.list(SERVICES)
-        with self.lock:
-            runners = list(self.runners.values())
-        by_uid = {p["metadata"]["uid"]: p for p in pods}
-        for runner in runners:
-            if runner.netns and runner.uid in by_uid:
-                write_dns(runner.netns, by_uid[runner.uid], pods, services)
+    def refresh_dns(self, force: bool = False) -> None:
+        """Rewrite every pod's hosts file from the current pods and Services."""
+        with self.dns_lock:  # one writer at a time: the files are rewritten in place
+            with self.store.lock:
+                revision = self.store.revision
+                if revision == self.dns_revision and not force:
+                    return
+                self.dns_revision = revision
+                pods, _ = self.store.list(PODS)
+                services, _ = self.store.list(SERVICES)
+            with self.lock:
+                runners = list(self.runners.values())
+            by_uid = {p["metadata"]["uid"]: p for p in pods}
+            for runner in runners:
+                if runner.netns and runner.uid in by_uid:
+                    write_dns(runner.netns, by_uid[runner.uid], pods, services)
 
     # -- for the API server and tests
     def log_source(self, pod: dict, container: str, previous: bool):

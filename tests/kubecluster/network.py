@@ -86,7 +86,11 @@ class PodNetwork:
         ip("-n", netns, "addr", "add", f"{address}/{POD_RANGE.prefixlen}", "dev", "eth0")
         ip("-n", netns, "link", "set", "eth0", "up")
         ip("-n", netns, "link", "set", "lo", "up")
+        # Both files must exist before a container starts: `ip netns exec` bind-mounts only
+        # the files present then, and later rewrites keep these very inodes.
         (NETNS_DIR / netns).mkdir(parents=True, exist_ok=True)
+        for name in ("hosts", "resolv.conf"):
+            (NETNS_DIR / netns / name).touch()
         return netns, address
 
     def detach(self, netns: str) -> None:
