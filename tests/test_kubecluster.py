@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 from kubecluster import KubeCluster, unavailable_reason
@@ -449,5 +450,9 @@ def test_closing_the_cluster_leaves_no_namespace_file_or_process(tmp_path):
         hosts_files = [f"/etc/netns/{n}/hosts" for n in cluster.network.namespaces[1:]]
     assert process.poll() is not None
     assert not [name for name in netns_names() if name.startswith(prefix)]
+    etc_netns = Path("/etc/netns")
+    assert not [
+        f for f in (etc_netns.iterdir() if etc_netns.exists() else []) if f.name.startswith(prefix)
+    ]
     assert not any(subprocess.run(["test", "-e", f]).returncode == 0 for f in hosts_files)
     assert not subprocess.run(["test", "-e", "/kubecluster-probe"]).returncode == 0

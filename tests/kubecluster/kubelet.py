@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .network import PodNetwork, write_dns
+from .network import PodNetwork
 from .resources import BY_KIND
 from .store import ApiError, Store, now, run_control_loop
 
@@ -684,7 +684,7 @@ class Kubelet:
             by_uid = {p["metadata"]["uid"]: p for p in pods}
             for runner in runners:
                 if runner.netns and runner.uid in by_uid:
-                    write_dns(runner.netns, by_uid[runner.uid], pods, services)
+                    self.network.write_dns(runner.netns, by_uid[runner.uid], pods, services)
 
     # -- for the API server and tests
     def log_source(self, pod: dict, container: str, previous: bool):

@@ -18,6 +18,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 from .store import selector_matches
@@ -38,7 +39,10 @@ def netns_names() -> list[str]:
 
 def remove_stale_namespaces(family: str) -> None:
     """Delete namespaces `<family><pid>-...` left by a test process that no longer runs."""
-    for name in netns_names():
+    leftovers = set(netns_names())
+    if NETNS_DIR.exists():
+        leftovers |= {folder.name for folder in NETNS_DIR.iterdir()}
+    for name in sorted(leftovers):
         if not name.startswith(family):
             continue
         pid = name[len(family) :].split("-")[0]
@@ -56,6 +60,7 @@ class PodNetwork:
         self.counter = 0
         self.created_netns_dir = not NETNS_DIR.exists()
         self.namespaces: list[str] = []
+        self.lock = threading.Lock()
         ip("netns", "add", self.switch)
         self.namespaces.append(self.switch)
         ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
@@ -94,10 +99,20 @@ class PodNetwork:
         return netns, address
 
     def detach(self, netns: str) -> None:
-        ip("netns", "del", netns, check=False)  # also deletes its veth pair
-        shutil.rmtree(NETNS_DIR / netns, ignore_errors=True)
-        if netns in self.namespaces:
-            self.namespaces.remove(netns)
+        with self.lock:  # no hosts file is being (re)written into the folder meanwhile
+            if netns in self.namespaces:
+                self.namespaces.remove(netns)
+            ip("netns", "del", netns, check=False)  # also deletes its veth pair
+            shutil.rmtree(NETNS_DIR / netns, ignore_errors=True)
+
+    def write_dns(self, netns: str, viewer: dict, pods: list[dict], services: list[dict]) -> None:
+        """The pod's hosts and resolv.conf, if its namespace still exists."""
+        with self.lock:
+            if netns not in self.namespaces or not (NETNS_DIR / netns).is_dir():
+                return
+            folder = NETNS_DIR / netns
+            write_in_place(folder / "hosts", hosts_file(viewer, pods, services))
+            write_in_place(folder / "resolv.conf", resolv_conf(viewer["metadata"]["namespace"]))
 
     def close(self) -> None:
         for netns in list(reversed(self.namespaces)):
@@ -176,15 +191,6 @@ def resolv_conf(namespace: str) -> str:
     # no query leaves the pod's namespace.
     search = f"{namespace}.svc.{CLUSTER_DOMAIN} svc.{CLUSTER_DOMAIN} {CLUSTER_DOMAIN}"
     return f"search {search}\nnameserver 127.0.0.1\noptions ndots:5\n"
-
-
-def write_dns(netns: str, viewer: dict, pods: list[dict], services: list[dict]) -> None:
-    folder = NETNS_DIR / netns
-    try:
-        write_in_place(folder / "hosts", hosts_file(viewer, pods, services))
-        write_in_place(folder / "resolv.conf", resolv_conf(viewer["metadata"]["namespace"]))
-    except FileNotFoundError:
-        pass  # the pod ended and its namespace went away meanwhile
 
 
 def running_as_root_with_ip() -> str | None:
