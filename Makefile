@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench azurite tools images
+.PHONY: run test lint format install clean bench azurite tools images netns-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ images:
 	docker build -f docker/worker.Dockerfile -t disttrain/worker:$(IMAGE_TAG) .
 	docker build -f docker/ps.Dockerfile -t disttrain/ps:$(IMAGE_TAG) .
 
-test: $(STAMP) azurite tools
+# iproute2 (`ip netns`) for the test cluster's pod networks (tests/kubecluster); it is part
+# of the project's Debian image, installed here only if missing (needs root and apt).
+netns-tools:
+	@command -v ip >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq iproute2; } || \
+		echo "iproute2 missing: the test-cluster tests will skip"
+
+test: $(STAMP) azurite tools netns-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
