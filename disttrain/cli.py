@@ -103,6 +103,12 @@ def train(
         code = backend.submit(cfg, wait=wait, follow=follow)
     except ConfigError as exc:
         _fail(str(exc))
+    except Exception as exc:  # a run dir that cannot be opened: its message is redacted
+        from disttrain.storage import StorageError
+
+        if not isinstance(exc, StorageError):
+            raise
+        _fail(str(exc))
     raise typer.Exit(code)
 
 

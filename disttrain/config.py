@@ -374,6 +374,7 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
 
 
 def _check_rules(config: Config) -> None:
+    _reject_query_strings(config)
     for key, (accepts, accepted) in _RULES.items():
         value = _lookup(config, key)
         if not accepts(value):
@@ -390,3 +391,15 @@ def _lookup(config: Config, key: str) -> Any:
     for part in key.split("."):
         node = getattr(node, part)
     return node
+
+
+def _reject_query_strings(config: Config) -> None:
+    """A URL's query (`?sv=...&sig=...`) is a SAS token: it would travel into config.yaml,
+    ConfigMaps and Helm values. Refused before anything is written, without echoing it."""
+    for key in ("run_dir", "data.root"):
+        value = _lookup(config, key)
+        if "://" in value and "?" in value:
+            raise ConfigError(
+                f"{key}: got {value.split('?', 1)[0]}?<query hidden>; accepted: a URL without "
+                "a query string (give a SAS token through AZURE_STORAGE_SAS_TOKEN or a Secret)"
+            )

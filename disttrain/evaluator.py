@@ -53,6 +53,9 @@ class Evaluator:
         self.scratch = Path(tempfile.mkdtemp(prefix="disttrain-eval-"))
         self.writer = tf.summary.create_file_writer(str(self.scratch / "events"))
         self.mirror = SummaryMirror(self.scratch / "events", self.run_dir, EVAL_LOGS, 0.0, log)
+        # Committed checkpoints that failed verification: reported once, never retried (a
+        # corrupt newest checkpoint must not keep the evaluator alive after DONE).
+        self.unusable: set[int] = set()
 
     def close(self) -> None:
         self.writer.close()
@@ -78,11 +81,13 @@ class Evaluator:
         # Read before listing: no race with LATEST. A DONE short of train.steps is an
         # earlier run's (the run dir was re-submitted to train further).
         done = is_done(self.run_dir, self.config.train.steps)
-        for step in self.steps_to_evaluate(evaluated):
+        for step in self.steps_to_evaluate(evaluated | self.unusable):
             if self.evaluate_step(step) is not None:
                 evaluated.add(step)
+            else:
+                self.unusable.add(step)
         latest = latest_manifest(self.run_dir)
-        return done and (latest is None or latest.step in evaluated)
+        return done and (latest is None or latest.step in evaluated | self.unusable)
 
     def run_once(self) -> dict | None:
         """Evaluate the newest published checkpoint once (the 2017 eval chart's behaviour)."""

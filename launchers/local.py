@@ -177,10 +177,8 @@ def prepare_config(config: Config) -> Config:
     """A local run dir becomes absolute: every task resolves it the same way."""
     from dataclasses import replace
 
-    from disttrain.storage import RunDir
-
-    run_dir = RunDir(config.run_dir)
-    if run_dir.is_local and "://" not in config.run_dir:
+    # A plain path, decided without opening storage: a dry run needs no credentials.
+    if "://" not in config.run_dir:
         config = replace(config, run_dir=os.path.abspath(config.run_dir))
     return config
 

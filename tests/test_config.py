@@ -100,3 +100,10 @@ def test_every_key_in_the_default_file_is_a_real_key():
         "cluster",
         "launcher",
     }
+
+
+def test_a_sas_token_in_a_url_is_refused_without_being_echoed():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["run_dir=az://c/run?sv=2022&sig=PLANTEDSECRET"])
+    assert "PLANTEDSECRET" not in str(error.value)
+    assert str(error.value).startswith("run_dir: got az://c/run?<query hidden>")

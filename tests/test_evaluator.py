@@ -181,3 +181,28 @@ def test_retention_keeps_checkpoints_the_evaluator_has_not_reached(tmp_path):
         publish(staged_folder=staged, step=step)
     # 100 is evaluated and old: deleted; 200 and 300 wait for the evaluator; 400 is newest.
     assert published_steps(run_dir) == [200, 300, 400]
+
+
+def test_an_unusable_newest_checkpoint_does_not_keep_the_evaluator_alive(tmp_path):
+    from disttrain.config import load_config
+    from disttrain.done import write_done
+    from disttrain.evaluator import Evaluator
+    from disttrain.storage import LATEST_FILE, RunDir
+
+    run_dir = RunDir(str(tmp_path / "run"))
+    # LATEST names a checkpoint whose folder never arrived (corrupt or deleted).
+    run_dir.write_text(LATEST_FILE, '{"step": 50, "files": [], "sizes": {}, "sha256": {}}')
+    (tmp_path / "run" / "checkpoints" / "ckpt-50").mkdir()
+    write_done(run_dir, 50)
+    config = load_config(
+        None, [f"run_dir={run_dir.url}", "train.steps=50", "eval.poll_seconds=0.05"]
+    )
+    evaluator = Evaluator(config)
+    try:
+        finished = threading.Thread(target=evaluator.run_continuously, daemon=True)
+        finished.start()
+        finished.join(timeout=60)
+        assert not finished.is_alive(), "the evaluator kept retrying an unusable checkpoint"
+    finally:
+        evaluator.close()
+    assert evaluator.unusable == {50}
