@@ -21,6 +21,7 @@ from disttrain.storage import RunDir
 
 POLL_SECONDS = 2.0
 CHIEF_EXIT_GRACE_SECONDS = 30.0
+STARTUP_ALLOWANCE = 4
 
 
 def serve(config: Config, task: Task, tf_config: dict) -> None:
@@ -46,16 +47,26 @@ def serve(config: Config, task: Task, tf_config: dict) -> None:
 
 
 def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout: float) -> str:
-    """Block until DONE exists or the chief has been unreachable too long; say which."""
-    unreachable_since = None
+    """Block until DONE exists or the chief is gone for good; say which.
+
+    The countdown starts only once the chief has been reached: a chief pod still pending
+    (a GPU node scaling up, a long image pull) gets STARTUP_ALLOWANCE times longer, so
+    servers do not complete, and never come back, before training began.
+    """
+    started, seen, unreachable_since = time.monotonic(), False, None
     while True:
         if _done(run_dir, steps):
             return "the chief wrote DONE"
+        now = time.monotonic()
         if accepts(chief_address):
-            unreachable_since = None
+            seen, unreachable_since = True, None
+        elif not seen:
+            if now - started > STARTUP_ALLOWANCE * chief_timeout:
+                limit = STARTUP_ALLOWANCE * chief_timeout
+                return f"the chief ({chief_address}) never came up within {limit:.0f}s"
         elif unreachable_since is None:
-            unreachable_since = time.monotonic()
-        elif time.monotonic() - unreachable_since > chief_timeout:
+            unreachable_since = now
+        elif now - unreachable_since > chief_timeout:
             return f"the chief ({chief_address}) was unreachable for {chief_timeout:.0f}s"
         time.sleep(POLL_SECONDS)
 

@@ -42,10 +42,21 @@ def test_a_server_ignores_a_stale_done_and_stops_on_the_new_one(tmp_path, monkey
     assert reasons == ["the chief wrote DONE"]
 
 
-def test_a_server_stops_when_the_chief_stays_unreachable(tmp_path, monkeypatch):
+def test_a_server_stops_when_the_chief_never_comes_up(tmp_path, monkeypatch):
     monkeypatch.setattr(server, "POLL_SECONDS", 0.05)
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, never listening
-        reason = server.wait_for_end(RunDir(str(tmp_path)), 10, address, chief_timeout=0.3)
+        reason = server.wait_for_end(RunDir(str(tmp_path)), 10, address, chief_timeout=0.25)
+    assert reason == f"the chief ({address}) never came up within 1s"
+
+
+def test_a_server_stops_when_a_chief_it_reached_stays_unreachable(tmp_path, monkeypatch):
+    monkeypatch.setattr(server, "POLL_SECONDS", 0.05)
+    chief = socket.socket()
+    chief.bind(("127.0.0.1", 0))
+    chief.listen()
+    address = f"127.0.0.1:{chief.getsockname()[1]}"
+    threading.Timer(0.5, chief.close).start()  # reachable at first, then gone
+    reason = server.wait_for_end(RunDir(str(tmp_path)), 10, address, chief_timeout=0.3)
     assert reason == f"the chief ({address}) was unreachable for 0s"
