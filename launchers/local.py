@@ -301,13 +301,19 @@ class Supervisor:
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] ".encode()
+        echo = True
         with log_file:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()
-                with self.lock:
-                    sys.stdout.buffer.write(prefix + line)
-                    sys.stdout.flush()
+                if not echo:
+                    continue
+                try:
+                    with self.lock:
+                        sys.stdout.buffer.write(prefix + line)
+                        sys.stdout.flush()
+                except OSError:  # a closed terminal or `| head`: keep draining to the log,
+                    echo = False  # or the task would block on a full pipe
 
     def _stop_all(self) -> None:
         pids = [p.pid for p in self.procs.values()]
