@@ -145,15 +145,18 @@ class HelmLauncher(KubernetesLauncher):
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
         check_k8s_config(config)  # nothing is installed on bad input
+        cluster = Cluster(
+            config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
+        )
+        # An upgrade of a finished release would leave its Jobs finished (or fail on an
+        # immutable field): refuse, as the k8s launcher does, and name the way out.
+        cluster.refuse_if_present(config.name)
         with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
             values_path = write_values(config, Path(folder))
             for command in helm_commands(config, values_path, "upgrade"):
                 print(_run(command).strip().splitlines()[0])
         if not (wait or follow):
             return 0
-        cluster = Cluster(
-            config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
-        )
         if follow:
             cluster.follow_chief(config.name)
         return cluster.wait_for_result(config.name)

@@ -84,8 +84,12 @@ class KubernetesLauncher(Launcher):
         cluster.refuse_if_present(config.name)
         owner = cluster.create(objects[0])
         reference = owner_reference(objects[0], owner.metadata.uid)
-        for obj in objects[1:]:
-            cluster.create(owned_by(obj, reference))
+        try:
+            for obj in objects[1:]:
+                cluster.create(owned_by(obj, reference))
+        except BaseException:  # no half-submitted job: the chief would wait for its peers
+            print(cluster.delete_job(config.name), file=sys.stderr)
+            raise
         print(
             f"job {config.name}: submitted {len(objects)} objects to namespace "
             f"{cluster.namespace} (chief, {config.cluster.workers} workers, {config.cluster.ps} ps"
@@ -237,19 +241,26 @@ class Cluster:
         return "running", ""
 
     def status_table(self, name: str) -> str:
+        """One row per task, read from its Job, so a task whose pod the Job controller
+        deleted after the backoffLimit still shows, with the reason."""
         result, reason = self.job_result(name)
         lines = [
             f"job {name} (namespace {self.namespace}): {result}"
             + (f" ({reason})" if reason else ""),
             f"{'TASK':<14} {'PHASE':<10} {'RESTARTS':>8} {'AGE':>7}  POD",
         ]
-        for pod in self.pods(name):
-            restarts = sum(s.restart_count for s in pod.status.container_statuses or [])
-            lines.append(
-                f"{_task_name(pod):<14} {_phase(pod):<10} {restarts:>8} "
-                f"{_age(pod.metadata.creation_timestamp):>7}  {pod.metadata.name}"
-            )
+        pods = {_task_name(pod): pod for pod in self.pods(name)}  # newest pod per task
+        for job in self.task_jobs(name):
+            task = _task_name(job)
+            lines.append(_task_row(task, job, pods.pop(task, None)))
+        for task, pod in pods.items():  # pods of a Deployment (TensorBoard)
+            lines.append(_task_row(task, None, pod))
         return "\n".join(lines)
+
+    def task_jobs(self, name: str) -> list:
+        batch = self.client.BatchV1Api(self.api_client)
+        jobs = batch.list_namespaced_job(self.namespace, label_selector=self._selector(name))
+        return sorted(jobs.items, key=_task_name)
 
     def jobs_table(self) -> str:
         batch = self.client.BatchV1Api(self.api_client)
@@ -352,6 +363,31 @@ def _task_name(pod) -> str:
     role = pod_labels.get(ROLE_LABEL) or pod_labels.get("app.kubernetes.io/component", "?")
     index = pod_labels.get(INDEX_LABEL)
     return f"{role}-{index}" if index is not None else role
+
+
+def _task_row(task: str, job, pod) -> str:
+    failed = _failed_condition(job) if job is not None else None
+    if failed:
+        phase = "Failed"
+    elif job is not None and job.status.succeeded:
+        phase = "Succeeded"
+    else:
+        phase = _phase(pod) if pod is not None else "Pending"
+    if pod is not None:
+        restarts = sum(s.restart_count for s in pod.status.container_statuses or [])
+    else:
+        restarts = (job.status.failed or 0) if job is not None else 0
+    created = (pod or job).metadata.creation_timestamp
+    where = pod.metadata.name if pod is not None else "-"
+    row = f"{task:<14} {phase:<10} {restarts:>8} {_age(created):>7}  {where}"
+    return row + (f"  ({failed})" if failed else "")
+
+
+def _failed_condition(job) -> str | None:
+    for condition in job.status.conditions or []:
+        if condition.status == "True" and condition.type in ("Failed", "FailureTarget"):
+            return f"{condition.reason}: {condition.message}"
+    return None
 
 
 def _phase(pod) -> str:
