@@ -13,9 +13,10 @@ import tensorflow as tf
 from disttrain.checkpoints import fetch_checkpoint, publish_checkpoint, staged_prefix
 from disttrain.config import Config, load_config
 from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.done import write_done
 from disttrain.evaluator import SERVING_SIGNATURE, Evaluator
 from disttrain.models import build_model
-from disttrain.storage import BEST_EXPORT, BEST_METRICS, DONE_FILE, EVAL_RESULTS, RunDir
+from disttrain.storage import BEST_EXPORT, BEST_METRICS, EVAL_RESULTS, RunDir
 
 
 def eval_config(run_dir: str, data_root: Path, *overrides: str) -> Config:
@@ -64,7 +65,9 @@ def test_evaluator_evaluates_every_checkpoint_once_in_order_and_finishes_after_d
     sidecar.start()
 
     maker.publish(100)
+    deadline = time.monotonic() + 120
     while not run_dir.exists(EVAL_RESULTS):
+        assert sidecar.is_alive() and time.monotonic() < deadline
         time.sleep(0.1)
     for step in (200, 300, 400):  # faster than it polls: it catches up in order
         maker.publish(step)
@@ -74,7 +77,7 @@ def test_evaluator_evaluates_every_checkpoint_once_in_order_and_finishes_after_d
     time.sleep(1.0)  # several polls with nothing new and no DONE: it keeps waiting
     assert sidecar.is_alive()
     maker.publish(500)
-    run_dir.write_text(DONE_FILE, json.dumps({"step": 500}))
+    write_done(run_dir, config.train.steps)
     sidecar.join(timeout=120)
     evaluator.close()
 
@@ -93,7 +96,7 @@ def test_best_export_is_the_best_checkpoint_and_serves_its_predictions(
     maker = CheckpointMaker(config, tmp_path / "staging")
     for step in (100, 200, 300, 400):
         maker.publish(step)
-    run_dir.write_text(DONE_FILE, "{}")
+    write_done(run_dir, config.train.steps)
     evaluator = Evaluator(config)
     evaluator.run_continuously()
     evaluator.close()
@@ -132,7 +135,7 @@ def test_latest_only_skips_older_checkpoints_and_loss_picks_the_lowest(builtin_d
     evaluated: set[int] = set()
     assert evaluator.poll(evaluated) is False  # no DONE yet
     maker.publish(400)
-    run_dir.write_text(DONE_FILE, "{}")
+    write_done(run_dir, config.train.steps)
     assert evaluator.poll(evaluated) is True
     evaluator.close()
 
@@ -151,7 +154,7 @@ def test_a_restarted_evaluator_does_not_evaluate_a_checkpoint_twice(builtin_data
     first.poll(set())
     first.close()
     maker.publish(200)
-    run_dir.write_text(DONE_FILE, "{}")
+    write_done(run_dir, config.train.steps)
     second = Evaluator(config)
     second.run_continuously()
     second.close()
