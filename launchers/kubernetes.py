@@ -161,7 +161,9 @@ class Cluster:
 
         try:
             kube_config.load_kube_config(context=context or None)
-            _, active = kube_config.list_kube_config_contexts()
+            contexts, active = kube_config.list_kube_config_contexts()
+            if context:  # the namespace of the context asked for, not of the current one
+                active = next((c for c in contexts if c.get("name") == context), active)
             default_namespace = active.get("context", {}).get("namespace") or "default"
         except (kube_config.ConfigException, FileNotFoundError, TypeError) as exc:
             if context:

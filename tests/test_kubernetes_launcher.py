@@ -364,3 +364,20 @@ def test_azure_example_config_renders_the_2017_sample_cluster():
     for version in K8S_VERSIONS:
         for obj in objs:
             validate(obj, version, strict=True)
+
+
+def test_context_flag_takes_that_contexts_default_namespace(tmp_path, monkeypatch):
+    from launchers.kubernetes import Cluster
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: a\n"
+        "clusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\n"
+        "users:\n- name: u\n  user: {token: x}\n"
+        "contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: ns-a}\n"
+        "- name: b\n  context: {cluster: c, user: u, namespace: ns-b}\n"
+    )
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    assert Cluster("b", None).namespace == "ns-b"
+    assert Cluster(None, None).namespace == "ns-a"
+    assert Cluster("b", "explicit").namespace == "explicit"
