@@ -235,11 +235,12 @@ class Cluster:
     def job_result(self, name: str) -> tuple[str, str]:
         """(running|succeeded|failed, reason) from the chief's Job conditions."""
         job = self.call("read", "Job", name)
+        failed = _failed_condition(job)
+        if failed:
+            return "failed", failed
         for condition in job.status.conditions or []:
             if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
                 return "succeeded", ""
-            if condition.status == "True" and condition.type in ("Failed", "FailureTarget"):
-                return "failed", f"{condition.reason}: {condition.message}"
         return "running", ""
 
     def status_table(self, name: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from azurite import azurite, azurite_env, own_azurite  # noqa: F401
 
 # The test cluster (tests/kubecluster): kube_cluster (one per module), kube_namespace.
-from kubecluster.fixtures import kube_cluster, kube_namespace  # noqa: F401
+from kubecluster.fixtures import k8s, kube_cluster, kube_namespace, share_data  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -7,21 +7,16 @@ server), so no helm flag is changed for it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from kubecluster import KubeCluster
 from kubecluster.disttrain_jobs import (
     DATA_ROOT,
     SECRET,
     SHARE,
     assert_trained,
     chief_result,
-    create_storage_secret,
     job_args,
     pods_of,
-    put_dataset_on_share,
     run_dir,
 )
 from processes import REPO, cli
@@ -31,20 +26,8 @@ pytestmark = pytest.mark.integration
 CHARTS = REPO / "launchers" / "charts"
 
 
-@pytest.fixture(scope="module")
-def share_data(kube_cluster: KubeCluster) -> None:
-    put_dataset_on_share(kube_cluster)
-
-
-@pytest.fixture
-def helm_env(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_path: Path):
-    create_storage_secret(kube_cluster, kube_namespace)
-    env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
-    return kube_cluster, kube_namespace, env
-
-
-def test_helm_launcher_trains_to_completion_and_stop_uninstalls(helm_env):
-    cluster, namespace, env = helm_env
+def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
+    cluster, namespace, env = k8s
     args = job_args(namespace, "charted", workers=1, evaluator=True)
     result = cli("train", "--launcher", "helm", "--wait", *args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
@@ -108,8 +91,8 @@ def sample_values(namespace: str, name: str) -> dict:
     return values
 
 
-def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(helm_env, tmp_path):
-    cluster, namespace, _ = helm_env
+def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(k8s, tmp_path):
+    cluster, namespace, _ = k8s
     values = tmp_path / "values.override.yaml"
     values.write_text(yaml.safe_dump(sample_values(namespace, "sample")))
     target = ["-n", namespace, "-f", str(values)]

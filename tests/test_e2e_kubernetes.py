@@ -14,34 +14,18 @@ import time
 from pathlib import Path
 
 import pytest
-from kubecluster import KubeCluster
 from kubecluster.disttrain_jobs import (
     SHARE,
     assert_trained,
     chief_result,
-    create_storage_secret,
     job_args,
     pods_of,
-    put_dataset_on_share,
     run_dir,
     training_started,
 )
 from processes import cli, kill_tree, start_cli
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def share_data(kube_cluster: KubeCluster) -> None:
-    put_dataset_on_share(kube_cluster)
-
-
-@pytest.fixture
-def k8s(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_path: Path):
-    """A namespace holding the storage Secret, and the CLI environment that reaches it."""
-    create_storage_secret(kube_cluster, kube_namespace)
-    env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
-    return kube_cluster, kube_namespace, env
 
 
 def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):

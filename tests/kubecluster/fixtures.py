@@ -45,3 +45,21 @@ def kube_namespace(kube_cluster: KubeCluster) -> str:
         lambda: kube_cluster.get("Namespace", "", name) is None,
         timeout=60,
     )
+
+
+@pytest.fixture(scope="module")
+def share_data(kube_cluster: KubeCluster) -> None:
+    """The built-in dataset on the cluster's Azure Files share, once per module."""
+    from .disttrain_jobs import put_dataset_on_share
+
+    put_dataset_on_share(kube_cluster)
+
+
+@pytest.fixture
+def k8s(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_path):
+    """A namespace holding the storage Secret, and the CLI environment that reaches it."""
+    from .disttrain_jobs import create_storage_secret
+
+    create_storage_secret(kube_cluster, kube_namespace)
+    env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
+    return kube_cluster, kube_namespace, env
