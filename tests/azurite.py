@@ -33,10 +33,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _accepts(port: int) -> bool:
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 @dataclass
@@ -46,6 +46,8 @@ class Azurite:
     location: Path
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen | None = None
+    # The address it listens on and clients use (the test cluster's gateway, for pods).
+    host: str = "127.0.0.1"
 
     def start(self) -> None:
         if not AZURITE_BLOB.exists():
@@ -58,7 +60,7 @@ class Azurite:
             [
                 str(AZURITE_BLOB),
                 "--blobHost",
-                "127.0.0.1",
+                self.host,
                 "--blobPort",
                 str(self.port),
                 "--location",
@@ -71,7 +73,7 @@ class Azurite:
             start_new_session=True,
         )
         deadline = time.monotonic() + 60
-        while not _accepts(self.port):
+        while not _accepts(self.port, self.host):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"azurite-blob did not start on port {self.port}: "
@@ -102,7 +104,7 @@ class Azurite:
     def connection_string(self, key: str = ACCOUNT_KEY) -> str:
         return (
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
-            f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+            f"BlobEndpoint=http://{self.host}:{self.port}/{ACCOUNT};"
         )
 
     def env(self, key: str = ACCOUNT_KEY) -> dict[str, str]:
