@@ -9,8 +9,15 @@ import pytest
 # Azurite fixtures (azurite, azurite_env, own_azurite) for every test module.
 from azurite import azurite, azurite_env, own_azurite  # noqa: F401
 
-# The test cluster (tests/kubecluster): kube_cluster (one per module), kube_namespace.
-from kubecluster.fixtures import k8s, kube_cluster, kube_namespace, share_data  # noqa: F401
+# The test cluster (tests/kubecluster): kube_cluster (one per module), kube_namespace, and
+# outside_azurite (Azurite behind the cluster's gateway, reached by pods and tests alike).
+from kubecluster.fixtures import (  # noqa: F401
+    k8s,
+    kube_cluster,
+    kube_namespace,
+    outside_azurite,
+    share_data,
+)
 
 
 @pytest.fixture(scope="session")

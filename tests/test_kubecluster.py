@@ -4,19 +4,24 @@ These prove the cluster behaves as Kubernetes does for what the launchers rely o
 end-to-end launcher tests (test_e2e_kubernetes.py) can trust it: Indexed Jobs whose pods
 reach each other by DNS name on separate network hosts, backoffLimit, restart in place with
 `logs --previous`, cascade and orphan deletion, strict validation, env and volumes,
-server-side apply (helm), deadlines and TTLs, and a teardown that leaves nothing behind.
+server-side apply (helm), deadlines and TTLs, a gateway to Azurite outside the cluster, and a
+teardown that leaves nothing behind, even after a test process was killed.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from kubecluster import KubeCluster, unavailable_reason
-from kubecluster.network import netns_names
+from kubecluster.external import azurite_outside
+from kubecluster.network import GATEWAY_ADDRESS, host_links, netns_names
 
 pytestmark = pytest.mark.integration
 
@@ -456,3 +461,88 @@ def test_closing_the_cluster_leaves_no_namespace_file_or_process(tmp_path):
     ]
     assert not any(subprocess.run(["test", "-e", f]).returncode == 0 for f in hosts_files)
     assert not subprocess.run(["test", "-e", "/kubecluster-probe"]).returncode == 0
+
+
+UPLOAD = """
+    import os
+    from azure.storage.blob import BlobServiceClient
+    client = BlobServiceClient.from_connection_string(os.environ["AZURE_STORAGE_CONNECTION_STRING"])
+    client.get_blob_client(os.environ["CONTAINER"], "from-the-pod").upload_blob(b"hello")
+    print("uploaded", flush=True)
+"""
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a reaper counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def _address_on_host(address: str) -> bool:
+    listed = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True).stdout
+    return f" {address}/" in listed
+
+
+def test_pods_reach_azurite_outside_the_cluster_through_the_gateway_and_nothing_stays(tmp_path):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with KubeCluster(tmp_path / "cluster") as cluster:
+        with azurite_outside(cluster, tmp_path) as emulator:
+            assert emulator.host == GATEWAY_ADDRESS
+            container = emulator.create_container()  # this process reaches it too
+            job = python_job("upload", UPLOAD)
+            job["spec"]["template"]["spec"]["containers"][0]["env"] = [
+                {"name": "AZURE_STORAGE_CONNECTION_STRING", "value": emulator.connection_string()},
+                {"name": "CONTAINER", "value": container},
+            ]
+            apply(cluster, "default", job)
+            assert wait_job(cluster, "default", "upload")["type"] == "Complete", cluster.describe()
+            assert emulator.blob_names(container) == ["from-the-pod"]
+            gateway = cluster.network.gateway
+            assert gateway in host_links()
+        assert emulator.process.poll() is not None
+        assert gateway not in host_links() and not _address_on_host(GATEWAY_ADDRESS)
+
+
+KILLED_HOLDER = """
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, {tests!r})
+    from kubecluster import KubeCluster
+    from kubecluster.external import azurite_outside
+    root = Path({root!r})
+    with KubeCluster(root / "cluster") as cluster:
+        with azurite_outside(cluster, root) as emulator:
+            print(cluster.network.gateway, emulator.process.pid, flush=True)
+            time.sleep(600)
+"""
+
+
+def test_a_killed_test_process_leaves_a_gateway_and_azurite_that_the_next_one_removes(tmp_path):
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    tests = str(Path(__file__).resolve().parent)
+    script = textwrap.dedent(KILLED_HOLDER).format(tests=tests, root=str(tmp_path / "killed"))
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        gateway, emulator_pid = holder.stdout.readline().split()
+    finally:
+        holder.kill()  # as a test process killed outright: no teardown runs
+        holder.wait()
+    emulator_pid = int(emulator_pid)
+    assert gateway in host_links() and not _gone(emulator_pid)
+    try:
+        with KubeCluster(tmp_path / "cluster") as cluster:
+            assert gateway not in host_links()  # the new cluster removed the stale link
+            with azurite_outside(cluster, tmp_path) as emulator:
+                cluster.wait_for("the stale Azurite to end", lambda: _gone(emulator_pid), 10)
+                assert emulator.create_container()
+        assert not [name for name in netns_names() if name.startswith(f"dtk{holder.pid}-")]
+    finally:
+        if not _gone(emulator_pid):  # the cleanup under test did not run: do not leak it
+            os.killpg(emulator_pid, signal.SIGKILL)

@@ -10,10 +10,14 @@
   (garbage.py);
 * a kubelet (kubelet.py) that runs each pod's containers as real processes, each pod in its
   own network namespace with its own address from 198.18.0.0/15 and Kubernetes DNS names
-  (network.py).
+  (network.py);
+* optionally a gateway from the host into the pod network at 198.18.0.1
+  (`open_gateway`), so that a service outside the cluster, such as Azurite standing in for
+  Azure Storage (external.py), is reached by pods and by the host at one address.
 
-Everything it creates (network namespaces, hosts files, mount points, processes) is removed
-by `close()`, which the context manager and the pytest fixtures (fixtures.py) always call.
+Everything it creates (network namespaces, the gateway link, hosts files, mount points,
+processes) is removed by `close()`, which the context manager and the pytest fixtures
+(fixtures.py) always call.
 Needs root and `ip`; `unavailable_reason()` says why not otherwise.
 """
 
@@ -34,7 +38,12 @@ from .deployments import DeploymentController
 from .garbage import GarbageCollector
 from .jobs import JobController
 from .kubelet import NODE_LABELS, NODE_NAME, Kubelet
-from .network import PodNetwork, remove_stale_namespaces, running_as_root_with_ip
+from .network import (
+    PodNetwork,
+    remove_stale_gateways,
+    remove_stale_namespaces,
+    running_as_root_with_ip,
+)
 from .resources import BY_KIND
 from .store import Store
 
@@ -55,8 +64,11 @@ class KubeCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         KubeCluster._count += 1
         remove_stale_namespaces(NETNS_FAMILY)
+        remove_stale_gateways(NETNS_FAMILY)
         self.store = Store(apply_defaults)
-        self.network = PodNetwork(f"{NETNS_FAMILY}{os.getpid()}-c{KubeCluster._count}")
+        self.network = PodNetwork(
+            f"{NETNS_FAMILY}{os.getpid()}-c{KubeCluster._count}", NETNS_FAMILY
+        )
         self.kubelet = Kubelet(self.store, self.root, self.network)
         self.api = ApiServer(self.store, self.kubelet.log_source)
         self.jobs = JobController(
@@ -138,6 +150,10 @@ class KubeCluster:
                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             )
         return result
+
+    def open_gateway(self) -> str:
+        """Wire this machine into the pod network; the address pods reach it at."""
+        return self.network.open_gateway()
 
     def share(self, name: str) -> Path:
         """The local folder behind an Azure Files share / CSI volume / PVC named `name`."""

@@ -4,7 +4,8 @@
 
 `kube_cluster` is one cluster per module (an API server is cheap; pods are not shared);
 `kube_namespace` gives each test its own namespace and deletes it (and so every object and
-pod in it) afterwards. The cluster is closed even when a test fails.
+pod in it) afterwards; `outside_azurite` is Azurite outside the cluster, reached through the
+cluster's gateway (external.py). The cluster is closed even when a test fails.
 """
 
 from __future__ import annotations
@@ -63,3 +64,12 @@ def k8s(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_pa
     create_storage_secret(kube_cluster, kube_namespace)
     env = {**kube_cluster.env, "DISTTRAIN_HOME": str(tmp_path / "home")}
     return kube_cluster, kube_namespace, env
+
+
+@pytest.fixture(scope="module")
+def outside_azurite(kube_cluster: KubeCluster, tmp_path_factory):
+    """Azurite outside the cluster: pods and this process reach it at 198.18.0.1 (external.py)."""
+    from .external import azurite_outside
+
+    with azurite_outside(kube_cluster, tmp_path_factory.mktemp("outside")) as emulator:
+        yield emulator

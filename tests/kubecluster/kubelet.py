@@ -37,7 +37,7 @@ CLAIMS = BY_KIND[("v1", "PersistentVolumeClaim")]
 VOLUMES = BY_KIND[("v1", "PersistentVolume")]
 NODE_NAME = "testcluster-node"
 NODE_LABELS = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
-NODE_IP = "198.18.0.1"  # reported as hostIP; no interface holds it
+NODE_IP = "198.18.0.1"  # reported as hostIP; the host holds it once a gateway is opened
 PODINIT = Path(__file__).with_name("podinit.py")
 VENV_BIN = Path(sys.executable).parent
 # Real kubelets back off 10 s doubling to 5 min; tests cannot wait that long.

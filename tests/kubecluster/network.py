@@ -1,12 +1,19 @@
 """Pod networking: one Linux network namespace per pod, wired to a bridge, and hosts-file DNS.
 
-Layout (nothing is created in the host's own network namespace):
+Layout:
 
     netns <prefix>-sw          the "switch": bridge br0, one veth end per pod, no address
     netns <prefix>-<n>         a pod: lo + eth0 with one address from 198.18.0.0/15
+    link <prefix>gw (optional) the gateway: a veth from the host's network namespace into
+                               br0, host side 198.18.0.1/15 (`open_gateway`)
 
-Traffic therefore only ever reaches addresses this module created, inside namespaces it
-created. Names resolve through `/etc/netns/<netns>/hosts` (which `ip netns exec` bind-mounts
+Without the gateway nothing is created in the host's own network namespace, and traffic only
+ever reaches addresses this module created, inside namespaces it created. With it, the host
+is the pods' node and their way out: a service listening on 198.18.0.1 (Azurite standing in
+for Azure Storage, see external.py) is reached by pods and by the host at the same address.
+Only one gateway can hold 198.18.0.1 on a machine: a lock file serialises test processes
+that open one (the file stays; removing it could let two processes lock different files).
+Names resolve through `/etc/netns/<netns>/hosts` (which `ip netns exec` bind-mounts
 over /etc/hosts), following Kubernetes DNS: `<hostname>.<subdomain>.<ns>.svc.cluster.local`
 for pods selected by a headless Service named `<subdomain>`, `<svc>.<ns>.svc.cluster.local`
 for Services, each with the shorter forms a pod's DNS search path would accept.
@@ -14,16 +21,22 @@ for Services, each with the shorter forms a pod's DNS search path would accept.
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import os
+import re
 import shutil
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 from .store import selector_matches
 
 POD_RANGE = ipaddress.ip_network("198.18.0.0/15")
+GATEWAY_ADDRESS = str(next(POD_RANGE.hosts()))  # 198.18.0.1, never given to a pod
+GATEWAY_LOCK = Path("/run/lock/disttrain-testcluster-gateway.lock")
+GATEWAY_LOCK_TIMEOUT = 900.0  # another test process's gateway: wait for it, then fail
 NETNS_DIR = Path("/etc/netns")
 CLUSTER_DOMAIN = "cluster.local"
 
@@ -51,12 +64,33 @@ def remove_stale_namespaces(family: str) -> None:
             shutil.rmtree(NETNS_DIR / name, ignore_errors=True)
 
 
+def host_links() -> list[str]:
+    """Interface names in the host's network namespace (a veth shows as `name@ifN`)."""
+    listed = ip("-o", "link", "show", check=False).stdout.splitlines()
+    return [line.split(":")[1].strip().split("@")[0] for line in listed if ":" in line]
+
+
+def remove_stale_gateways(family: str) -> None:
+    """Delete gateway links `<family><pid>...gw` left by a test process that no longer runs.
+
+    Deleting a stale switch namespace usually takes its gateway with it (deleting one end of
+    a veth deletes both); this covers the host end surviving it.
+    """
+    for name in host_links():
+        match = re.fullmatch(rf"{re.escape(family)}(\d+)c\d+gw", name)
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            ip("link", "del", name, check=False)
+
+
 class PodNetwork:
-    def __init__(self, prefix: str):
-        self.prefix = prefix
+    def __init__(self, prefix: str, family: str):
+        """`prefix` names everything this network creates; it is `family<pid>-...`."""
+        self.prefix, self.family = prefix, family
         self.switch = f"{prefix}-sw"
         self.hosts = iter(POD_RANGE.hosts())
-        next(self.hosts)  # .0.1 stays unused, like a gateway address
+        next(self.hosts)  # .0.1 is the gateway's (open_gateway), never a pod's
+        self.gateway: str | None = None  # the host end's name once opened
+        self.gateway_lock: int | None = None
         self.counter = 0
         self.created_netns_dir = not NETNS_DIR.exists()
         self.namespaces: list[str] = []
@@ -114,11 +148,85 @@ class PodNetwork:
             write_in_place(folder / "hosts", hosts_file(viewer, pods, services))
             write_in_place(folder / "resolv.conf", resolv_conf(viewer["metadata"]["namespace"]))
 
+    def open_gateway(self) -> str:
+        """Wire the host into the bridge as 198.18.0.1/15 (idempotent); returns the address.
+
+        Pods then reach a host service that listens on that address, as pods reach the
+        world through their node; the host reaches it there too.
+        """
+        if self.gateway:
+            return GATEWAY_ADDRESS
+        self.gateway_lock = _hold_gateway_lock()
+        remove_stale_gateways(self.family)  # a killed holder's link still has the address
+        host_end = self.prefix.replace("-", "") + "gw"  # dtk<pid>c<n>gw: <= 15 characters
+        try:
+            holder = _link_holding(GATEWAY_ADDRESS)
+            if holder:
+                raise RuntimeError(
+                    f"cannot open the test cluster's gateway: {GATEWAY_ADDRESS} is already "
+                    f"on host link {holder!r}, which is not a stale test-cluster gateway"
+                )
+            ip("link", "add", host_end, "type", "veth", "peer", "name", "gw", "netns", self.switch)
+            self.gateway = host_end
+            ip("-n", self.switch, "link", "set", "gw", "master", "br0", "up")
+            ip("addr", "add", f"{GATEWAY_ADDRESS}/{POD_RANGE.prefixlen}", "dev", host_end)
+            ip("link", "set", host_end, "up")
+        except BaseException:
+            self.close_gateway()
+            raise
+        return GATEWAY_ADDRESS
+
+    def close_gateway(self) -> None:
+        if self.gateway:
+            ip("link", "del", self.gateway, check=False)  # also deletes its peer in br0
+            self.gateway = None
+        if self.gateway_lock is not None:
+            os.close(self.gateway_lock)  # closing the descriptor releases the lock
+            self.gateway_lock = None
+
     def close(self) -> None:
+        self.close_gateway()
         for netns in list(reversed(self.namespaces)):
             self.detach(netns)
         if self.created_netns_dir and NETNS_DIR.exists() and not any(NETNS_DIR.iterdir()):
             NETNS_DIR.rmdir()
+
+
+def _hold_gateway_lock() -> int:
+    """An exclusive lock on GATEWAY_LOCK, held until its descriptor is closed.
+
+    The kernel releases it when the holder exits, however it exits: a killed test process
+    never blocks the next one.
+    """
+    GATEWAY_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(GATEWAY_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + GATEWAY_LOCK_TIMEOUT
+    while True:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+                os.close(descriptor)
+                raise RuntimeError(
+                    f"cannot open the test cluster's gateway: {GATEWAY_LOCK} is held by "
+                    f"process {holder or '?'} for over {GATEWAY_LOCK_TIMEOUT:.0f} s"
+                ) from None
+            time.sleep(1.0)
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, str(os.getpid()).encode(), 0)
+    return descriptor
+
+
+def _link_holding(address: str) -> str | None:
+    """The host link that has `address`, if any."""
+    listed = ip("-o", "-4", "addr", "show", check=False).stdout.splitlines()
+    for line in listed:
+        fields = line.split()
+        if len(fields) > 3 and fields[3].split("/")[0] == address:
+            return fields[1]
+    return None
 
 
 def write_in_place(path: Path, content: str) -> None:
