@@ -26,6 +26,7 @@ import yaml
 from disttrain.config import Config, ConfigError, K8sRoleConfig, config_to_dict
 from launchers.k8s_objects import check_k8s_config, user_tolerations
 from launchers.kubernetes import Cluster, KubernetesLauncher
+from launchers.prepare import check_cluster_run_dir
 
 CHARTS_DIR = Path(__file__).resolve().parent / "charts"
 TRAIN_CHART, EVAL_CHART, BOARD_CHART = "distrib-tensorflow", "eval-tensorflow", "tensorboard"
@@ -145,6 +146,7 @@ class HelmLauncher(KubernetesLauncher):
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
         check_k8s_config(config)  # nothing is installed on bad input
+        check_cluster_run_dir(config, print)
         cluster = Cluster(
             config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
         )

@@ -7,6 +7,9 @@ stable DNS names and the restart semantics); `--dry-run` prints exactly those ob
 uid: `submit` creates the chief's Job first and adds an ownerReference to it on every other
 object, so deleting the job (`disttrain stop`, or `kubectl delete job NAME`) deletes
 everything. `stop` also deletes by label, which covers objects applied from a dry run.
+Before anything is sent, `submit` probes an az:// or abfs:// run dir with this machine's
+credentials when it has some (`launchers.prepare.check_cluster_run_dir`): a wrong key fails
+the submit with the URL and the cause instead of crashing the chief in the cluster.
 
 The `kubernetes` package is imported only when the cluster is contacted: this module
 imports without it, and `disttrain --help` never loads it.
@@ -33,6 +36,7 @@ from launchers.k8s_objects import (
     to_yaml,
 )
 from launchers.pod_security import restricted_violations
+from launchers.prepare import check_cluster_run_dir
 
 POLL_SECONDS = 2.0
 DEFAULT_SECRET = "disttrain-storage"
@@ -78,6 +82,7 @@ class KubernetesLauncher(Launcher):
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
         objects = job_objects(config)  # validates: nothing is sent on bad input
         warn_unrestricted(objects)
+        check_cluster_run_dir(config, print)  # a wrong key fails here, not in the chief
         cluster = Cluster(
             config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
         )

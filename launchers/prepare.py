@@ -6,17 +6,27 @@ Pure Python (fsspec, no TensorFlow): bad input fails here, before any process st
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from disttrain.config import Config, ConfigError, dump_config
 from disttrain.storage import (
+    AZURE_PROTOCOLS,
     CONFIG_FILE,
     DONE_FILE,
     EVAL_RESULTS,
     RunDir,
     StorageError,
     preflight,
+    protocol_of,
+)
+
+# Credentials this machine may hold for a remote run dir (the account name alone is none).
+LOCAL_CREDENTIALS = (
+    "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_ACCOUNT_KEY",
+    "AZURE_STORAGE_SAS_TOKEN",
 )
 
 
@@ -68,6 +78,37 @@ def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
         log(preflight(config.run_dir))
     except StorageError as exc:
         raise ConfigError(f"run_dir: {exc}") from None
+
+
+def check_cluster_run_dir(config: Config, log: Callable[[str], None]) -> None:
+    """The run dir preflight for a job submitted to a cluster, when this machine can do it.
+
+    The pods are what must reach the run dir, with their own credentials; this machine can
+    only vouch for it with credentials of its own. So: an az:// or abfs:// URL is checked with
+    the key, SAS or connection string in this environment (a wrong one fails here instead of
+    as a chief crash in the cluster); without any, or for a path on the pods' mounted share,
+    one line says why it was skipped and the job is submitted anyway.
+    """
+    reason = _why_not_checked_here(config)
+    if reason:
+        log(f"storage | preflight skipped | {config.run_dir} | {reason}")
+        return
+    check_run_dir(config, log)
+
+
+def _why_not_checked_here(config: Config) -> str | None:
+    k8s = config.launcher.k8s
+    if protocol_of(config.run_dir) == "file":
+        return "a path on the pods' mounted Azure Files share, not visible from this machine"
+    if protocol_of(config.run_dir) not in AZURE_PROTOCOLS:
+        return None
+    if any(os.environ.get(name) for name in LOCAL_CREDENTIALS):
+        return None
+    if k8s.storage.secret:
+        pods_use = f"the pods use the Secret {k8s.storage.secret!r}"
+    else:
+        pods_use = f"the pods use service account {k8s.service_account!r}"
+    return f"none of {', '.join(LOCAL_CREDENTIALS)} is set here ({pods_use})"
 
 
 def final_report(config: Config) -> str:

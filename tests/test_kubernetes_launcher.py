@@ -30,6 +30,7 @@ from launchers.k8s_objects import (
 )
 from launchers.kubernetes import KubernetesLauncher, dry_run_yaml
 from launchers.pod_security import restricted_violations
+from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
 # Newest and oldest Kubernetes the launcher supports (README, "Kubernetes and Helm").
 K8S_VERSIONS = ("1.37.0", "1.25.0")
@@ -256,6 +257,46 @@ def test_no_secret_value_reaches_a_manifest_or_the_dry_run(monkeypatch):
     # The Secret that `disttrain secret create` sends holds it; that object is never printed.
     secret = storage_secret("azure-storage", "default", {"AZURE_STORAGE_ACCOUNT_KEY": PLANTED_KEY})
     assert secret["stringData"]["azurestorageaccountkey"] == PLANTED_KEY
+
+
+BLOB = ["launcher.k8s.storage.azure_file_share=", "launcher.k8s.storage.secret=azure-storage"]
+
+
+def test_submit_preflight_skips_with_a_note_what_only_the_pods_can_reach(monkeypatch):
+    for name in LOCAL_CREDENTIALS:
+        monkeypatch.delenv(name, raising=False)
+    identity = ["launcher.k8s.storage.secret=", "launcher.k8s.service_account=trainer"]
+    notes = []
+    check_cluster_run_dir(k8s_config(), notes.append)
+    check_cluster_run_dir(k8s_config("run_dir=az://runs/a", *BLOB), notes.append)
+    check_cluster_run_dir(k8s_config("run_dir=az://runs/b", *BLOB, *identity), notes.append)
+    missing = ", ".join(LOCAL_CREDENTIALS)
+    assert notes == [
+        "storage | preflight skipped | /azure/tfshare/runs/mnist | a path on the pods' "
+        "mounted Azure Files share, not visible from this machine",
+        f"storage | preflight skipped | az://runs/a | none of {missing} is set here "
+        "(the pods use the Secret 'azure-storage')",
+        f"storage | preflight skipped | az://runs/b | none of {missing} is set here "
+        "(the pods use service account 'trainer')",
+    ]
+
+
+def test_submit_preflight_reaches_azure_without_importing_tensorflow(azurite):
+    url = f"az://{azurite.create_container()}/runs/probe"
+    code = (
+        "import sys\n"
+        "import launchers.helm, launchers.kubernetes\n"
+        "from disttrain.config import load_config\n"
+        "from launchers.prepare import check_cluster_run_dir\n"
+        f"config = load_config(None, {[*SHARE, *BLOB, f'run_dir={url}']!r})\n"
+        "check_cluster_run_dir(config, print)\n"
+        "sys.exit(3 if 'tensorflow' in sys.modules else 0)\n"
+    )
+    env = {**os.environ, **azurite.env()}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"storage | preflight ok | {url} | connection string" in result.stdout
+    assert azurite.blob_names(url.split("/")[2]) == []  # the probe is gone
 
 
 def test_dry_run_prints_exactly_the_objects_submit_sends():
