@@ -22,6 +22,7 @@ from pathlib import Path
 
 from disttrain.storage import (
     BEST_METRICS,
+    BEST_NEXT_METRICS,
     CHECKPOINTS_DIR,
     LATEST_FILE,
     RunDir,
@@ -122,9 +123,13 @@ def latest_manifest(run_dir: RunDir) -> Manifest | None:
 
 
 def referenced_steps(run_dir: RunDir) -> set[int]:
-    """Steps that LATEST and the best export point to: retention never deletes these."""
+    """Steps that LATEST and the best export point to: retention never deletes these.
+
+    The best export's metrics are in export/best/ and, while it is being replaced, in
+    export/best.next/ (evaluator.publish_export): both are protected.
+    """
     referenced = set()
-    for pointer in (LATEST_FILE, BEST_METRICS):
+    for pointer in (LATEST_FILE, BEST_METRICS, BEST_NEXT_METRICS):
         try:
             referenced.add(int(json.loads(run_dir.read_text(pointer))["step"]))
         except FileNotFoundError:

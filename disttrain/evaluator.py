@@ -3,7 +3,8 @@
 It is not part of the training cluster (see cluster.tf_config_for): it only reads the
 run dir. For each checkpoint that LATEST has covered it writes eval summaries and one
 line of `eval/results.jsonl`, and keeps `export/best/` as a SavedModel of the best
-checkpoint so far (by `eval.best_metric`) with a small `metrics.json`. It ends once the
+checkpoint so far (by `eval.best_metric`) with a small `metrics.json`, replaced so that the
+run dir always holds one complete best export (see `publish_export`). It ends once the
 chief's DONE marker is present and the checkpoint DONE names has been evaluated, so it
 never outlives the job.
 """
@@ -28,7 +29,9 @@ from disttrain.progress import log
 from disttrain.steps import make_eval_batch
 from disttrain.storage import (
     BEST_EXPORT,
+    BEST_EXPORT_NEXT,
     BEST_METRICS,
+    BEST_NEXT_METRICS,
     EVAL_LOGS,
     EVAL_RESULTS,
     RunDir,
@@ -38,6 +41,8 @@ from disttrain.storage import (
 from disttrain.summaries import SummaryMirror
 
 SERVING_SIGNATURE = "serving_default"
+# Beside each SavedModel; written last and deleted first, so it marks a complete folder.
+EXPORT_METRICS = "metrics.json"
 # Higher accuracy is better; lower loss is better.
 _BETTER = {"accuracy": lambda new, old: new > old, "loss": lambda new, old: new < old}
 
@@ -66,6 +71,10 @@ class Evaluator:
 
     def run_continuously(self) -> None:
         """Evaluate new checkpoints as they are published until the job is done."""
+        try:
+            repair_best_export(self.run_dir, self.scratch / "repair")
+        except Exception as exc:  # the next replacement of the best export repairs it too
+            log(f"eval | WARNING | could not repair {BEST_EXPORT} | {describe(exc)}")
         evaluated = self.evaluated_steps()
         while True:
             try:
@@ -114,17 +123,19 @@ class Evaluator:
             return None
         self.checkpoint.read(str(found[1])).expect_partial()
         result = {"step": step, **self.measure()}
+        log(
+            f"eval | step: {step:6d} | loss: {result['loss']:.4f} | "
+            f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
+        )
+        # The best export before the record: if storage fails in between, the step is not
+        # in results.jsonl yet, so the next poll evaluates it again instead of losing it.
+        self.keep_best(result)
         with self.writer.as_default(step=step):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("accuracy", result["accuracy"])
         self.writer.flush()
         self.mirror.sync()
         self.run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
-        log(
-            f"eval | step: {step:6d} | loss: {result['loss']:.4f} | "
-            f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
-        )
-        self.keep_best(result)
         return result
 
     def measure(self) -> dict:
@@ -174,10 +185,17 @@ def awaiting_evaluation(run_dir: RunDir) -> set[int]:
 
 
 def best_metrics(run_dir: RunDir) -> dict | None:
-    """The metrics of the current export/best/ (None when there is none)."""
-    if not run_dir.exists(BEST_METRICS):
-        return None
-    return json.loads(run_dir.read_text(BEST_METRICS))
+    """The metrics of the current best export (None when there is none).
+
+    That is export/best/, unless a replacement was cut short while rewriting it: then the
+    complete copy is export/best.next/ (see `publish_export`).
+    """
+    for metrics in (BEST_METRICS, BEST_NEXT_METRICS):
+        try:
+            return json.loads(run_dir.read_text(metrics))
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def export_saved_model(model: keras.Model, image_size: int, path: Path) -> None:
@@ -206,14 +224,53 @@ def export_saved_model(model: keras.Model, image_size: int, path: Path) -> None:
 
 
 def publish_export(run_dir: RunDir, local: Path, metrics: dict) -> None:
-    """Replace export/best/: its metrics.json goes first and comes back last, so a reader
-    that finds metrics.json finds a complete SavedModel beside it."""
-    with_retries(lambda: run_dir.delete(BEST_METRICS), f"delete {BEST_METRICS}", log=log)
-    with_retries(lambda: run_dir.delete(BEST_EXPORT), f"delete {BEST_EXPORT}", log=log)
+    """Replace export/best/ so that the run dir always holds one complete best export.
+
+    Blob storage cannot rename a folder, so export/best/ is rewritten in place and is
+    incomplete while that happens. A complete copy must exist elsewhere first: the new
+    export goes to export/best.next/, then export/best/ is rewritten, then best.next/ is
+    deleted. An outage anywhere leaves export/best/ complete (old or new) or best.next/
+    complete (new); `best_metrics` and retention read both, `repair_best_export` finishes
+    an interrupted swap. (Moving the old export aside instead would mean copying remote
+    files; the new ones are here on local disk.)
+    """
+    if run_dir.exists(BEST_METRICS):  # export/best/ is complete: it stays until best.next/ is
+        _write_export(run_dir, local, metrics, BEST_EXPORT_NEXT)
+    # Otherwise export/best/ is incomplete already (the first export, or a swap cut short
+    # whose complete copy stays in best.next/ until export/best/ is whole again).
+    _write_export(run_dir, local, metrics, BEST_EXPORT)
+    _delete_export(run_dir, BEST_EXPORT_NEXT)
+
+
+def _write_export(run_dir: RunDir, local: Path, metrics: dict, folder: str) -> None:
+    """Upload a SavedModel to `folder`, with metrics.json deleted first and written last."""
+    _delete_export(run_dir, folder)
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        relative = f"{BEST_EXPORT}/{path.relative_to(local).as_posix()}"
+        relative = f"{folder}/{path.relative_to(local).as_posix()}"
         with_retries(
             lambda p=path, r=relative: run_dir.put_file(p, r), f"upload {relative}", log=log
         )
-    text = json.dumps(metrics, sort_keys=True, indent=1)
-    with_retries(lambda: run_dir.write_text(BEST_METRICS, text), f"write {BEST_METRICS}", log=log)
+    marker, text = f"{folder}/{EXPORT_METRICS}", json.dumps(metrics, sort_keys=True, indent=1)
+    with_retries(lambda: run_dir.write_text(marker, text), f"write {marker}", log=log)
+
+
+def _delete_export(run_dir: RunDir, folder: str) -> None:
+    """Its metrics.json first: a deletion cut short never leaves a folder that looks complete."""
+    marker = f"{folder}/{EXPORT_METRICS}"
+    with_retries(lambda: run_dir.delete(marker), f"delete {marker}", log=log)
+    with_retries(lambda: run_dir.delete(folder), f"delete {folder}", log=log)
+
+
+def repair_best_export(run_dir: RunDir, scratch: Path) -> None:
+    """Finish a replacement that was cut short while export/best/ was being rewritten:
+    copy the complete export/best.next/ into export/best/ (through local scratch)."""
+    if run_dir.exists(BEST_METRICS) or not run_dir.exists(BEST_NEXT_METRICS):
+        return
+    metrics = json.loads(run_dir.read_text(BEST_NEXT_METRICS))
+    shutil.rmtree(scratch, ignore_errors=True)
+    for relative in run_dir.list_files(BEST_EXPORT_NEXT):
+        if relative != EXPORT_METRICS:
+            run_dir.get_file(f"{BEST_EXPORT_NEXT}/{relative}", scratch / relative)
+    publish_export(run_dir, scratch, metrics)
+    shutil.rmtree(scratch, ignore_errors=True)
+    log(f"eval | repaired {BEST_EXPORT} | ckpt-{metrics['step']} from {BEST_EXPORT_NEXT}")

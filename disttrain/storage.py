@@ -39,6 +39,10 @@ EVAL_LOGS = "logs/eval"
 EVAL_RESULTS = "eval/results.jsonl"
 BEST_EXPORT = "export/best"
 BEST_METRICS = "export/best/metrics.json"
+# export/best/ is replaced by way of this folder: blob storage has no atomic rename
+# (see evaluator.publish_export). Transient; complete only while metrics.json is in it.
+BEST_EXPORT_NEXT = "export/best.next"
+BEST_NEXT_METRICS = "export/best.next/metrics.json"
 
 AZURE_PROTOCOLS = ("az", "abfs", "abfss")
 # Environment variables that may hold a secret; their values are scrubbed from messages.

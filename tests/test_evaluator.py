@@ -7,16 +7,30 @@ import threading
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from disttrain.checkpoints import fetch_checkpoint, publish_checkpoint, staged_prefix
+from disttrain.checkpoints import (
+    fetch_checkpoint,
+    publish_checkpoint,
+    published_steps,
+    referenced_steps,
+    staged_prefix,
+)
 from disttrain.config import Config, load_config
 from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
 from disttrain.done import write_done
-from disttrain.evaluator import SERVING_SIGNATURE, Evaluator
+from disttrain.evaluator import (
+    SERVING_SIGNATURE,
+    Evaluator,
+    best_metrics,
+    export_saved_model,
+    publish_export,
+    repair_best_export,
+)
 from disttrain.models import build_model
-from disttrain.storage import BEST_EXPORT, BEST_METRICS, EVAL_RESULTS, RunDir
+from disttrain.storage import BEST_EXPORT, BEST_EXPORT_NEXT, BEST_METRICS, EVAL_RESULTS, RunDir
 
 
 def eval_config(run_dir: str, data_root: Path, *overrides: str) -> Config:
@@ -209,3 +223,107 @@ def test_an_unusable_newest_checkpoint_does_not_keep_the_evaluator_alive(tmp_pat
     finally:
         evaluator.close()
     assert evaluator.unusable == {50}
+
+
+def exported_model(units: int, path: Path, seed: int) -> tuple[keras.Model, Path]:
+    """A dense model on 32x32 images exported like the best export (`units` sets its size)."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(units)]
+    )
+    export_saved_model(model, 32, path)
+    return model, path
+
+
+def served_logits(run_dir: RunDir, folder: str, local: Path, images: np.ndarray) -> np.ndarray:
+    """Download an export folder from the run dir, load it, and run its serving signature."""
+    for relative in run_dir.list_files(folder):
+        run_dir.get_file(f"{folder}/{relative}", local / relative)
+    serving = tf.saved_model.load(str(local)).signatures[SERVING_SIGNATURE]
+    return serving(images=tf.constant(images))["logits"].numpy()
+
+
+def stop_when_uploading(azurite, container: str, blob: str, uploader: threading.Thread) -> None:
+    """Stop Azurite once `blob` has uploaded blocks but is not committed yet: mid-upload."""
+    from azure.storage.blob import BlobServiceClient
+    from test_checkpoints import staged_blocks
+
+    client = BlobServiceClient.from_connection_string(azurite.connection_string())
+    data_blob = client.get_blob_client(container, blob)
+    deadline = time.monotonic() + 120
+    while not staged_blocks(data_blob):
+        assert uploader.is_alive() and time.monotonic() < deadline, f"{blob} never uploaded"
+        time.sleep(0.02)
+    azurite.stop()
+
+
+def publish_in_background(run_dir: RunDir, local: Path, metrics: dict):
+    failures: list[Exception] = []
+
+    def publish() -> None:
+        try:
+            publish_export(run_dir, local, metrics)
+        except Exception as exc:  # the outage outlasted the retries, as it should here
+            failures.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    return thread, failures
+
+
+def test_an_outage_while_replacing_the_best_export_never_leaves_it_incomplete(
+    own_azurite, tmp_path
+):
+    container = own_azurite.create_container()
+    run_dir = RunDir(f"az://{container}/run")
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    _, first_export = exported_model(10, tmp_path / "first", seed=1)
+    publish_export(run_dir, first_export, {"step": 100, "accuracy": 0.5})
+    expected_first = served_logits(run_dir, BEST_EXPORT, tmp_path / "got-first", images)
+    # 71 MB of variables, above the SDK's single-request limit: uploaded in blocks, so it
+    # can be cut off in the middle.
+    _, big_export = exported_model(5800, tmp_path / "big", seed=2)
+    big_data = "variables/variables.data-00000-of-00001"
+
+    # 1. Storage fails while the new export is uploading beside the old one.
+    uploader, failures = publish_in_background(run_dir, big_export, {"step": 200, "accuracy": 0.9})
+    stop_when_uploading(own_azurite, container, f"run/{BEST_EXPORT_NEXT}/{big_data}", uploader)
+    uploader.join(timeout=300)
+    own_azurite.start()
+    assert failures and not uploader.is_alive()
+    assert best_metrics(run_dir)["step"] == 100
+    again = served_logits(run_dir, BEST_EXPORT, tmp_path / "after-outage-1", images)
+    np.testing.assert_array_equal(again, expected_first)
+    assert 100 in referenced_steps(run_dir)
+
+    # 2. Storage fails while export/best/ itself is being rewritten: best.next/ is complete.
+    uploader, failures = publish_in_background(run_dir, big_export, {"step": 200, "accuracy": 0.9})
+    stop_when_uploading(own_azurite, container, f"run/{BEST_EXPORT}/{big_data}", uploader)
+    uploader.join(timeout=300)
+    own_azurite.start()
+    assert failures and not uploader.is_alive()
+    assert not run_dir.exists(BEST_METRICS) and best_metrics(run_dir)["step"] == 200
+    assert 200 in referenced_steps(run_dir)
+    served_logits(run_dir, BEST_EXPORT_NEXT, tmp_path / "next", images)  # complete: loads
+
+    # The evaluator's start-up repair makes export/best/ whole again.
+    repair_best_export(run_dir, tmp_path / "repair")
+    assert json.loads(run_dir.read_text(BEST_METRICS))["step"] == 200
+    assert not run_dir.exists(BEST_EXPORT_NEXT)
+    served_logits(run_dir, BEST_EXPORT, tmp_path / "repaired", images)
+
+
+def test_retention_keeps_the_checkpoint_of_the_best_export_while_it_is_replaced(tmp_path):
+    run_dir = RunDir(str(tmp_path / "run"))
+    _, export = exported_model(10, tmp_path / "export", seed=1)
+    publish_export(run_dir, export, {"step": 100, "accuracy": 0.5})
+    # What a replacement cut short while rewriting export/best/ leaves: only best.next/
+    # has its metrics.json (the new best is ckpt-200).
+    run_dir.write_text(f"{BEST_EXPORT_NEXT}/metrics.json", json.dumps({"step": 200}))
+    run_dir.delete(BEST_METRICS)
+    for step in (100, 200, 300, 400):
+        staged = tmp_path / f"staged-{step}"
+        staged.mkdir()
+        (staged / "ckpt.index").write_bytes(b"x" * step)
+        publish_checkpoint(run_dir, staged, step, keep=1, log=lambda _: None)
+    assert published_steps(run_dir) == [200, 400]
