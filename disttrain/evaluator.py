@@ -57,13 +57,14 @@ class Evaluator:
         self.eval_batch = make_eval_batch(self.model)
         self.scratch = Path(tempfile.mkdtemp(prefix="disttrain-eval-"))
         self.writer = tf.summary.create_file_writer(str(self.scratch / "events"))
-        self.mirror = SummaryMirror(self.scratch / "events", self.run_dir, EVAL_LOGS, 0.0, log)
+        self.mirror = SummaryMirror(self.scratch / "events", self.run_dir, EVAL_LOGS, 10.0, log)
         # Committed checkpoints that failed verification: reported once, never retried (a
         # corrupt newest checkpoint must not keep the evaluator alive after DONE).
         self.unusable: set[int] = set()
 
     def close(self) -> None:
         self.writer.close()
+        self.mirror.close()  # the last eval summaries land before the scratch folder goes
         shutil.rmtree(self.scratch, ignore_errors=True)
 
     def evaluated_steps(self) -> set[int]:
@@ -134,7 +135,7 @@ class Evaluator:
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("accuracy", result["accuracy"])
         self.writer.flush()
-        self.mirror.sync()
+        self.mirror.request_sync()
         self.run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
         return result
 

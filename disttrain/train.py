@@ -170,7 +170,7 @@ class TrainLoop:
         )
         events = staging / "events" / "train"
         self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None
-        self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS) if is_chief else None
+        self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS, log=log) if is_chief else None
 
     def run(self, start: int) -> None:
         total, every = self.config.train.steps, self.config.checkpoint.every_steps
@@ -200,7 +200,6 @@ class TrainLoop:
         with self.writer.as_default(step=self.completed):
             tf.summary.scalar("loss", loss_sum / max(examples, 1))
             tf.summary.scalar("accuracy", correct / max(examples, 1))
-        self.mirror.maybe_sync()
         self.window = [w + v for w, v in zip(self.window, (loss_sum, correct, examples))]
         self._report(int(examples))
 
@@ -259,6 +258,6 @@ class TrainLoop:
                 self.run_dir, self._write_staged(total), total, self.config.checkpoint.keep, log=log
             )
         self.writer.flush()
-        self.mirror.sync()
+        self.mirror.close()  # the final upload; a failure is logged, never fatal
         write_done(self.run_dir, total)
         log(f"chief | done | step: {total} | wrote {self.run_dir.url}/{DONE_FILE}")
