@@ -7,15 +7,20 @@ server), so no helm flag is changed for it.
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 import yaml
+from azurite import ACCOUNT_KEY
 from kubecluster.disttrain_jobs import (
     DATA_ROOT,
     SECRET,
     SHARE,
     assert_trained,
+    blob_job_args,
     chief_result,
     job_args,
+    objects_of_jobs,
     pods_of,
     run_dir,
 )
@@ -32,6 +37,7 @@ def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
     result = cli("train", "--launcher", "helm", "--wait", *args, env=env)
     assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
     assert "job charted: succeeded" in result.stdout
+    assert f"storage | preflight skipped | /azure/{SHARE}/" in result.stdout
     assert_trained(cluster, namespace, "charted")
     assert (run_dir(cluster, namespace, "charted") / "eval" / "results.jsonl").read_text()
 
@@ -71,6 +77,24 @@ def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
         ),
         timeout=60,
     )
+
+
+def test_a_wrong_storage_key_fails_the_helm_submit_before_anything_is_installed(
+    k8s, outside_azurite
+):
+    cluster, namespace, env = k8s
+    url = f"az://{outside_azurite.create_container()}/runs/wrongkey"
+    wrong_key = base64.b64encode(b"not the account key".ljust(64, b".")).decode()
+    args = blob_job_args(namespace, "wrongkey", url, SECRET)
+    result = cli(
+        "train", "--launcher", "helm", *args, env={**env, **outside_azurite.env(wrong_key)}
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"run_dir: run dir {url}: could not write a probe object" in output, output
+    assert wrong_key not in output and ACCOUNT_KEY not in output
+    assert cluster.helm("list", "-n", namespace, "-q").stdout.split() == []
+    assert objects_of_jobs(cluster, namespace) == []
 
 
 def sample_values(namespace: str, name: str) -> dict:

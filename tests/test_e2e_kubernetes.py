@@ -2,28 +2,40 @@
 
 Every task is a real `disttrain task` process in its own pod, on its own network host
 (network namespace + address), finding its peers through the headless Service's DNS names,
-with the run dir on a mounted Azure Files share (a local folder behind the CSI volume) and
-the config from the job's ConfigMap. The CLI talks to the cluster's API server through a
-kubeconfig, exactly as it would to AKS.
+with the run dir on a mounted Azure Files share (a local folder behind the CSI volume), or in
+Azure Blob (Azurite outside the cluster, reached through its gateway, with the credentials in
+a Secret), and the config from the job's ConfigMap. The CLI talks to the cluster's API server
+through a kubeconfig, exactly as it would to AKS.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
+from azurite import ACCOUNT_KEY
 from kubecluster.disttrain_jobs import (
+    SECRET,
     SHARE,
     assert_trained,
+    blob_job_args,
     chief_result,
     job_args,
+    objects_of_jobs,
+    pod_logs,
     pods_of,
+    read_blob,
     run_dir,
     training_started,
 )
 from processes import cli, kill_tree, start_cli
+
+from launchers.prepare import LOCAL_CREDENTIALS
 
 pytestmark = pytest.mark.integration
 
@@ -34,6 +46,7 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
     result = cli("train", "--launcher", "k8s", "--wait", *job_args(namespace, "mnist"), env=env)
     assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
     assert "job mnist: succeeded" in result.stdout
+    assert f"storage | preflight skipped | /azure/{SHARE}/" in result.stdout
     wall = time.monotonic() - started
 
     assert_trained(cluster, namespace, "mnist")
@@ -225,3 +238,95 @@ def test_two_jobs_share_a_namespace_without_colliding(k8s):
             p["metadata"]["labels"]["app.kubernetes.io/instance"]
             for p in pods_of(cluster, namespace, name)
         } == {name}
+
+
+def test_k8s_job_with_its_run_dir_in_azure_blob_gets_the_key_from_a_secret_only(
+    k8s, outside_azurite
+):
+    cluster, namespace, env = k8s
+    container = outside_azurite.create_container()
+    url = f"az://{container}/runs/blob"
+    local = {**env, **outside_azurite.env()}  # the user's machine holds the connection string
+    made = cli(
+        "secret",
+        "create",
+        "--name",
+        "blob-storage",
+        "--namespace",
+        namespace,
+        env=local,
+        check=True,
+    ).stdout
+    assert "AZURE_STORAGE_CONNECTION_STRING" in made
+    args = blob_job_args(namespace, "blob", url, "blob-storage")
+    manifests = [
+        cli("train", "--launcher", launcher, "--dry-run", *args, env=local, check=True).stdout
+        for launcher in ("k8s", "helm")
+    ]
+    jobs = [o for o in yaml.safe_load_all(manifests[0]) if o and o["kind"] == "Job"]
+    refs = [
+        item["valueFrom"]["secretKeyRef"]["name"]
+        for job in jobs
+        for item in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        if item["name"] == "AZURE_STORAGE_CONNECTION_STRING"
+    ]
+    assert len(jobs) == 5 and refs == ["blob-storage"] * 5
+
+    result = cli("train", "--launcher", "k8s", "--wait", *args, env=local)
+    assert result.returncode == 0, result.stdout + result.stderr + cluster.describe()
+    assert f"storage | preflight ok | {url}" in result.stdout
+
+    prefix = "runs/blob/"
+    names = {b[len(prefix) :] for b in outside_azurite.blob_names(container)}
+    latest = json.loads(read_blob(outside_azurite, container, prefix + "checkpoints/LATEST"))
+    assert latest["step"] == 100
+    missing = [f for f in latest["files"] if f"checkpoints/ckpt-100/{f}" not in names]
+    assert latest["files"] and not missing, sorted(names)
+    assert read_blob(outside_azurite, container, prefix + "eval/results.jsonl").strip()
+    for expected in (
+        "DONE",
+        "config.yaml",
+        "export/best/saved_model.pb",
+        "export/best/metrics.json",
+    ):
+        assert expected in names, sorted(names)
+    assert any(n.startswith("logs/train/events.out.tfevents") for n in names), sorted(names)
+    assert any(n.startswith("logs/eval/events.out.tfevents") for n in names), sorted(names)
+
+    config_maps = cluster.kubectl("get", "configmap", "-n", namespace, "-o", "yaml").stdout
+    assert f"run_dir: {url}" in config_maps
+    logs = pod_logs(cluster, namespace)
+    assert len(logs) >= 5 and any("DONE" in text for text in logs.values())
+    seen = [made, *manifests, result.stdout, result.stderr, config_maps, *logs.values()]
+    assert not [text for text in seen if ACCOUNT_KEY in text]
+
+
+def test_a_wrong_storage_key_fails_the_submit_before_any_object_is_created(k8s, outside_azurite):
+    cluster, namespace, env = k8s
+    url = f"az://{outside_azurite.create_container()}/runs/wrongkey"
+    wrong_key = base64.b64encode(b"not the account key".ljust(64, b".")).decode()
+    args = blob_job_args(namespace, "wrongkey", url, SECRET)
+    result = cli("train", "--launcher", "k8s", *args, env={**env, **outside_azurite.env(wrong_key)})
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert f"run_dir: run dir {url}: could not write a probe object" in output, output
+    assert "a wrong account key" in output, output  # the cause, as Azurite reports it
+    assert wrong_key not in output and ACCOUNT_KEY not in output
+    assert objects_of_jobs(cluster, namespace) == []
+
+
+def test_without_local_credentials_the_preflight_is_skipped_with_a_note_and_the_job_submitted(
+    k8s, outside_azurite
+):
+    cluster, namespace, env = k8s
+    url = f"az://{outside_azurite.create_container()}/runs/nokey"
+    no_credentials = {name: "" for name in LOCAL_CREDENTIALS}
+    args = blob_job_args(namespace, "nokey", url, SECRET, workers=1, evaluator=False)
+    result = cli("train", "--launcher", "k8s", *args, env={**env, **no_credentials}, check=True)
+    notes = [line for line in result.stdout.splitlines() if "preflight" in line]
+    assert notes == [
+        f"storage | preflight skipped | {url} | none of {', '.join(LOCAL_CREDENTIALS)} "
+        f"is set here (the pods use the Secret {SECRET!r})"
+    ]
+    assert cluster.get("Job", namespace, "nokey", "batch/v1") is not None
+    cli("stop", "--launcher", "k8s", "--name", "nokey", "--namespace", namespace, env=env)

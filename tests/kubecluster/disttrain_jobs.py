@@ -1,8 +1,10 @@
 """Running disttrain jobs on the test cluster: the settings, and reading their results.
 
-Shared by the end-to-end tests of the Kubernetes and Helm launchers. Every job keeps its run
-dir on the Azure Files share `tfshare` (a folder of the cluster behind the CSI volume), reads
-the built-in dataset from the same share, and gets its storage Secret by reference.
+Shared by the end-to-end tests of the Kubernetes and Helm launchers. A job keeps its run dir
+on the Azure Files share `tfshare` (a folder of the cluster behind the CSI volume), reads the
+built-in dataset from the same share, and gets its storage Secret by reference; a blob job
+(`blob_job_args`) keeps its run dir in Azure Blob instead (Azurite outside the cluster,
+external.py) and mounts no share at all.
 """
 
 from __future__ import annotations
@@ -54,6 +56,53 @@ def job_args(namespace: str, name: str, *extra: str, workers: int = 2, evaluator
     }
     args = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value}")]
     return [*args, *extra]
+
+
+def blob_job_args(namespace: str, name: str, url: str, secret: str, *extra: str, **shape):
+    """`--set` arguments for a small job with its run dir at `url` (az://) and no share.
+
+    The credentials come from `secret` only; each pod generates the built-in dataset in its
+    own scratch folder (a couple of seconds), as nothing is shared between pods but the blob.
+    """
+    blob = {
+        "run_dir": url,
+        "data.root": "",
+        "train.steps": 100,
+        "launcher.k8s.storage.azure_file_share": "",
+        "launcher.k8s.storage.secret": secret,
+    }
+    settings = [arg for key, value in blob.items() for arg in ("--set", f"{key}={value}")]
+    return job_args(namespace, name, *settings, *extra, **shape)
+
+
+def read_blob(emulator, container: str, name: str) -> str:
+    """A blob's text, read with the Azure SDK (not through disttrain)."""
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(emulator.connection_string())
+    return client.get_blob_client(container, name).download_blob().readall().decode()
+
+
+def pod_logs(cluster: KubeCluster, namespace: str) -> dict[str, str]:
+    """Every log of every container instance of the namespace's pods (restarts included)."""
+    folders = (cluster.kubelet.root / "pods").glob(f"{namespace}_*/logs/*/*.log")
+    return {str(path): path.read_text(errors="replace") for path in sorted(folders)}
+
+
+def objects_of_jobs(cluster: KubeCluster, namespace: str) -> list[str]:
+    """Kind/name of everything in the namespace but what the `k8s` fixture put there."""
+    found = []
+    for kind, api in (
+        ("Job", "batch/v1"),
+        ("Deployment", "apps/v1"),
+        ("Pod", "v1"),
+        ("Service", "v1"),
+        ("ConfigMap", "v1"),
+        ("Secret", "v1"),  # helm keeps its releases in Secrets
+    ):
+        names = [o["metadata"]["name"] for o in cluster.list(kind, namespace, api_version=api)]
+        found += [f"{kind}/{name}" for name in names if (kind, name) != ("Secret", SECRET)]
+    return found
 
 
 def run_dir(cluster: KubeCluster, namespace: str, name: str) -> Path:
