@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 
 import pytest
 from azurite import ACCOUNT_KEY
-from processes import cli, small_job
+from processes import cli, kill_tree, small_job, start_cli
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +77,76 @@ def test_job_on_azurite_publishes_everything_and_eval_and_resume_read_it_back(
     assert ACCOUNT_KEY not in config_text and "AccountKey" not in config_text
     for log in (disttrain_home / "local" / "azure" / "logs").glob("*.log"):
         assert ACCOUNT_KEY not in log.read_text(), log
+
+
+def blob_text(azurite, container: str, name: str) -> str:
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(azurite.connection_string())
+    return client.get_blob_client(container, name).download_blob().readall().decode()
+
+
+def latest_published_step(azurite, container: str, prefix: str) -> int:
+    try:
+        return json.loads(blob_text(azurite, container, f"{prefix}checkpoints/LATEST"))["step"]
+    except Exception:  # not there yet (or the emulator is being stopped)
+        return 0
+
+
+def checkpoint_matches_its_manifest(azurite, container: str, folder: str) -> bool:
+    """Every file of a checkpoint folder has the size and sha256 its MANIFEST.json names."""
+    from azure.storage.blob import BlobServiceClient
+
+    blobs = BlobServiceClient.from_connection_string(azurite.connection_string())
+    manifest = json.loads(blob_text(azurite, container, f"{folder}/MANIFEST.json"))
+    for name in manifest["files"]:
+        data = blobs.get_blob_client(container, f"{folder}/{name}").download_blob().readall()
+        if len(data) != manifest["sizes"][name]:
+            return False
+        if hashlib.sha256(data).hexdigest() != manifest["sha256"][name]:
+            return False
+    return True
+
+
+def test_job_survives_a_storage_outage_mid_run_and_loses_no_checkpoint(
+    own_azurite, builtin_data, disttrain_home, tmp_path
+):
+    container = own_azurite.create_container()
+    prefix = "runs/outage/"
+    job = small_job(
+        f"az://{container}/{prefix.rstrip('/')}",
+        builtin_data,
+        "--set",
+        "train.steps=600",
+        "--set",
+        "checkpoint.every_steps=100",
+        "--set",
+        "eval.enabled=false",
+        name="outage",
+    )
+    log = tmp_path / "launcher.log"
+    proc = start_cli("train", *job, log_path=log, env=own_azurite.env())
+    try:
+        deadline = time.monotonic() + 240
+        while (published := latest_published_step(own_azurite, container, prefix)) == 0:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        own_azurite.stop()  # the same port and location come back: clients reconnect
+        time.sleep(5)
+        own_azurite.start()
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+
+    text = log.read_text()
+    assert published < 600, "the outage came after the job had finished training"
+    assert json.loads(blob_text(own_azurite, container, f"{prefix}DONE"))["step"] == 600
+    latest = json.loads(blob_text(own_azurite, container, f"{prefix}checkpoints/LATEST"))
+    assert latest["step"] == 600
+    assert checkpoint_matches_its_manifest(own_azurite, container, f"{prefix}checkpoints/ckpt-600")
+    # checkpoint.keep is 5: what was published before the outage is still there, intact.
+    folder = f"{prefix}checkpoints/ckpt-{published}"
+    assert checkpoint_matches_its_manifest(own_azurite, container, folder)
+    state = json.loads((disttrain_home / "local" / "outage" / "job.json").read_text())
+    assert all(task["restarts"] == 0 for task in state["tasks"].values()), state
+    assert "storage | retry" in text or "cannot read DONE" in text  # the outage was felt
