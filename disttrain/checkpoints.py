@@ -78,8 +78,11 @@ def publish_checkpoint(
     keep: int,
     protected_steps: Callable[[], set[int]] = set,
     log: Callable[[str], None] = print,
+    unevaluated_steps: Callable[[], set[int]] = set,
+    max_unevaluated: int = 0,
 ) -> Manifest:
-    """Upload one staged checkpoint folder, then its manifest, then LATEST; apply retention."""
+    """Upload one staged checkpoint folder, then its manifest, then LATEST; apply retention
+    (see `apply_retention` for what `unevaluated_steps` and `max_unevaluated` hold back)."""
     manifest = manifest_of(staged_folder, step)
     remote = checkpoint_folder(step)
 
@@ -101,7 +104,9 @@ def publish_checkpoint(
         lambda: run_dir.write_text(LATEST_FILE, manifest.to_json()), f"write {LATEST_FILE}", log=log
     )
     try:  # the checkpoint is committed; a failed clean-up is retried after the next one
-        apply_retention(run_dir, keep, protected_steps() | {step}, log)
+        apply_retention(
+            run_dir, keep, protected_steps() | {step}, log, unevaluated_steps(), max_unevaluated
+        )
     except Exception as exc:
         log(f"checkpoint | WARNING | retention skipped | {describe(exc)}")
     return manifest
@@ -138,20 +143,40 @@ def referenced_steps(run_dir: RunDir) -> set[int]:
 
 
 def apply_retention(
-    run_dir: RunDir, keep: int, protected: set[int], log: Callable[[str], None] = print
+    run_dir: RunDir,
+    keep: int,
+    protected: set[int],
+    log: Callable[[str], None] = print,
+    unevaluated: set[int] = frozenset(),
+    max_unevaluated: int = 0,
 ) -> None:
     """Keep the newest `keep` complete checkpoints and whatever LATEST, the best export or
     the caller (`protected`) points to; delete the rest, and incomplete folders (an upload
-    cut short). Folders newer than LATEST are left alone: an upload may be in progress."""
-    protected = protected | referenced_steps(run_dir)
+    cut short). Folders newer than LATEST are left alone: an upload may be in progress.
+
+    Checkpoints the evaluator has not reached yet (`unevaluated`) are kept as well, but only
+    the newest `max_unevaluated` of them: an evaluator that died or fell far behind must not
+    make retention unbounded. Deleting one of them is logged as a warning.
+    """
+    waiting = sorted(unevaluated)
+    held = set(waiting[-max_unevaluated:]) if max_unevaluated > 0 else set()
+    protected = protected | held | referenced_steps(run_dir)
     latest = latest_manifest(run_dir)
     steps = [s for s in published_steps(run_dir) if latest is None or s <= latest.step]
     complete = [s for s in steps if run_dir.exists(f"{checkpoint_folder(s)}/{MANIFEST}")]
     doomed = [s for s in steps if s not in complete] + complete[: max(len(complete) - keep, 0)]
     for step in sorted(doomed):
-        if step not in protected:
+        if step in protected:
+            continue
+        if step in unevaluated:
+            log(
+                f"checkpoint | WARNING | retention | delete ckpt-{step} before the evaluator "
+                f"reached it: more than checkpoint.max_unevaluated ({max_unevaluated}) "
+                "checkpoints wait for evaluation (is the evaluator running?)"
+            )
+        else:
             log(f"checkpoint | retention | delete ckpt-{step}")
-            run_dir.delete(checkpoint_folder(step))
+        run_dir.delete(checkpoint_folder(step))
 
 
 def fetch_checkpoint(
@@ -228,9 +253,12 @@ class BackgroundPublisher:
         keep: int,
         log: Callable[[str], None] = print,
         protected_steps: Callable[[], set[int]] = set,
+        unevaluated_steps: Callable[[], set[int]] = set,
+        max_unevaluated: int = 0,
     ):
         self._run_dir, self._keep, self._log = run_dir, keep, log
         self._protected = protected_steps
+        self._unevaluated, self._max_unevaluated = unevaluated_steps, max_unevaluated
         self._pending: tuple[Path, int] | None = None
         self._busy = False
         self._cond = threading.Condition()
@@ -265,7 +293,14 @@ class BackgroundPublisher:
                 self._pending, self._busy = None, True
             try:
                 publish_checkpoint(
-                    self._run_dir, folder, step, self._keep, self._protected, self._log
+                    self._run_dir,
+                    folder,
+                    step,
+                    self._keep,
+                    self._protected,
+                    self._log,
+                    self._unevaluated,
+                    self._max_unevaluated,
                 )
                 self.published.append(step)
                 self._log(f"checkpoint | published | ckpt-{step} | {self._run_dir.url}")

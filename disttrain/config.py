@@ -76,6 +76,10 @@ class TrainConfig:
 class CheckpointConfig:
     every_steps: int = 300
     keep: int = 5
+    # Checkpoints the evaluator has not reached yet are kept beyond `keep`, at most this
+    # many (the newest; deleting an older one is logged as a warning): a dead evaluator
+    # must not make retention unbounded. 0: retention does not wait for the evaluator.
+    max_unevaluated: int = 10
 
 
 @dataclass
@@ -218,6 +222,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
+    "checkpoint.max_unevaluated": (lambda v: v >= 0, "an integer >= 0 (0: do not wait)"),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.poll_seconds": (lambda v: v > 0, "a number > 0"),
     "eval.max_examples": (lambda v: v >= 0, "an integer >= 0"),

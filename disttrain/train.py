@@ -166,7 +166,8 @@ class TrainLoop:
             run_dir,
             config.checkpoint.keep,
             log,
-            protected_steps=(lambda: awaiting_evaluation(run_dir)) if evaluated_later else set,
+            unevaluated_steps=(lambda: awaiting_evaluation(run_dir)) if evaluated_later else set,
+            max_unevaluated=config.checkpoint.max_unevaluated,
         )
         events = staging / "events" / "train"
         self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None

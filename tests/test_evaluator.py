@@ -9,6 +9,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from disttrain.checkpoints import (
@@ -188,16 +189,54 @@ def test_retention_keeps_checkpoints_the_evaluator_has_not_reached(tmp_path):
         publish_checkpoint,
         run_dir,
         keep=1,
-        protected_steps=lambda: awaiting_evaluation(run_dir),
+        unevaluated_steps=lambda: awaiting_evaluation(run_dir),
+        max_unevaluated=10,
         log=lambda _: None,
     )
     for step in (100, 200, 300, 400):
-        staged = tmp_path / f"staged-{step}"
-        staged.mkdir()
-        (staged / "ckpt.index").write_bytes(b"x" * step)
-        publish(staged_folder=staged, step=step)
+        publish(staged_folder=staged_checkpoint(tmp_path, step), step=step)
     # 100 is evaluated and old: deleted; 200 and 300 wait for the evaluator; 400 is newest.
     assert published_steps(run_dir) == [200, 300, 400]
+
+
+def staged_checkpoint(tmp_path: Path, step: int) -> Path:
+    """A stand-in staged checkpoint folder (retention does not look inside)."""
+    staged = tmp_path / f"staged-{step}"
+    staged.mkdir()
+    (staged / "ckpt.index").write_bytes(b"x" * step)
+    return staged
+
+
+def test_retention_holds_at_most_max_unevaluated_checkpoints_for_a_dead_evaluator(tmp_path):
+    from disttrain.evaluator import awaiting_evaluation
+
+    run_dir = RunDir(str(tmp_path / "run"))
+    run_dir.write_text(EVAL_RESULTS, '{"step": 100}\n')  # then the evaluator died
+    lines: list[str] = []
+    for step in range(100, 900, 100):
+        publish_checkpoint(
+            run_dir,
+            staged_checkpoint(tmp_path, step),
+            step,
+            keep=1,
+            log=lines.append,
+            unevaluated_steps=lambda: awaiting_evaluation(run_dir),
+            max_unevaluated=2,
+        )
+    # The newest two unevaluated (700, 800; 800 is also the newest kept) stay; the rest go.
+    assert published_steps(run_dir) == [700, 800]
+    warnings = [line for line in lines if "WARNING" in line]
+    for step in (200, 300, 400, 500, 600):
+        assert any(f"delete ckpt-{step} before the evaluator reached it" in w for w in warnings)
+    assert all("checkpoint.max_unevaluated (2)" in w for w in warnings) and len(warnings) == 5
+    assert "checkpoint | retention | delete ckpt-100" in lines  # evaluated: no warning
+
+
+def test_max_unevaluated_must_not_be_negative(tmp_path):
+    from disttrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="checkpoint.max_unevaluated: got -1"):
+        load_config(None, [f"run_dir={tmp_path}", "checkpoint.max_unevaluated=-1"])
 
 
 def test_an_unusable_newest_checkpoint_does_not_keep_the_evaluator_alive(tmp_path):
@@ -322,8 +361,5 @@ def test_retention_keeps_the_checkpoint_of_the_best_export_while_it_is_replaced(
     run_dir.write_text(f"{BEST_EXPORT_NEXT}/metrics.json", json.dumps({"step": 200}))
     run_dir.delete(BEST_METRICS)
     for step in (100, 200, 300, 400):
-        staged = tmp_path / f"staged-{step}"
-        staged.mkdir()
-        (staged / "ckpt.index").write_bytes(b"x" * step)
-        publish_checkpoint(run_dir, staged, step, keep=1, log=lambda _: None)
+        publish_checkpoint(run_dir, staged_checkpoint(tmp_path, step), step, 1, log=lambda _: None)
     assert published_steps(run_dir) == [200, 400]
