@@ -162,11 +162,12 @@ class TrainLoop:
         self.bad_files = 0  # distinct undecodable files met (each counted once per worker)
         self.window = [0.0, 0, 0]  # loss sum, correct, examples since the last progress line
         evaluated_later = config.eval.enabled and not config.eval.latest_only
+        self.unevaluated = (lambda: awaiting_evaluation(run_dir)) if evaluated_later else set
         self.publisher = BackgroundPublisher(
             run_dir,
             config.checkpoint.keep,
             log,
-            unevaluated_steps=(lambda: awaiting_evaluation(run_dir)) if evaluated_later else set,
+            unevaluated_steps=self.unevaluated,
             max_unevaluated=config.checkpoint.max_unevaluated,
         )
         events = staging / "events" / "train"
@@ -256,7 +257,13 @@ class TrainLoop:
             # and let a failure here fail the chief (a restart resumes) rather than lose it.
             log(f"checkpoint | retrying ckpt-{total} synchronously")
             publish_checkpoint(
-                self.run_dir, self._write_staged(total), total, self.config.checkpoint.keep, log=log
+                self.run_dir,
+                self._write_staged(total),
+                total,
+                self.config.checkpoint.keep,
+                log=log,
+                unevaluated_steps=self.unevaluated,
+                max_unevaluated=self.config.checkpoint.max_unevaluated,
             )
         self.writer.flush()
         self.mirror.close()  # the final upload; a failure is logged, never fatal
