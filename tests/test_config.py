@@ -59,6 +59,12 @@ def test_out_of_range_value_is_rejected_with_the_range():
         load_config(None, ["cluster.workers=-1"])
 
 
+def test_the_crop_area_must_be_a_fraction_of_the_image():
+    assert load_config(None, ["data.crop_min_area=0.08"]).data.crop_min_area == 0.08
+    with pytest.raises(ConfigError, match=r"data.crop_min_area: got 1.5; accepted: a number in"):
+        load_config(None, ["data.crop_min_area=1.5"])
+
+
 def test_choice_lists_the_accepted_values():
     with pytest.raises(ConfigError, match="data.source: got 'imagenet'; accepted: builtin"):
         load_config(None, ["data.source=imagenet"])

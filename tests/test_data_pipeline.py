@@ -121,6 +121,11 @@ def test_bad_files_are_skipped_counted_once_and_named(tmp_path, capfd):
         assert out.count(str(path)) == 1, out
     evaluated = sum(len(y) for _, y in eval_dataset(config, split, 7))
     assert evaluated == COUNT
+    out = capfd.readouterr().out
+    assert all(str(path) in out for path in bad)  # an evaluation pass names them
+    quiet = sum(len(y) for _, y in eval_dataset(config, split, 7, report_bad_files=False))
+    out = capfd.readouterr().out
+    assert quiet == COUNT and not any(str(path) in out for path in bad)
 
 
 def test_a_bad_file_fails_the_pipeline_with_its_path_when_configured(tmp_path):

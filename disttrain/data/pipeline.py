@@ -6,10 +6,12 @@ inside the step on the worker's device (`prepare_on_device`), so a GPU worker do
 own augmentation and the host moves a quarter of the bytes float32 would cost.
 
 Bad files. `ignore_errors` alone would drop a corrupt file without saying which, so image
-files are decoded in small chunks: each chunk's survivors are compared with its paths, and
-a file that did not decode becomes a placeholder with a negative label (the step masks it
-and counts the first sighting). Its path is printed once, in the first epoch, by the worker
-that reads it; with `data.on_bad_file: fail` the chunk fails instead, naming the path.
+files are decoded one batch of paths at a time: each batch's survivors are compared with
+its paths, and a file that did not decode becomes a placeholder with a negative label (the
+step masks it and counts the first sighting). Its path is printed once, in the first
+epoch, by the worker that reads it; with `data.on_bad_file: fail` the batch fails instead,
+naming the path. A batch of paths becomes exactly one batch of images, so the pixels are
+copied once into the batch and never re-sliced (bench/input_pipeline.py measures it).
 TFRecord shards and TFDS data were decoded when they were written, so they take the plain
 path, where a decode error fails loudly.
 """
@@ -33,12 +35,10 @@ AUTOTUNE = tf.data.AUTOTUNE
 # A bad file's label: first sighting on this worker (counted) and later epochs (not).
 BAD_FILE_FIRST_SEEN = -1
 BAD_FILE_SEEN_AGAIN = -2
-# Files decoded per chunk: large enough to amortise the per-chunk dataset, small enough
-# that a chunk never holds a worker's pipeline up.
-CHECK_CHUNK = 32
-# Training crops: the fraction of the image area kept, and the aspect ratios allowed.
-CROP_AREA = (0.6, 1.0)
-CROP_ASPECT = (0.8, 1.25)
+# Training crops: the aspect ratios allowed (the area kept is `data.crop_min_area` to 1).
+CROP_ASPECT = (0.75, 1.333)
+# Most bad-file paths one message names.
+PATHS_SHOWN = 1000
 EVAL_CENTRAL_FRACTION = 0.875
 
 
@@ -51,7 +51,7 @@ def train_dataset(
     on the worker itself (see `worker_index_on_worker`).
     """
     size = config.image_size
-    decode = lambda data: decode_random_crop(data, size)  # noqa: E731
+    decode = lambda data: decode_random_crop(data, size, config.crop_min_area)  # noqa: E731
     if split.source == "synthetic":
         return synthetic_batches(config, split, config.batch_size, seed).repeat()
     if split.source in ("tfrecord", "tfds"):
@@ -60,21 +60,37 @@ def train_dataset(
         images = records.map(
             lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=False
         )
+        batches = images.batch(config.batch_size, drop_remainder=True)
     else:
         files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
         files = files.shard(num_shards, shard_index)
         files = files.shuffle(len(split.files), seed=seed, reshuffle_each_iteration=True)
         first_epoch = _shard_size(len(split.files), num_shards, shard_index)
-        images = _checked_images(
-            files.repeat(), decode, size, first_epoch, config.on_bad_file, deterministic=False
+        batches = _checked_batches(
+            files.repeat(),
+            config.batch_size,
+            decode,
+            size,
+            first_epoch,
+            config.on_bad_file,
+            deterministic=False,
         )
-    return images.batch(config.batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+        batches = batches.map(lambda images, labels: _full_batch(images, labels, config))
+    return batches.prefetch(AUTOTUNE)
 
 
 def eval_dataset(
-    config: DataConfig, split: Split, batch_size: int, max_examples: int = 0
+    config: DataConfig,
+    split: Split,
+    batch_size: int,
+    max_examples: int = 0,
+    report_bad_files: bool = True,
 ) -> tf.data.Dataset:
-    """One deterministic pass over the split, centrally cropped; bad files left out."""
+    """One deterministic pass over the split, centrally cropped; bad files left out.
+
+    `report_bad_files=False` keeps the pass quiet about them: an evaluator makes one pass
+    per checkpoint and names a bad file only in its first.
+    """
     size = config.image_size
     decode = lambda data: decode_central_crop(data, size)  # noqa: E731
     if split.source == "synthetic":
@@ -87,15 +103,17 @@ def eval_dataset(
         images = records.map(
             lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=True
         )
+        batches = images.batch(batch_size)
     else:
         files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
         if max_examples:
             files = files.take(max_examples)
-        images = _checked_images(
-            files, decode, size, len(split.files), config.on_bad_file, deterministic=True
+        reported = len(split.files) if report_bad_files else 0  # elements that may report
+        batches = _checked_batches(
+            files, batch_size, decode, size, reported, config.on_bad_file, deterministic=True
         )
-        images = images.filter(lambda image, label: label >= 0)
-    return images.batch(batch_size).prefetch(AUTOTUNE)
+        batches = batches.map(_without_placeholders).filter(lambda _, labels: tf.size(labels) > 0)
+    return batches.prefetch(AUTOTUNE)
 
 
 def prepare_on_device(images: tf.Tensor, training: bool) -> tf.Tensor:
@@ -127,8 +145,12 @@ def worker_index_on_worker() -> tf.Tensor:
 # --- decoding ------------------------------------------------------------------------
 
 
-def decode_random_crop(data: tf.Tensor, size: int) -> tf.Tensor:
-    """A random crop (area and aspect jitter) of an encoded image, resized to size x size."""
+def decode_random_crop(data: tf.Tensor, size: int, min_area: float) -> tf.Tensor:
+    """A random crop of an encoded image, resized to size x size.
+
+    The crop keeps `min_area` to all of the image's area at an aspect ratio in CROP_ASPECT
+    (the Inception-style crop when `min_area` is 0.08).
+    """
 
     def random_window(shape):
         begin, crop, _ = tf.image.sample_distorted_bounding_box(
@@ -136,7 +158,7 @@ def decode_random_crop(data: tf.Tensor, size: int) -> tf.Tensor:
             bounding_boxes=tf.zeros([1, 0, 4]),
             min_object_covered=0.0,
             aspect_ratio_range=CROP_ASPECT,
-            area_range=CROP_AREA,
+            area_range=(min_area, 1.0),
             max_attempts=10,
             use_image_if_no_bounding_boxes=True,
         )
@@ -178,10 +200,18 @@ def decode_window(data: tf.Tensor, window_of) -> tf.Tensor:
 
 
 def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
-    # Bilinear without antialiasing: 2.6x faster at 224x224 on CPU (bench/input_pipeline.py),
-    # and the crops are mostly scaled up, where antialiasing changes nothing.
-    image = tf.image.resize(image, (size, size), method="bilinear", antialias=False)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    """Bilinear resize of one uint8 image to size x size, still uint8.
+
+    Bilinear without antialiasing: 2.6x faster at 224x224 on CPU, and the crops are mostly
+    scaled up, where antialiasing changes nothing. The op is called directly: what
+    `tf.image.resize` adds around it (rank and size checks, a batch dimension) is a handful
+    of small ops per image. Its weights are a convex combination of uint8 pixels, so the
+    result lies in [0, 255] already: adding 0.5 and truncating rounds it without a clip.
+    """
+    resized = tf.raw_ops.ResizeBilinear(
+        images=image[tf.newaxis], size=[size, size], half_pixel_centers=True
+    )[0]
+    image = tf.cast(resized + 0.5, tf.uint8)
     image.set_shape((size, size, 3))
     return image
 
@@ -189,17 +219,24 @@ def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
 # --- bad files ---------------------------------------------------------------------------
 
 
-def _checked_images(
-    files: tf.data.Dataset, decode, size: int, first_epoch, on_bad_file: str, deterministic: bool
+def _checked_batches(
+    files: tf.data.Dataset,
+    batch_size: int,
+    decode,
+    size: int,
+    first_epoch,
+    on_bad_file: str,
+    deterministic: bool,
 ) -> tf.data.Dataset:
-    """(path, label) -> (image, label), a bad file's label replaced by a negative marker.
+    """(path, label) -> batches of (image, label), a bad file's label a negative marker.
 
-    `first_epoch` is how many elements make up one pass (a bad file is reported and
-    counted only there).
+    Every batch of paths becomes one batch of the same length; `first_epoch` is how many
+    elements make up one pass (a bad file is reported and counted only there). Batches
+    are decoded in parallel, each one by one thread.
     """
-    chunks = files.enumerate().batch(CHECK_CHUNK)
-    return chunks.interleave(
-        lambda position, example: _decode_chunk(
+    path_batches = files.enumerate().batch(batch_size, drop_remainder=not deterministic)
+    return path_batches.interleave(
+        lambda position, example: _decode_batch(
             position, example, decode, size, first_epoch, on_bad_file
         ),
         num_parallel_calls=AUTOTUNE,
@@ -207,12 +244,12 @@ def _checked_images(
     )
 
 
-def _decode_chunk(position, example, decode, size, first_epoch, on_bad_file) -> tf.data.Dataset:
+def _decode_batch(position, example, decode, size, first_epoch, on_bad_file) -> tf.data.Dataset:
     paths, labels = example
     decoded = tf.data.Dataset.from_tensor_slices((paths, labels)).map(
         lambda path, label: (decode(tf.io.read_file(path)), label, path)
     )
-    # A chunk whose every file failed still yields one (empty) batch.
+    # A batch whose every file failed still yields one (empty) set of survivors.
     empty = tf.data.Dataset.from_tensors(
         (
             tf.zeros([0, size, size, 3], tf.uint8),
@@ -220,39 +257,54 @@ def _decode_chunk(position, example, decode, size, first_epoch, on_bad_file) -> 
             tf.zeros([0], tf.string),
         )
     )
-    survivors = decoded.ignore_errors().batch(CHECK_CHUNK).concatenate(empty).take(1)
-    return survivors.flat_map(
+    survivors = decoded.ignore_errors().batch(tf.size(paths, tf.int64)).concatenate(empty)
+    return survivors.take(1).map(
         lambda images, good_labels, good_paths: _with_placeholders(
             images, good_labels, good_paths, paths, position, first_epoch, on_bad_file
         )
     )
 
 
-def _with_placeholders(
-    images, good_labels, good_paths, paths, position, first_epoch, on_bad_file
-) -> tf.data.Dataset:
+def _with_placeholders(images, good_labels, good_paths, paths, position, first_epoch, on_bad_file):
+    """The survivors, then one zero image per file that did not decode (negative label)."""
     missing = tf.logical_not(tf.reduce_any(tf.equal(paths[:, None], good_paths[None, :]), axis=1))
-    first_seen = tf.logical_and(missing, position < tf.cast(first_epoch, tf.int64))
-    bad_paths = tf.boolean_mask(paths, missing)
+    in_first_epoch = position < tf.cast(first_epoch, tf.int64)
     if on_bad_file == "fail":
-        checks = [
-            tf.debugging.Assert(
-                tf.size(bad_paths) == 0,
-                ["bad image file (data.on_bad_file: fail):", bad_paths],
-                summarize=CHECK_CHUNK,
-            )
-        ]
-    else:
-        checks = [_report_once(tf.boolean_mask(paths, first_seen))]
-    with tf.control_dependencies(checks):
-        bad_labels = tf.where(
-            tf.boolean_mask(first_seen, missing), BAD_FILE_FIRST_SEEN, BAD_FILE_SEEN_AGAIN
+        check = tf.debugging.Assert(
+            tf.logical_not(tf.reduce_any(missing)),
+            ["bad image file (data.on_bad_file: fail):", tf.boolean_mask(paths, missing)],
+            summarize=PATHS_SHOWN,
         )
-        count = tf.size(bad_labels)
-        placeholders = tf.zeros(tf.concat([[count], images.shape[1:]], 0), tf.uint8)
-        all_images = tf.concat([images, placeholders], 0)
-        all_labels = tf.concat([good_labels, tf.cast(bad_labels, good_labels.dtype)], 0)
-    return tf.data.Dataset.from_tensor_slices((all_images, all_labels))
+    else:
+        check = _report_once(tf.boolean_mask(paths, tf.logical_and(missing, in_first_epoch)))
+
+    def add_placeholders():
+        bad_labels = tf.where(
+            tf.boolean_mask(in_first_epoch, missing), BAD_FILE_FIRST_SEEN, BAD_FILE_SEEN_AGAIN
+        )
+        shape = tf.concat([tf.shape(bad_labels), tf.shape(images)[1:]], 0)
+        return (
+            tf.concat([images, tf.zeros(shape, tf.uint8)], 0),
+            tf.concat([good_labels, tf.cast(bad_labels, good_labels.dtype)], 0),
+        )
+
+    with tf.control_dependencies([check]):
+        # The common case (nothing missing) hands the batch on without another copy.
+        return tf.cond(
+            tf.reduce_any(missing), add_placeholders, lambda: (images, tf.identity(good_labels))
+        )
+
+
+def _full_batch(images, labels, config: DataConfig):
+    """Restore the static batch shape that per-batch decoding leaves unknown (every
+    training batch is full: placeholders keep bad files' places)."""
+    batch, size = config.batch_size, config.image_size
+    return tf.ensure_shape(images, [batch, size, size, 3]), tf.ensure_shape(labels, [batch])
+
+
+def _without_placeholders(images, labels):
+    keep = labels >= 0
+    return tf.boolean_mask(images, keep), tf.boolean_mask(labels, keep)
 
 
 def _report_once(first_seen_paths: tf.Tensor):
@@ -260,7 +312,7 @@ def _report_once(first_seen_paths: tf.Tensor):
         tf.print(
             "data | bad image file skipped (not decodable; data.on_bad_file: skip) |",
             first_seen_paths,
-            summarize=CHECK_CHUNK,
+            summarize=PATHS_SHOWN,
             output_stream=sys.stdout,
         )
         return tf.constant(True)
