@@ -46,6 +46,8 @@ def run_task(config_path: str) -> None:
         finally:
             evaluator.close()
         return
+    if task.role in (CHIEF, WORKER):
+        stage_remote_data(config)
     wait_for_needed_peers(config, shape, tf_config, task)
     if task.role == CHIEF or shape.strategy == "multi_worker_mirrored":
         from disttrain.train import train
@@ -55,6 +57,22 @@ def run_task(config_path: str) -> None:
         from disttrain.server import serve
 
         serve(config, task, tf_config)
+
+
+def stage_remote_data(config: Config) -> None:
+    """Stage a remote data folder on this task's machine before it meets its peers.
+
+    Under ParameterServerStrategy the chief lists the split and the workers run the
+    dataset graph it traced, file paths included: those paths are the chief's staged copy
+    (`<data.scratch_dir>/<name of the URL>`), so each worker must hold the same copy at
+    the same path on its own machine (a pod's /mnt). Staging before waiting for peers lets
+    every machine copy at once. Tasks sharing a machine share one copy; a complete copy
+    is reused.
+    """
+    from disttrain.data.sources import is_remote, list_split
+
+    if config.data.source in ("image_folder", "tfrecord") and is_remote(config.data.root):
+        list_split(config.data, config.data.train_split)
 
 
 def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, task: Task) -> None:

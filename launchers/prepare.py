@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from disttrain.config import Config, ConfigError, dump_config
+from disttrain.done import done_step
 from disttrain.storage import (
     AZURE_PROTOCOLS,
     CONFIG_FILE,
@@ -31,21 +31,20 @@ LOCAL_CREDENTIALS = (
 
 
 def check_data(config: Config) -> None:
-    """Fail early on data the tasks could not read."""
-    data = config.data
-    if data.source != "image_folder":
+    """Fail early on data the tasks could not read: both splits listed, classes matching.
+
+    Every local task sees this machine's files, so the check is the tasks' own listing; a
+    remote image folder is staged to scratch here, once, before any task starts (the tasks
+    then reuse the copy). TFDS is left to the tasks: opening it would import TensorFlow.
+    """
+    from disttrain.data.sources import DataError, check_data_source
+
+    if config.data.source == "tfds":
         return
-    root = Path(data.root)
-    if not data.root or not root.is_dir():
-        raise ConfigError(
-            f"data.root: got {data.root!r}; accepted: an existing folder "
-            "laid out as <root>/<split>/<class>/*.jpg"
-        )
-    for split in (data.train_split, data.test_split):
-        if not (root / split).is_dir():
-            raise ConfigError(
-                f"data.root: {data.root!r} has no {split!r} split folder ({root / split})"
-            )
+    try:
+        check_data_source(config.data)
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
@@ -54,18 +53,18 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
     Submitting a job into a run dir that holds a finished run continues that run: the
     chief resumes from its latest checkpoint (so raising train.steps trains further).
     """
-    check_data(config)
-    check_run_dir(config, log)
     if config.data.source == "builtin":
         from disttrain.data.builtin import ensure_builtin_dataset
 
         log("data | preparing the built-in dataset (generated once, then cached)")
         log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
+    check_data(config)
+    check_run_dir(config, log)
     run_dir = RunDir(config.run_dir)
     if run_dir.exists(DONE_FILE):
-        done = json.loads(run_dir.read_text(DONE_FILE))
+        step = done_step(run_dir)
         log(
-            f"run dir | {run_dir.url} holds a finished run (step {done.get('step')}); "
+            f"run dir | {run_dir.url} holds a finished run (step {step}); "
             f"continuing it to train.steps = {config.train.steps}"
         )
         run_dir.delete(DONE_FILE)
@@ -122,9 +121,9 @@ def final_report(config: Config) -> str:
             f"final eval | step: {last['step']} | accuracy: {last['accuracy']:.4f} | "
             f"loss: {last['loss']:.4f} | examples: {last['examples']}"
         )
-    lines.append(f"checkpoints     : {run_dir.path('checkpoints')}")
+    lines.append(f"checkpoints     : {run_dir.url_of('checkpoints')}")  # az:// keeps its scheme
     lines.append(
-        f"tensorboard logs: {run_dir.path('logs')} "
+        f"tensorboard logs: {run_dir.url_of('logs')} "
         f"(view: disttrain board --run-dir {config.run_dir})"
     )
     return "\n".join(lines)

@@ -125,6 +125,45 @@ def test_remote_image_folder_source_lists_the_staged_copy(tmp_path):
     assert all(f.startswith(str(tmp_path / "scratch")) for f in split.files)
 
 
+def test_the_local_launcher_stages_a_remote_folder_once_and_names_a_bad_one(tmp_path):
+    from disttrain.config import Config, ConfigError
+    from launchers.prepare import check_data
+
+    url = "memory://bucket/launcher-check"
+    copy_to_memory(write_folder(tmp_path / "data"), url)
+    data = DataConfig(source="image_folder", root=url, scratch_dir=str(tmp_path / "scratch"))
+
+    check_data(Config(data=data))
+
+    staged = staged_path(url, tmp_path / "scratch")
+    assert (staged / MANIFEST).is_file() and len(list(staged.rglob("*.jpg"))) == 16
+
+    mismatched = "memory://bucket/launcher-mismatch"
+    copy_to_memory(write_folder(tmp_path / "other", classes=("cat",), splits=("test",)), mismatched)
+    copy_to_memory(write_folder(tmp_path / "other2", splits=("train",)), mismatched)
+    data = DataConfig(source="image_folder", root=mismatched, scratch_dir=str(tmp_path / "s2"))
+    with pytest.raises(ConfigError, match="'train' has 2 classes .* 'test' has 1"):
+        check_data(Config(data=data))
+
+
+def test_a_task_stages_remote_data_where_the_chief_lists_it(tmp_path):
+    """A PSS worker runs the chief's dataset graph, file paths included: its own copy must
+    sit at the same path, made before it meets its peers."""
+    from disttrain.config import Config
+    from disttrain.task import stage_remote_data
+
+    url = "memory://bucket/worker-stage"
+    copy_to_memory(write_folder(tmp_path / "data"), url)
+    config = Config(
+        data=DataConfig(source="image_folder", root=url, scratch_dir=str(tmp_path / "scratch"))
+    )
+
+    stage_remote_data(config)
+
+    listed = list_split(config.data, "train").files  # what the chief puts in the graph
+    assert len(listed) == 8 and all(Path(f).is_file() for f in listed)
+
+
 def test_an_empty_remote_folder_is_an_error(tmp_path):
     with pytest.raises(DataError, match="holds no files"):
         stage_folder("memory://bucket/absent", tmp_path / "scratch", lambda _: None)
