@@ -61,6 +61,7 @@ class Evaluator:
         # Committed checkpoints that failed verification: reported once, never retried (a
         # corrupt newest checkpoint must not keep the evaluator alive after DONE).
         self.unusable: set[int] = set()
+        self.passes = 0  # a bad test file is named in the first pass only
 
     def close(self) -> None:
         self.writer.close()
@@ -140,9 +141,15 @@ class Evaluator:
         return result
 
     def measure(self) -> dict:
+        eval_config = self.config.eval
         dataset = eval_dataset(
-            self.config.data, self.split, self.config.eval.batch_size, self.config.eval.max_examples
+            self.config.data,
+            self.split,
+            eval_config.batch_size,
+            eval_config.max_examples,
+            report_bad_files=self.passes == 0,
         )
+        self.passes += 1
         loss_sum, correct, examples = 0.0, 0, 0
         for images, labels in dataset:
             batch_loss, batch_correct, batch_examples = self.eval_batch(images, labels)
