@@ -45,6 +45,9 @@ class DataConfig:
     # Training crops keep this fraction of the image area up to all of it: 0.08 is the
     # Inception-style crop for photos; a dataset whose object fills the frame wants more.
     crop_min_area: float = 0.08
+    # A worker whose shard of an image folder fits in this many MiB once decoded (at
+    # image_size) decodes each file once and crops from memory; 0: always decode per step.
+    cache_mib: int = 256
     batch_size: int = 64
     shuffle_buffer: int = 2048
     train_split: str = "train"
@@ -214,6 +217,7 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "run_dir": (lambda v: bool(v.strip()), "a non-empty path or fsspec URL"),
     "data.image_size": (lambda v: 8 <= v <= 1024, "an integer from 8 to 1024"),
     "data.crop_min_area": (lambda v: 0.0 < v <= 1.0, "a number in (0, 1]"),
+    "data.cache_mib": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "data.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "data.shuffle_buffer": (lambda v: v >= 1, "an integer >= 1"),
     "data.synthetic_classes": (lambda v: v >= 2, "an integer >= 2"),

@@ -24,6 +24,8 @@ from disttrain.data.pipeline import (
 from disttrain.data.sources import list_split
 
 COUNT = 23  # images in the numbered folder: not a multiple of any worker count used
+# Both training paths: decoding every step (no cache), and a small split decoded once.
+BOTH_PATHS = pytest.mark.parametrize("cache_mib", [0, 1], ids=["decode-per-step", "cached"])
 
 
 def numbered_folder(root: Path, count: int = COUNT, suffix: str = "png") -> Path:
@@ -47,9 +49,13 @@ def first_epoch_numbers(config: DataConfig, num_shards: int, index: int) -> list
     return [image_numbers(images.numpy())[0] for images, _ in dataset.take(shard_size)]
 
 
+@BOTH_PATHS
 @pytest.mark.parametrize("workers", [1, 3])
-def test_worker_shards_of_an_image_folder_are_disjoint_and_cover_the_split(tmp_path, workers):
-    config = DataConfig(source="image_folder", root=str(numbered_folder(tmp_path)), image_size=8)
+def test_worker_shards_of_an_image_folder_are_disjoint_and_cover_the_split(
+    tmp_path, workers, cache_mib
+):
+    root = str(numbered_folder(tmp_path))
+    config = DataConfig(source="image_folder", root=root, image_size=8, cache_mib=cache_mib)
     shards = [first_epoch_numbers(config, workers, i) for i in range(workers)]
 
     seen = [n for shard in shards for n in shard]
@@ -76,10 +82,10 @@ def test_worker_index_is_read_from_the_workers_own_tf_config():
         assert f"INDEX {index}" in out
 
 
-def test_training_batches_are_uint8_and_eval_is_deterministic(tmp_path):
-    config = DataConfig(
-        source="image_folder", root=str(numbered_folder(tmp_path, suffix="jpg")), batch_size=4
-    )
+@BOTH_PATHS
+def test_training_batches_are_uint8_and_eval_is_deterministic(tmp_path, cache_mib):
+    root = str(numbered_folder(tmp_path, suffix="jpg"))
+    config = DataConfig(source="image_folder", root=root, batch_size=4, cache_mib=cache_mib)
     split = list_split(config, "test")
     images, labels = next(iter(train_dataset(config, split, 1, 0)))
     assert images.dtype == tf.uint8 and images.shape == (4, 32, 32, 3)
@@ -103,9 +109,12 @@ def folder_with_bad_files(tmp_path: Path) -> tuple[Path, list[Path]]:
     return root, [corrupt, text]
 
 
-def test_bad_files_are_skipped_counted_once_and_named(tmp_path, capfd):
+@BOTH_PATHS
+def test_bad_files_are_skipped_counted_once_and_named(tmp_path, capfd, cache_mib):
     root, bad = folder_with_bad_files(tmp_path)
-    config = DataConfig(source="image_folder", root=str(root), batch_size=5, image_size=8)
+    config = DataConfig(
+        source="image_folder", root=str(root), batch_size=5, image_size=8, cache_mib=cache_mib
+    )
     split = list_split(config, "train")
     epochs = 4  # 25 files per epoch; training order is not deterministic across epochs
 
@@ -128,9 +137,12 @@ def test_bad_files_are_skipped_counted_once_and_named(tmp_path, capfd):
     assert quiet == COUNT and not any(str(path) in out for path in bad)
 
 
-def test_a_bad_file_fails_the_pipeline_with_its_path_when_configured(tmp_path):
+@BOTH_PATHS
+def test_a_bad_file_fails_the_pipeline_with_its_path_when_configured(tmp_path, cache_mib):
     root, bad = folder_with_bad_files(tmp_path)
-    config = DataConfig(source="image_folder", root=str(root), on_bad_file="fail", image_size=8)
+    config = DataConfig(
+        source="image_folder", root=str(root), on_bad_file="fail", image_size=8, cache_mib=cache_mib
+    )
     split = list_split(config, "train")
     with pytest.raises(tf.errors.InvalidArgumentError, match="bad image file") as error:
         for _ in train_dataset(config, split, 1, 0).take(10):

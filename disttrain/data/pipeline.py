@@ -14,6 +14,12 @@ naming the path. A batch of paths becomes exactly one batch of images, so the pi
 copied once into the batch and never re-sliced (bench/input_pipeline.py measures it).
 TFRecord shards and TFDS data were decoded when they were written, so they take the plain
 path, where a decode error fails loudly.
+
+Small splits. Below some thousands of pixels per image the per-file work (a nested
+dataset element, a function call, a decoder set up for a few blocks) costs more than the
+decode itself, and on a CPU worker it comes out of the model's step. A shard that fits in
+`data.cache_mib` once decoded is therefore decoded once (whole, resized to image_size) and
+kept in memory; each batch is then cropped with one vectorised `crop_and_resize`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from disttrain.config import DataConfig
@@ -37,6 +44,8 @@ BAD_FILE_FIRST_SEEN = -1
 BAD_FILE_SEEN_AGAIN = -2
 # Training crops: the aspect ratios allowed (the area kept is `data.crop_min_area` to 1).
 CROP_ASPECT = (0.75, 1.333)
+# Files per decode task while filling the decoded cache of a small split.
+CACHE_DECODE_BATCH = 256
 # Most bad-file paths one message names.
 PATHS_SHOWN = 1000
 EVAL_CENTRAL_FRACTION = 0.875
@@ -61,6 +70,8 @@ def train_dataset(
             lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=False
         )
         batches = images.batch(config.batch_size, drop_remainder=True)
+    elif _shard_fits_in_cache(config, split, num_shards):
+        batches = _cached_batches(config, split, num_shards, shard_index, seed)
     else:
         files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
         files = files.shard(num_shards, shard_index)
@@ -167,6 +178,13 @@ def decode_random_crop(data: tf.Tensor, size: int, min_area: float) -> tf.Tensor
     return resize_uint8(decode_window(data, random_window), size)
 
 
+def decode_whole(data: tf.Tensor, size: int) -> tf.Tensor:
+    """A whole encoded image resized to size x size (what the decoded cache keeps)."""
+    return resize_uint8(
+        decode_window(data, lambda shape: tf.stack([0, 0, shape[0], shape[1]])), size
+    )
+
+
 def decode_central_crop(data: tf.Tensor, size: int) -> tf.Tensor:
     """The central EVAL_CENTRAL_FRACTION of an encoded image, resized to size x size."""
 
@@ -214,6 +232,75 @@ def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
     image = tf.cast(resized + 0.5, tf.uint8)
     image.set_shape((size, size, 3))
     return image
+
+
+# --- small splits: decoded once, cropped per batch ---------------------------------------
+
+
+def _shard_fits_in_cache(config: DataConfig, split: Split, num_shards: int) -> bool:
+    shard_files = -(-len(split.files) // int(num_shards))
+    return shard_files * config.image_size**2 * 3 <= config.cache_mib * 2**20
+
+
+def _cached_batches(
+    config: DataConfig, split: Split, num_shards, shard_index, seed: int | None
+) -> tf.data.Dataset:
+    """Training batches of one shard decoded once into a single uint8 tensor.
+
+    Bad files get their placeholders and their report while it is filled. Each batch is
+    then one `crop_and_resize` that reads the sampled images straight out of that tensor
+    (no shuffle buffer of images, no per-image element, no copy before the crop).
+    """
+    size = config.image_size
+    files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
+    shard_files = _shard_size(len(split.files), num_shards, shard_index)
+    decoded = _checked_batches(
+        files.shard(num_shards, shard_index),
+        CACHE_DECODE_BATCH,
+        lambda data: decode_whole(data, size),
+        size,
+        shard_files,
+        config.on_bad_file,
+        deterministic=True,
+    )
+    whole_shard = decoded.unbatch().batch(len(split.files)).take(1)
+    return whole_shard.flat_map(
+        lambda images, labels: _batches_of(images, labels, shard_files, config, seed)
+    )
+
+
+def _batches_of(images, labels, shard_files, config: DataConfig, seed) -> tf.data.Dataset:
+    """Endless batches drawn from `images` in a new random order every epoch."""
+    order = tf.data.Dataset.range(tf.cast(tf.shape(labels)[0], tf.int64))
+    order = order.shuffle(tf.shape(labels, tf.int64)[0], seed=seed, reshuffle_each_iteration=True)
+    picks = order.repeat().enumerate().batch(config.batch_size, drop_remainder=True)
+    return picks.map(
+        lambda position, index: _random_crops(images, labels, index, position, shard_files, config),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=False,
+    )
+
+
+def _random_crops(images, labels, index, position, shard_files, config: DataConfig):
+    """A random crop of each image `index` picks (the decoder's area and aspect ranges),
+    resized back to image_size; a bad file's placeholder seen again is not "first seen"."""
+    count = tf.shape(index)[0]
+    area = tf.random.uniform([count], config.crop_min_area, 1.0)
+    log_aspect = tf.random.uniform([count], *np.log(CROP_ASPECT).tolist())
+    height = tf.minimum(tf.sqrt(area / tf.exp(log_aspect)), 1.0)
+    width = tf.minimum(tf.sqrt(area * tf.exp(log_aspect)), 1.0)
+    top = tf.random.uniform([count]) * (1.0 - height)
+    left = tf.random.uniform([count]) * (1.0 - width)
+    boxes = tf.stack([top, left, top + height, left + width], axis=1)
+    size, batch = config.image_size, config.batch_size
+    crops = tf.image.crop_and_resize(images, boxes, tf.cast(index, tf.int32), [size, size])
+    crops = tf.ensure_shape(tf.cast(crops + 0.5, tf.uint8), [batch, size, size, 3])
+    picked = tf.gather(labels, index)
+    seen_again = tf.logical_and(
+        position >= tf.cast(shard_files, tf.int64), tf.equal(picked, BAD_FILE_FIRST_SEEN)
+    )
+    picked = tf.where(seen_again, tf.cast(BAD_FILE_SEEN_AGAIN, picked.dtype), picked)
+    return crops, tf.ensure_shape(picked, [batch])
 
 
 # --- bad files ---------------------------------------------------------------------------
