@@ -121,6 +121,8 @@ def test_job_survives_a_storage_outage_mid_run_and_loses_no_checkpoint(
         "--set",
         "checkpoint.every_steps=100",
         "--set",
+        "checkpoint.keep=10",  # all six stay: the one from before the outage is checked
+        "--set",
         "eval.enabled=false",
         name="outage",
     )
@@ -144,7 +146,7 @@ def test_job_survives_a_storage_outage_mid_run_and_loses_no_checkpoint(
     latest = json.loads(blob_text(own_azurite, container, f"{prefix}checkpoints/LATEST"))
     assert latest["step"] == 600
     assert checkpoint_matches_its_manifest(own_azurite, container, f"{prefix}checkpoints/ckpt-600")
-    # checkpoint.keep is 5: what was published before the outage is still there, intact.
+    # Retention keeps all six: what was published before the outage is still there, intact.
     folder = f"{prefix}checkpoints/ckpt-{published}"
     assert checkpoint_matches_its_manifest(own_azurite, container, folder)
     state = json.loads((disttrain_home / "local" / "outage" / "job.json").read_text())

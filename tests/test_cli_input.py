@@ -34,7 +34,7 @@ def test_missing_data_directory_is_refused_before_anything_starts(tmp_path, dist
         "--set",
         f"run_dir={tmp_path / 'r'}",
     )
-    assert_refused(result, f"data.root: got '{missing}'", disttrain_home)
+    assert_refused(result, f"data.root: '{missing}' is not a folder", disttrain_home)
 
 
 def test_unknown_launcher_lists_the_installed_ones(disttrain_home):
