@@ -7,6 +7,7 @@ the Kubernetes client.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -332,9 +333,10 @@ def _config_for_run(config: str | None, overrides: list[str], run_dir: str | Non
     stored = RunDir(run_dir)
     if not stored.exists(CONFIG_FILE):
         raise ConfigError(f"--run-dir: {run_dir!r} has no {CONFIG_FILE}")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        f.write(stored.read_text(CONFIG_FILE))
-    return load_config(f.name, [*overrides, f"run_dir={run_dir}"])
+    with tempfile.TemporaryDirectory(prefix="disttrain-config-") as scratch:
+        path = Path(scratch) / CONFIG_FILE
+        path.write_text(stored.read_text(CONFIG_FILE))
+        return load_config(path, [*overrides, f"run_dir={run_dir}"])
 
 
 def main() -> None:
