@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 
 from disttrain.config import TrainConfig
-from disttrain.data.pipeline import BAD_FILE_FIRST_SEEN, prepare_on_device
+from disttrain.data.pipeline import BAD_FILE_FIRST_SEEN, prepare_on_device, random_crops
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -61,8 +61,13 @@ def make_train_chunk(
     model: keras.Model,
     optimizer: keras.optimizers.Optimizer,
     jit_compile: bool = False,
+    crop_min_area: float = 0.0,
 ):
-    """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files)."""
+    """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files).
+
+    `crop_min_area` > 0: the batches arrive uncropped (a small split decoded once, see
+    `decodes_once`) and the step crops them first, on the worker's device.
+    """
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def loss_of(logits, labels):
@@ -97,6 +102,8 @@ def make_train_chunk(
         return [tf.convert_to_tensor(v.value) for v in variables]
 
     def replica_step(images, labels):
+        if crop_min_area:  # outside the XLA-compiled pass: crop_and_resize stays a TF op
+            images = random_crops(images, crop_min_area)
         grads, per_example, logits, updated = forward_backward(
             read(model.trainable_variables), read(model.non_trainable_variables), images, labels
         )

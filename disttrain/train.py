@@ -28,6 +28,7 @@ from disttrain.cluster import CHIEF, ClusterShape, Task
 from disttrain.config import Config, dump_config
 from disttrain.data.pipeline import (
     Split,
+    decodes_once,
     describe_split,
     list_split,
     train_dataset,
@@ -77,7 +78,10 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
-        chunk = make_train_chunk(strategy, model, optimizer, config.train.jit_compile)
+        crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
+        chunk = make_train_chunk(
+            strategy, model, optimizer, config.train.jit_compile, crop_min_area=crop_in_step
+        )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
         loop.run(start)

@@ -18,7 +18,9 @@ from disttrain.config import DataConfig
 from disttrain.data.pipeline import (
     BAD_FILE_FIRST_SEEN,
     BAD_FILE_SEEN_AGAIN,
+    decodes_once,
     eval_dataset,
+    random_crops,
     train_dataset,
 )
 from disttrain.data.sources import list_split
@@ -96,6 +98,25 @@ def test_training_batches_are_uint8_and_eval_is_deterministic(tmp_path, cache_mi
 
     assert one_pass() == one_pass()
     assert sorted(n for batch in one_pass() for n in batch) == list(range(COUNT))
+
+
+def test_a_small_split_is_decoded_once_and_cropped_in_the_step(tmp_path):
+    root = str(numbered_folder(tmp_path, suffix="jpg"))
+    split = list_split(DataConfig(source="image_folder", root=root), "train")
+    assert decodes_once(DataConfig(source="image_folder", root=root), split)
+    assert not decodes_once(DataConfig(source="image_folder", root=root, cache_mib=0), split)
+
+    ramp = np.tile(np.arange(0, 256, 8, dtype=np.uint8)[None, :, None], (32, 1, 3))
+    solid = np.full((32, 32, 3), 77, np.uint8)
+    crops = random_crops(tf.constant(np.stack([ramp] * 16 + [solid])), 0.1).numpy()
+
+    assert crops.dtype == np.uint8 and crops.shape == (17, 32, 32, 3)
+    assert (crops[-1] == 77).all()  # a crop of one colour is that colour
+    ramps = crops[:-1].astype(int)
+    assert ramps.min() >= 0 and ramps.max() <= 248
+    # A crop keeps the ramp's order; a zoomed-in one spans fewer grey levels.
+    assert all((np.diff(c[16, :, 0]) >= 0).all() for c in ramps)
+    assert any(np.ptp(c[16, :, 0]) < 200 for c in ramps)
 
 
 def folder_with_bad_files(tmp_path: Path) -> tuple[Path, list[Path]]:

@@ -17,9 +17,10 @@ path, where a decode error fails loudly.
 
 Small splits. Below some thousands of pixels per image the per-file work (a nested
 dataset element, a function call, a decoder set up for a few blocks) costs more than the
-decode itself, and on a CPU worker it comes out of the model's step. A shard that fits in
+decode itself, and on a CPU worker it comes out of the model's step. A split that fits in
 `data.cache_mib` once decoded is therefore decoded once (whole, resized to image_size) and
-kept in memory; each batch is then cropped with one vectorised `crop_and_resize`.
+kept in memory; batches are gathered from it uncropped and the step crops them on the
+worker's device (`random_crops`, one vectorised `crop_and_resize` per batch), like the flips.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ BAD_FILE_FIRST_SEEN = -1
 BAD_FILE_SEEN_AGAIN = -2
 # Training crops: the aspect ratios allowed (the area kept is `data.crop_min_area` to 1).
 CROP_ASPECT = (0.75, 1.333)
+# Sources read as image files (decoded here, with the bad-file checks).
+FOLDER_SOURCES = ("builtin", "image_folder")
 # Files per decode task while filling the decoded cache of a small split.
 CACHE_DECODE_BATCH = 256
 # Most bad-file paths one message names.
@@ -70,7 +73,7 @@ def train_dataset(
             lambda data, y: (decode(data), y), num_parallel_calls=AUTOTUNE, deterministic=False
         )
         batches = images.batch(config.batch_size, drop_remainder=True)
-    elif _shard_fits_in_cache(config, split, num_shards):
+    elif decodes_once(config, split):
         batches = _cached_batches(config, split, num_shards, shard_index, seed)
     else:
         files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
@@ -237,19 +240,35 @@ def resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
 # --- small splits: decoded once, cropped per batch ---------------------------------------
 
 
-def _shard_fits_in_cache(config: DataConfig, split: Split, num_shards: int) -> bool:
-    shard_files = -(-len(split.files) // int(num_shards))
-    return shard_files * config.image_size**2 * 3 <= config.cache_mib * 2**20
+def decodes_once(config: DataConfig, split: Split) -> bool:
+    """Whether this split's training batches come uncropped from memory (small splits): the
+    step must then crop them with `random_crops`."""
+    decoded_bytes = len(split.files) * config.image_size**2 * 3
+    return split.source in FOLDER_SOURCES and decoded_bytes <= config.cache_mib * 2**20
+
+
+def random_crops(images: tf.Tensor, min_area: float) -> tf.Tensor:
+    """A random crop of each uint8 image of a batch (`min_area` to all of it, aspect in
+    CROP_ASPECT) resized back to its size; runs inside the step, on the worker's device."""
+    count, size = tf.shape(images)[0], tf.shape(images)[1:3]
+    area = tf.random.uniform([count], min_area, 1.0)
+    log_aspect = tf.random.uniform([count], *np.log(CROP_ASPECT).tolist())
+    height = tf.minimum(tf.sqrt(area / tf.exp(log_aspect)), 1.0)
+    width = tf.minimum(tf.sqrt(area * tf.exp(log_aspect)), 1.0)
+    top = tf.random.uniform([count]) * (1.0 - height)
+    left = tf.random.uniform([count]) * (1.0 - width)
+    boxes = tf.stack([top, left, top + height, left + width], axis=1)
+    crops = tf.image.crop_and_resize(images, boxes, tf.range(count), size)
+    return tf.ensure_shape(tf.cast(crops + 0.5, tf.uint8), images.shape)
 
 
 def _cached_batches(
     config: DataConfig, split: Split, num_shards, shard_index, seed: int | None
 ) -> tf.data.Dataset:
-    """Training batches of one shard decoded once into a single uint8 tensor.
+    """Uncropped training batches of one shard decoded once into a single uint8 tensor.
 
-    Bad files get their placeholders and their report while it is filled. Each batch is
-    then one `crop_and_resize` that reads the sampled images straight out of that tensor
-    (no shuffle buffer of images, no per-image element, no copy before the crop).
+    Bad files get their placeholders and their report while it is filled; each batch is
+    then one gather from that tensor (no shuffle buffer of images, no per-image element).
     """
     size = config.image_size
     files = tf.data.Dataset.from_tensor_slices((split.files, split.labels))
@@ -274,33 +293,25 @@ def _batches_of(images, labels, shard_files, config: DataConfig, seed) -> tf.dat
     order = tf.data.Dataset.range(tf.cast(tf.shape(labels)[0], tf.int64))
     order = order.shuffle(tf.shape(labels, tf.int64)[0], seed=seed, reshuffle_each_iteration=True)
     picks = order.repeat().enumerate().batch(config.batch_size, drop_remainder=True)
+    # A gather is cheap: one call at a time, which also keeps epochs from overtaking
+    # each other.
     return picks.map(
-        lambda position, index: _random_crops(images, labels, index, position, shard_files, config),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=False,
+        lambda position, index: _gathered(images, labels, index, position, shard_files, config)
     )
 
 
-def _random_crops(images, labels, index, position, shard_files, config: DataConfig):
-    """A random crop of each image `index` picks (the decoder's area and aspect ranges),
-    resized back to image_size; a bad file's placeholder seen again is not "first seen"."""
-    count = tf.shape(index)[0]
-    area = tf.random.uniform([count], config.crop_min_area, 1.0)
-    log_aspect = tf.random.uniform([count], *np.log(CROP_ASPECT).tolist())
-    height = tf.minimum(tf.sqrt(area / tf.exp(log_aspect)), 1.0)
-    width = tf.minimum(tf.sqrt(area * tf.exp(log_aspect)), 1.0)
-    top = tf.random.uniform([count]) * (1.0 - height)
-    left = tf.random.uniform([count]) * (1.0 - width)
-    boxes = tf.stack([top, left, top + height, left + width], axis=1)
-    size, batch = config.image_size, config.batch_size
-    crops = tf.image.crop_and_resize(images, boxes, tf.cast(index, tf.int32), [size, size])
-    crops = tf.ensure_shape(tf.cast(crops + 0.5, tf.uint8), [batch, size, size, 3])
+def _gathered(images, labels, index, position, shard_files, config: DataConfig):
+    """The picked images and labels; a bad file's placeholder met again is not "first seen"."""
+    batch, size = config.batch_size, config.image_size
     picked = tf.gather(labels, index)
     seen_again = tf.logical_and(
         position >= tf.cast(shard_files, tf.int64), tf.equal(picked, BAD_FILE_FIRST_SEEN)
     )
     picked = tf.where(seen_again, tf.cast(BAD_FILE_SEEN_AGAIN, picked.dtype), picked)
-    return crops, tf.ensure_shape(picked, [batch])
+    return (
+        tf.ensure_shape(tf.gather(images, index), [batch, size, size, 3]),
+        tf.ensure_shape(picked, [batch]),
+    )
 
 
 # --- bad files ---------------------------------------------------------------------------
