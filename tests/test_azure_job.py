@@ -135,12 +135,12 @@ def test_job_survives_a_storage_outage_mid_run_and_loses_no_checkpoint(
             time.sleep(0.2)
         own_azurite.stop()  # the same port and location come back: clients reconnect
         time.sleep(5)
+        running_through_the_outage = proc.poll() is None
         own_azurite.start()
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_tree(proc)
 
-    text = log.read_text()
     assert published < 600, "the outage came after the job had finished training"
     assert json.loads(blob_text(own_azurite, container, f"{prefix}DONE"))["step"] == 600
     latest = json.loads(blob_text(own_azurite, container, f"{prefix}checkpoints/LATEST"))
@@ -151,4 +151,6 @@ def test_job_survives_a_storage_outage_mid_run_and_loses_no_checkpoint(
     assert checkpoint_matches_its_manifest(own_azurite, container, folder)
     state = json.loads((disttrain_home / "local" / "outage" / "job.json").read_text())
     assert all(task["restarts"] == 0 for task in state["tasks"].values()), state
-    assert "storage | retry" in text or "cannot read DONE" in text  # the outage was felt
+    # The whole outage fell inside the run. (Whether it shows in the log depends on whether
+    # the SDK's own retries outlasted it, so the log is not asked.)
+    assert running_through_the_outage

@@ -181,13 +181,14 @@ def test_exhausted_restart_budget_fails_the_job_naming_the_task(
         log_path=log,
     )
     try:
-        for _attempt in range(2):  # the first kill is restarted, the second ends the job
+        for attempt in range(2):  # the first kill is restarted, the second ends the job
             wait_for(lambda: steps_after_last_restart(log) > 0, 240, "training", proc, log)
             os.kill(task_pid(disttrain_home, "t", "ps-0"), signal.SIGKILL)
+            # Counted, not looked for after ps-0's last line: a restarted ps may print
+            # before this poll comes round.
             wait_for(
-                lambda: (
-                    "restarting ps-0" in log.read_text().rsplit("[ps-0]", 1)[-1]
-                    or proc.poll() is not None
+                lambda n=attempt + 1: (
+                    log.read_text().count("restarting ps-0") >= n or proc.poll() is not None
                 ),
                 60,
                 "the launcher to react",
