@@ -88,7 +88,7 @@ def tensorboard_command(
 def run_board(
     run_dir_url: str,
     port: int = 6006,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     refresh_seconds: float = 10.0,
     cache_root: Path | None = None,
     log: Callable[[str], None] = print,

@@ -171,8 +171,12 @@ def board(
     run_dir: Annotated[str, typer.Option(help="The run dir whose logs to show.")],
     port: Annotated[int, typer.Option(help="Port for TensorBoard.")] = 6006,
     host: Annotated[
-        str, typer.Option(help="Address TensorBoard listens on (127.0.0.1: this machine only).")
-    ] = "0.0.0.0",
+        str,
+        typer.Option(
+            help="Address TensorBoard listens on: 127.0.0.1 is this machine only; "
+            "0.0.0.0 serves every network the machine is on (the board pod uses it)."
+        ),
+    ] = "127.0.0.1",
     refresh_seconds: Annotated[
         float, typer.Option(help="How often a remote run dir's logs are mirrored again.")
     ] = 10.0,

@@ -243,7 +243,9 @@ def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
 
 def board_deployment(config: Config) -> dict:
     board = config.launcher.k8s.tensorboard
-    command = ["disttrain", "board", "--run-dir", config.run_dir, "--port", str(BOARD_PORT)]
+    # Every address: the Service and port-forwards reach the pod on its own IP.
+    command = ["disttrain", "board", "--run-dir", config.run_dir, "--host", "0.0.0.0"]
+    command += ["--port", str(BOARD_PORT)]
     container = _container(config, board, command, [], with_config=False)
     container["ports"] = [{"name": "http", "containerPort": BOARD_PORT}]
     board_labels = labels(config.name, "tensorboard")

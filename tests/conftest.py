@@ -10,12 +10,14 @@ import pytest
 from azurite import azurite, azurite_env, own_azurite  # noqa: F401
 
 # The test cluster (tests/kubecluster): kube_cluster (one per module), kube_namespace, and
-# outside_azurite (Azurite behind the cluster's gateway, reached by pods and tests alike).
+# outside_azurite (Azurite behind the cluster's gateway, reached by pods and tests alike),
+# pod_network (this process reaches pod IPs).
 from kubecluster.fixtures import (  # noqa: F401
     k8s,
     kube_cluster,
     kube_namespace,
     outside_azurite,
+    pod_network,
     share_data,
 )
 

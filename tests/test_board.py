@@ -107,3 +107,40 @@ def test_board_serves_train_and_eval_scalars_of_an_azurite_run_dir(azurite_env, 
         assert azurite.connection_string() not in log.read_text()
     finally:
         kill_tree(board)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses of this network namespace's sockets listening on `port`."""
+    addresses = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                # The kernel prints each 32-bit word in host (little-endian) order.
+                words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]
+                addresses.add(
+                    socket.inet_ntop(
+                        socket.AF_INET if width == 4 else socket.AF_INET6, b"".join(words)
+                    )
+                )
+    return addresses
+
+
+def test_board_listens_on_this_machine_only_unless_told_otherwise(tmp_path):
+    run_dir = tmp_path / "run"
+    write_scalars(run_dir / TRAIN_LOGS, range(1, 3), loss=1.0)
+    port = free_port()
+    log = tmp_path / "board.log"
+    board = start_cli("board", "--run-dir", str(run_dir), "--port", str(port), log_path=log)
+    try:
+        tags = wait_for(
+            lambda: get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags"),
+            "TensorBoard to answer on 127.0.0.1",
+        )
+        assert "train" in tags
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert f"open http://127.0.0.1:{port}/" in log.read_text()
+    finally:
+        kill_tree(board)

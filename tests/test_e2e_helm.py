@@ -8,6 +8,8 @@ server), so no helm flag is changed for it.
 from __future__ import annotations
 
 import base64
+import json
+import urllib.request
 
 import pytest
 import yaml
@@ -115,7 +117,19 @@ def sample_values(namespace: str, name: str) -> dict:
     return values
 
 
-def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(k8s, tmp_path):
+def board_tags(cluster, namespace: str, release: str) -> dict:
+    """The runs and tags TensorBoard serves, asked at the board pod's IP and port."""
+    selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=tensorboard"
+    (pod,) = cluster.list("Pod", namespace, selector)
+    url = f"http://{pod['status']['podIP']}:6006/data/plugin/scalars/tags"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except OSError:  # not listening yet
+        return {}
+
+
+def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(k8s, pod_network, tmp_path):
     cluster, namespace, _ = k8s
     values = tmp_path / "values.override.yaml"
     values.write_text(yaml.safe_dump(sample_values(namespace, "sample")))
@@ -145,6 +159,13 @@ def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(k8s, tmp
     )
     board = cluster.get("Deployment", namespace, "sample-tensorboard", "apps/v1")
     assert board["status"]["readyReplicas"] == 1
+    # Served beyond the pod itself: on its IP, where the Service sends port-forwards.
+    tags = cluster.wait_for(
+        "TensorBoard on the board pod's IP to list the train and eval runs",
+        lambda: (t := board_tags(cluster, namespace, "sample")).keys() >= {"train", "eval"} and t,
+        timeout=60,
+    )
+    assert {"loss", "accuracy"} <= set(tags["train"]), tags
     for release in ("sample-tensorboard", "sample-eval", "sample"):
         cluster.helm("uninstall", release, "-n", namespace, "--wait")
     cluster.wait_for("every pod to be gone", lambda: not cluster.list("Pod", namespace), timeout=60)

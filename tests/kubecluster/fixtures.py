@@ -66,6 +66,15 @@ def k8s(kube_cluster: KubeCluster, kube_namespace: str, share_data: None, tmp_pa
     return kube_cluster, kube_namespace, env
 
 
+@pytest.fixture
+def pod_network(kube_cluster: KubeCluster) -> str:
+    """This process reaches pod IPs (through the gateway) for the test; the gateway's address."""
+    was_open = bool(kube_cluster.network.gateway)
+    yield kube_cluster.open_gateway()
+    if not was_open:  # another fixture's gateway (outside_azurite) stays
+        kube_cluster.network.close_gateway()
+
+
 @pytest.fixture(scope="module")
 def outside_azurite(kube_cluster: KubeCluster, tmp_path_factory):
     """Azurite outside the cluster: pods and this process reach it at 198.18.0.1 (external.py)."""
