@@ -26,7 +26,13 @@ RUN python docker/requirements.py --extra azure --without tensorflow-cpu > /tmp/
     && rm /tmp/requirements.txt
 
 # Non-root, uid 1000: the pods' securityContext (runAsUser 1000, "restricted" standard).
-RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin disttrain
+# A base image may already have a uid-1000 user (Ubuntu 24.04 images ship "ubuntu"): then
+# the pods run as that user, with this home, rather than the build failing on useradd.
+RUN (getent passwd 1000 >/dev/null \
+        || useradd --uid 1000 --user-group --no-create-home --shell /usr/sbin/nologin disttrain) \
+    && mkdir -p /home/disttrain \
+    && chown 1000:1000 /home/disttrain
+ENV HOME=/home/disttrain
 USER 1000
 WORKDIR /home/disttrain
 CMD ["disttrain", "task", "--config", "/etc/disttrain/config.yaml"]

@@ -72,6 +72,47 @@ def test_image_runs_disttrain_task_as_the_pods_non_root_user(image):
     assert any(f"--uid {RUN_AS_USER}" in args for keyword, args in steps if keyword == "RUN")
 
 
+def run_user_step(dockerfile: Path, tmp_path: Path, before: str = "") -> tuple[str, int]:
+    """Run the Dockerfile's user-creating RUN step on a private copy of this machine's /etc
+    and an empty /home (a mount namespace of its own), after the shell lines `before`.
+    Returns /etc/passwd afterwards and the owner uid of /home/disttrain."""
+    (step,) = [a for k, a in instructions(dockerfile) if k == "RUN" and "useradd" in a]
+    script = f"""set -e
+        mount -t tmpfs etc-copy {tmp_path}/etc && cp -a /etc/. {tmp_path}/etc
+        mount --bind {tmp_path}/etc /etc
+        mount -t tmpfs home /home
+        userdel $(getent passwd 1000 | cut -d: -f1) 2>/dev/null || true  # this machine's own
+        {before}
+        {step}
+        cat /etc/passwd
+        stat -c %u /home/disttrain"""
+    (tmp_path / "etc").mkdir(parents=True)
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    *passwd, owner = result.stdout.splitlines()
+    return "\n".join(passwd), int(owner)
+
+
+def uid_1000_user(passwd: str) -> list[str]:
+    return [line.split(":")[0] for line in passwd.splitlines() if line.split(":")[2] == "1000"]
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_user_step_adds_uid_1000_or_keeps_the_base_images_one(image, tmp_path):
+    passwd, home_owner = run_user_step(DOCKERFILES[image], tmp_path / "plain")
+    assert uid_1000_user(passwd) == ["disttrain"] and home_owner == 1000
+    # An Ubuntu 24.04 base ships "ubuntu" at uid 1000: the step must not fail on useradd.
+    ubuntu = "useradd --uid 1000 --user-group --create-home ubuntu"
+    passwd, home_owner = run_user_step(DOCKERFILES[image], tmp_path / "ubuntu", before=ubuntu)
+    assert uid_1000_user(passwd) == ["ubuntu"] and home_owner == 1000
+    steps = instructions(DOCKERFILES[image])
+    assert ("ENV", "HOME=/home/disttrain") in steps
+
+
 def test_worker_image_is_gpu_tensorflow_of_the_version_pyproject_pins():
     (tf_cpu,) = [d for d in image_requirements() if d.startswith("tensorflow-cpu")]
     version = tf_cpu.split("~=")[1]  # 2.21.0
