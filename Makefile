@@ -53,6 +53,8 @@ format: $(STAMP)
 bench: $(STAMP) azurite
 	$(BIN)/python bench/coordinator_overhead.py
 	$(BIN)/python bench/checkpoint_publish.py
+	$(BIN)/python bench/input_pipeline.py --rounds 4
+	$(BIN)/python bench/input_bound.py
 
 clean:
 	rm -rf $(VENV) runs .disttrain

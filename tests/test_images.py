@@ -6,6 +6,7 @@ would do (the Dockerfiles, the requirements they install, the build context).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -101,6 +102,7 @@ def uid_1000_user(passwd: str) -> list[str]:
     return [line.split(":")[0] for line in passwd.splitlines() if line.split(":")[2] == "1000"]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a private mount namespace")
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_user_step_adds_uid_1000_or_keeps_the_base_images_one(image, tmp_path):
     passwd, home_owner = run_user_step(DOCKERFILES[image], tmp_path / "plain")
