@@ -7,7 +7,9 @@ failure semantics within `cluster.max_restarts`:
 * a worker or the evaluator that fails is restarted alone (the coordinator reschedules
   the worker's chunks);
 * a ps or the chief that fails takes the chief and every ps down with it; they restart
-  together and the chief resumes from the latest published checkpoint.
+  together and the chief resumes from the latest published checkpoint;
+* without ps (MultiWorkerMirroredStrategy), a chief or worker that fails takes every
+  chief and worker down: they restart together from the latest published checkpoint.
 
 The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
 own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
@@ -193,6 +195,7 @@ class Supervisor:
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
         self.budget = config.cluster.max_restarts
+        self.strategy = ClusterShape.of(config).strategy
         self.used = 0
         self.result, self.reason = "running", ""
         self.lock = threading.Lock()
@@ -265,10 +268,7 @@ class Supervisor:
             self._end("failed", reason)
             return 1
         self.used += 1
-        if task.role in (WORKER, EVALUATOR):
-            group = [task]
-        else:  # a ps or the chief: variables are gone, so chief and every ps restart
-            group = [t for t in self.by_task if t.role in (PS, CHIEF)]
+        group = self._restarted_with(task)
         print(
             f"[launcher] {task.name} exited with code {code}; restarting "
             f"{', '.join(t.name for t in group)} ({self.used}/{self.budget} restarts used)",
@@ -281,6 +281,19 @@ class Supervisor:
             self.restarts[member] += 1
             self._start(member)
         return 0
+
+    def _restarted_with(self, failed: Task) -> list[Task]:
+        """The tasks that restart when `failed` exits non-zero (DESIGN.md's failure rules)."""
+        if failed.role == EVALUATOR:
+            return [failed]
+        if self.strategy == "multi_worker_mirrored":
+            # Every member meets the others in each step's all-reduce: one gone aborts the
+            # rest, so they restart together (one restart, not one per member).
+            return [t for t in self.by_task if t.role in (CHIEF, WORKER)]
+        if failed.role == WORKER:
+            return [failed]  # the coordinator reschedules its chunks
+        # A ps or the chief: the variables are gone, so the chief and every ps restart.
+        return [t for t in self.by_task if t.role in (PS, CHIEF)]
 
     def _start(self, task: Task) -> None:
         plan_ = self.by_task[task]

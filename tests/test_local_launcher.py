@@ -155,6 +155,37 @@ def test_killed_ps_restarts_chief_and_ps_which_resume_from_the_last_checkpoint(
     assert json.loads((run_dir / "DONE").read_text())["step"] == 600
 
 
+def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
+    tmp_path, builtin_data, disttrain_home
+):
+    """MultiWorkerMirroredStrategy: a lost worker aborts the chief's all-reduce, so the
+    launcher restarts chief and workers as one restart, from the last checkpoint."""
+    run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
+    job = ["train.steps=400", "checkpoint.every_steps=100", "eval.enabled=false", "cluster.ps=0"]
+    proc = start_cli(
+        "train",
+        *small_job(run_dir, builtin_data, *[a for s in job for a in ("--set", s)]),
+        log_path=log,
+    )
+    try:
+        wait_for(lambda: latest_step(run_dir) >= 100, 240, "a published checkpoint", proc, log)
+        published = latest_step(run_dir)
+        os.kill(task_pid(disttrain_home, "t", "worker-0"), signal.SIGKILL)
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    text = log.read_text()
+    assert "strategy: multi_worker_mirrored" in text
+    (restart,) = re.findall(r"exited with code \S+; restarting (.*) \(1/3 restarts used\)", text)
+    assert sorted(restart.split(", ")) == ["chief-0", "worker-0", "worker-1"]
+    assert "2/3 restarts used" not in text
+    resumed = [int(s) for s in re.findall(r"chief-0\] checkpoint \| restored.* step (\d+)", text)]
+    assert len(resumed) == 1 and resumed[0] >= published >= 100
+    tasks = job_state(disttrain_home, "t")["tasks"]
+    assert [tasks[t]["restarts"] for t in ("chief-0", "worker-0", "worker-1")] == [1, 1, 1]
+    assert json.loads((run_dir / "DONE").read_text())["step"] == 400
+
+
 def steps_after_last_restart(log: Path) -> int:
     text = log.read_text() if log.exists() else ""
     tail = text.rsplit("restarting ps-0, chief-0", 1)[-1]
