@@ -128,10 +128,14 @@ def task(
     except ConfigError as exc:
         _fail(str(exc))
     except Exception as exc:
+        from disttrain.failures import EXIT_UNRECOVERABLE, unrecoverable_cause
         from disttrain.peers import PeerTimeout
 
         if isinstance(exc, PeerTimeout):
             _fail(str(exc), code=3)
+        cause = unrecoverable_cause(exc)
+        if cause is not None:  # a restart would fail the same way: say why, once
+            _fail(str(cause), code=EXIT_UNRECOVERABLE)
         raise
 
 

@@ -36,6 +36,7 @@ from disttrain.data.pipeline import (
 )
 from disttrain.done import write_done
 from disttrain.evaluator import awaiting_evaluation
+from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.steps import make_optimizer, make_train_chunk
@@ -73,11 +74,13 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
-    if is_chief:  # the run dir's record of the run, whichever launcher (or none) started it
-        run_dir.write_text(CONFIG_FILE, dump_config(config))
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
+        if is_chief:  # the run's record, whichever launcher (or none) started it; written
+            # only once the run dir's checkpoint fits this config, so a failed resume with
+            # another model or other classes leaves the run's own config.yaml in place
+            run_dir.write_text(CONFIG_FILE, dump_config(config))
         crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
         chunk = make_train_chunk(
             strategy, model, optimizer, config.train.jit_compile, crop_min_area=crop_in_step
@@ -98,9 +101,20 @@ def restore_latest(
         log("checkpoint | none published yet | starting at step 0")
         return 0
     step, prefix = found
-    checkpoint.read(str(prefix)).assert_existing_objects_matched()
+    try:
+        checkpoint.read(str(prefix)).assert_existing_objects_matched()
+    except (ValueError, AssertionError) as exc:  # shapes or variables differ: another model
+        raise Unrecoverable(
+            f"run dir {run_dir.url} holds ckpt-{step} of a different model than this config "
+            f"builds ({_first_line(exc)}). A run continues only with the model, image size "
+            f"and classes it started with (its config.yaml); start another run_dir otherwise"
+        ) from None
     log(f"checkpoint | restored | ckpt-{step} | resuming at step {int(step_var.numpy())}")
     return int(step_var.numpy())
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def make_dispatcher(

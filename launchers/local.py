@@ -41,6 +41,7 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, dump_config
+from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher
 from launchers.prepare import final_report, prepare_run_dir
 
@@ -192,6 +193,7 @@ class Supervisor:
         self.job, self.config = job, config
         self.by_task = {t.task: t for t in job.tasks}
         self.procs: dict[Task, subprocess.Popen] = {}
+        self.relays: dict[Task, threading.Thread] = {}
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
         self.budget = config.cluster.max_restarts
@@ -258,11 +260,15 @@ class Supervisor:
 
     def _handle_failure(self, task: Task, code: int) -> int:
         """Restart what DESIGN.md says to restart; a non-zero return ends the job."""
-        if self.used >= self.budget:
+        reason = ""
+        if code == EXIT_UNRECOVERABLE:  # the task said a restart would fail the same way
+            reason = f"{task.name} stopped: {self._last_error(task)}"
+        elif self.used >= self.budget:
             reason = (
                 f"{task.name} exited with code {code}; the restart budget "
                 f"(cluster.max_restarts = {self.budget}) is used up"
             )
+        if reason:
             print(f"[launcher] job failed: {reason}; see {self.by_task[task].log_path}", flush=True)
             self._stop_all()
             self._end("failed", reason)
@@ -281,6 +287,13 @@ class Supervisor:
             self.restarts[member] += 1
             self._start(member)
         return 0
+
+    def _last_error(self, task: Task) -> str:
+        """The `error: ...` line a task prints before exiting with EXIT_UNRECOVERABLE."""
+        self.relays[task].join(timeout=10)  # its last lines may still be on their way
+        tail = Path(self.by_task[task].log_path).read_bytes()[-20000:].decode(errors="replace")
+        errors = [line for line in tail.splitlines() if line.startswith("error: ")]
+        return errors[-1].removeprefix("error: ") if errors else "see its log"
 
     def _restarted_with(self, failed: Task) -> list[Task]:
         """The tasks that restart when `failed` exits non-zero (DESIGN.md's failure rules)."""
@@ -310,7 +323,9 @@ class Supervisor:
             preexec_fn=_die_with_parent,
         )
         self.procs[task] = proc
-        threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True).start()
+        relay = threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True)
+        relay.start()
+        self.relays[task] = relay
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] ".encode()

@@ -16,6 +16,7 @@ from disttrain.storage import (
     CONFIG_FILE,
     DONE_FILE,
     EVAL_RESULTS,
+    LATEST_FILE,
     RunDir,
     StorageError,
     preflight,
@@ -68,7 +69,8 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
             f"continuing it to train.steps = {config.train.steps}"
         )
         run_dir.delete(DONE_FILE)
-    run_dir.write_text(CONFIG_FILE, dump_config(config))
+    if not run_dir.exists(LATEST_FILE):  # a resumed run's chief rewrites it once it fits
+        run_dir.write_text(CONFIG_FILE, dump_config(config))
 
 
 def check_run_dir(config: Config, log: Callable[[str], None]) -> None:

@@ -96,13 +96,48 @@ def test_a_corrupt_jpeg_fails_the_job_with_its_path_when_configured(
     data = tiny_folder(builtin_data, tmp_path / "data", per_class=3)
     result = cli(
         "train",
-        *job_args(tmp_path / "run", data, "data.on_bad_file=fail", "train.steps=20"),
+        *job_args(
+            tmp_path / "run",
+            data,
+            "data.on_bad_file=fail",
+            "train.steps=20",
+            "cluster.max_restarts=2",
+        ),
     )
     assert result.returncode != 0
-    chief = (disttrain_home / "local" / "t" / "logs" / "chief-0.log").read_text()
-    assert "bad image file (data.on_bad_file: fail)" in chief
-    assert str(data / "train" / "square" / "corrupt.jpg") in chief
+    corrupt = str(data / "train" / "square" / "corrupt.jpg")
+    # Said once, as the job's reason; not retried, since a restart would read the same file.
+    reason = "chief-0 stopped: data.on_bad_file is fail and this file is not a decodable image: "
+    reason += corrupt
+    assert f"job failed: {reason}" in result.stdout, result.stdout[-3000:]
+    assert "restarting" not in result.stdout
+    status = cli("status", "--name", "t").stdout
+    assert reason in status
     assert not (tmp_path / "run" / "DONE").exists()
+
+
+@pytest.mark.integration
+def test_resuming_a_run_with_other_classes_fails_once_and_keeps_the_runs_config(
+    tmp_path, builtin_data, disttrain_home
+):
+    run_dir = tmp_path / "run"
+    six_classes = ["data.source=builtin", f"data.root={builtin_data}", "train.steps=10"]
+    cli(
+        "train",
+        *job_args(run_dir, builtin_data, *six_classes, "checkpoint.every_steps=10"),
+        check=True,
+    )
+    stored = (run_dir / "config.yaml").read_text()
+
+    two_classes = tiny_folder(builtin_data, tmp_path / "data")
+    again = job_args(run_dir, two_classes, "train.steps=20", "cluster.max_restarts=2")
+    result = cli("train", *again)
+    assert result.returncode != 0
+    assert f"job failed: chief-0 stopped: run dir {run_dir} holds ckpt-10 of a different model" in (
+        result.stdout
+    ), result.stdout[-3000:]
+    assert "restarting" not in result.stdout
+    assert (run_dir / "config.yaml").read_text() == stored  # the run can still be evaluated
 
 
 @pytest.mark.integration

@@ -38,6 +38,7 @@ from disttrain.data.sources import (  # noqa: F401  (re-exported: callers import
     describe_split,
     list_split,
 )
+from disttrain.failures import BAD_FILE_MESSAGE
 
 AUTOTUNE = tf.data.AUTOTUNE
 # A bad file's label: first sighting on this worker (counted) and later epochs (not).
@@ -370,7 +371,7 @@ def _with_placeholders(images, good_labels, good_paths, paths, position, first_e
     if on_bad_file == "fail":
         check = tf.debugging.Assert(
             tf.logical_not(tf.reduce_any(missing)),
-            ["bad image file (data.on_bad_file: fail):", tf.boolean_mask(paths, missing)],
+            [BAD_FILE_MESSAGE, tf.boolean_mask(paths, missing)],
             summarize=PATHS_SHOWN,
         )
     else:
