@@ -308,8 +308,10 @@ def data_convert(
 
     from disttrain.data.sources import DataError, is_remote, scratch_dir_for
 
-    if on_bad_file not in ("skip", "fail") or shards < 1:
-        _fail(f"--on-bad-file: got {on_bad_file!r}, accepted: skip, fail; --shards must be >= 1")
+    if on_bad_file not in ("skip", "fail"):
+        _fail(f"--on-bad-file: got {on_bad_file!r}, accepted: skip, fail")
+    if shards < 1:
+        _fail(f"--shards: got {shards}, accepted: 1 or more")
     from disttrain.data.staging import stage_folder
     from disttrain.data.tfrecords import convert_image_folder
     from disttrain.progress import log

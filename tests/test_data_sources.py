@@ -60,6 +60,38 @@ def test_empty_split_missing_split_and_class_mismatch_are_clear_errors(tmp_path)
         list_split(DataConfig(source="image_folder", root=str(tmp_path / "nope")), "train")
 
 
+def test_hidden_folders_and_files_are_not_classes_or_examples(tmp_path):
+    root = write_folder(tmp_path / "data")
+    hidden = root / "train" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    Image.new("RGB", (20, 16)).save(hidden / "cat-checkpoint.jpg")
+    Image.new("RGB", (20, 16)).save(root / "train" / "cat" / "._0.jpg")  # macOS metadata
+
+    split = list_split(DataConfig(source="image_folder", root=str(root)), "train")
+
+    assert split.class_names == ["cat", "dog"] and split.num_examples == 8
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = write_folder(tmp_path / "data")
+    (root / "train" / "emu").mkdir()
+    with pytest.raises(DataError, match=r"class folder\(s\) '.*train/emu' hold no images"):
+        list_split(DataConfig(source="image_folder", root=str(root)), "train")
+
+
+def test_data_convert_names_a_missing_source_and_the_wrong_option(tmp_path):
+    from processes import cli
+
+    missing = cli("data", "convert", str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert f"SOURCE '{tmp_path / 'nope'}' does not exist" in missing.stderr
+    root = write_folder(tmp_path / "data")
+    zero = cli("data", "convert", str(root), str(tmp_path / "out"), "--shards", "0")
+    assert zero.returncode == 2 and "--shards: got 0, accepted: 1 or more" in zero.stderr
+    assert "--on-bad-file" not in zero.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_file_url_reads_the_folder_in_place(tmp_path):
     root = write_folder(tmp_path / "data")
     config = DataConfig(source="image_folder", root=f"file://{root}")

@@ -126,18 +126,37 @@ def scratch_dir_for(configured: str) -> Path:
 
 
 def list_image_folder(folder: Path) -> tuple[list[str], list[int], list[str]]:
-    """(files, labels, class names) of `<folder>/<class>/*.{jpg,jpeg,png}`; classes sorted."""
+    """(files, labels, class names) of `<folder>/<class>/*.{jpg,jpeg,png}`; classes sorted.
+
+    Hidden folders and files (.ipynb_checkpoints, .DS_Store, ...) are left out.
+    """
     try:
-        class_names = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        class_names = sorted(p.name for p in folder.iterdir() if is_visible_folder(p))
     except OSError as exc:
         raise DataError(f"data split folder {str(folder)!r} cannot be read: {exc}") from None
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(str(path))
-                labels.append(label)
+    per_class = [_images_in(folder / name) for name in class_names]
+    empty = [name for name, found in zip(class_names, per_class) if not found]
+    if empty and len(empty) < len(class_names):  # all empty: the caller names the split
+        raise DataError(
+            f"class folder(s) {', '.join(repr(str(folder / n)) for n in empty)} hold no "
+            f"images ({', '.join(IMAGE_SUFFIXES)}): this split would have a class without "
+            f"examples; remove the folder or add its images"
+        )
+    files = [path for found in per_class for path in found]
+    labels = [label for label, found in enumerate(per_class) for _ in found]
     return files, labels, class_names
+
+
+def _images_in(class_folder: Path) -> list[str]:
+    return [
+        str(path)
+        for path in sorted(class_folder.iterdir())
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    ]
+
+
+def is_visible_folder(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith(".")
 
 
 def _folder_split(config: DataConfig, split: str) -> Split:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from disttrain.data.sources import CLASSES_FILE, DataError, list_image_folder
+from disttrain.data.sources import CLASSES_FILE, DataError, is_visible_folder, list_image_folder
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -40,7 +40,10 @@ def convert_image_folder(
     """Write `<out_dir>/<split>-NNNNN-of-MMMMM.tfrecord` for each split folder of `root`."""
     from disttrain.data.pipeline import find_undecodable
 
-    splits = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data convert: SOURCE {str(root)!r} {problem}")
+    splits = sorted(p.name for p in root.iterdir() if is_visible_folder(p))
     if not splits:
         raise DataError(f"data convert: {str(root)!r} has no split folders (<root>/<split>/...)")
     out_dir.mkdir(parents=True, exist_ok=True)
