@@ -106,6 +106,11 @@ class Evaluator:
         if latest is None:
             log(f"eval | no checkpoint published under {self.run_dir.url} yet")
             return None
+        if latest.step in evaluated_steps(self.run_dir):
+            # Its record and the best export stay as the run made them (perhaps on other
+            # data, with --set): this evaluation is shown, not recorded.
+            log(f"eval | ckpt-{latest.step} is already in {EVAL_RESULTS}: shown, not recorded")
+            return self.evaluate_step(latest.step, record=False)
         return self.evaluate_step(latest.step)
 
     def steps_to_evaluate(self, evaluated: set[int]) -> list[int]:
@@ -118,7 +123,7 @@ class Evaluator:
         committed = [s for s in published_steps(self.run_dir) if s <= latest.step]
         return [s for s in committed if s not in evaluated]
 
-    def evaluate_step(self, step: int) -> dict | None:
+    def evaluate_step(self, step: int, record: bool = True) -> dict | None:
         found = fetch_checkpoint(self.run_dir, self.scratch / "restore", log, step=step)
         if found is None:
             log(f"eval | skipped | ckpt-{step} is gone or unusable")
@@ -129,6 +134,8 @@ class Evaluator:
             f"eval | step: {step:6d} | loss: {result['loss']:.4f} | "
             f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
         )
+        if not record:
+            return result
         # The best export before the record: if storage fails in between, the step is not
         # in results.jsonl yet, so the next poll evaluates it again instead of losing it.
         self.keep_best(result)

@@ -52,8 +52,20 @@ def test_job_on_azurite_publishes_everything_and_eval_and_resume_read_it_back(
     assert "final eval | step: 200" in trained.stdout
     assert ACCOUNT_KEY not in trained.stdout + trained.stderr
 
+    from azure.storage.blob import BlobServiceClient
+
+    client = BlobServiceClient.from_connection_string(azurite.connection_string())
+    container_client = client.get_container_client(container)
+
+    def blob(name: str) -> bytes:
+        return container_client.download_blob(f"{prefix}{name}").readall()
+
+    results, best = blob("eval/results.jsonl"), blob("export/best/metrics.json")
     once = cli("eval", "--run-dir", url, "--once", env=azurite.env(), check=True)
     assert "eval | step:    200" in once.stdout
+    # Evaluated already by the sidecar: shown, while its record and the best export stay.
+    assert "ckpt-200 is already in eval/results.jsonl: shown, not recorded" in once.stdout
+    assert blob("eval/results.jsonl") == results and blob("export/best/metrics.json") == best
 
     resumed = cli(
         "train",
@@ -66,10 +78,6 @@ def test_job_on_azurite_publishes_everything_and_eval_and_resume_read_it_back(
         check=True,
     )
     assert "restored | ckpt-200 | resuming at step 200" in resumed.stdout + resumed.stderr
-    from azure.storage.blob import BlobServiceClient
-
-    client = BlobServiceClient.from_connection_string(azurite.connection_string())
-    container_client = client.get_container_client(container)
     done = json.loads(container_client.download_blob(f"{prefix}DONE").readall())
     latest = json.loads(container_client.download_blob(f"{prefix}checkpoints/LATEST").readall())
     assert done["step"] == 300 and latest["step"] == 300
