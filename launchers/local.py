@@ -173,7 +173,9 @@ class LocalLauncher(Launcher):
             if _pid_alive(info.get("pid")):
                 _kill_group(info["pid"])
                 stopped.append(f"{task_name} (pid {info['pid']})")
-        return f"job {name}: stopped " + (", ".join(stopped) if stopped else "nothing was running")
+        return f"job {name}: " + (
+            f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+        )
 
 
 def prepare_config(config: Config) -> Config:
@@ -226,6 +228,8 @@ class Supervisor:
         chief_done_at = None
         while True:
             for task, proc in list(self.procs.items()):
+                if self.procs.get(task) is not proc:
+                    continue  # killed and restarted with a failed member in this pass
                 code = proc.poll()
                 if code is None:
                     continue
@@ -280,9 +284,11 @@ class Supervisor:
             f"{', '.join(t.name for t in group)} ({self.used}/{self.budget} restarts used)",
             flush=True,
         )
-        for member in group:
-            if member in self.procs:
-                _kill_group(self.procs.pop(member).pid)
+        stopped = [self.procs.pop(member) for member in group if member in self.procs]
+        for proc in stopped:
+            _kill_group(proc.pid)
+        for proc in stopped:  # gone before the restart takes their ports again
+            proc.wait()
         for member in group:
             self.restarts[member] += 1
             self._start(member)
