@@ -19,6 +19,7 @@ app = typer.Typer(
     "Kubernetes or Helm, with checkpoints on a local path or Azure.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode="markdown",  # a docstring paragraph may wrap over source lines
     pretty_exceptions_enable=False,
 )
 
@@ -74,7 +75,8 @@ def train(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print what would be started (commands and TF_CONFIG per task); start nothing.",
+            help="Print what would be started (commands and TF_CONFIG per task); start "
+            "nothing and check nothing (no data listing, no run dir probe).",
         ),
     ] = False,
     wait: Annotated[
@@ -89,7 +91,11 @@ def train(
     """Train: start the chief, workers, ps and evaluator, and wait for the result.
 
     The exit code is the job's: 0 when the chief finished. Re-running into the same
-    run_dir continues that run from its latest checkpoint.
+    run_dir continues that run from its latest checkpoint (same model and classes).
+    The job is named by the config key `name` (--set name=exp1), which status, logs and
+    stop take as --name. Every key, with its default and accepted values:
+    configs/default.yaml and disttrain/config.py; the README's "Data and models" section
+    lists the data sources.
     """
     from launchers import get_launcher
 
@@ -144,10 +150,19 @@ def eval_(
     config: ConfigOption = None,
     set_: SetOption = None,
     run_dir: Annotated[
-        str | None, typer.Option(help="Evaluate this run dir with the config.yaml stored in it.")
+        str | None,
+        typer.Option(
+            help="Evaluate this run dir with the config.yaml stored in it (--set overrides its "
+            "keys, e.g. data.root; --config is not needed then)."
+        ),
     ] = None,
     once: Annotated[
-        bool, typer.Option("--once", help="Evaluate the latest checkpoint once and exit.")
+        bool,
+        typer.Option(
+            "--once",
+            help="Evaluate the latest checkpoint once and exit (one the run has evaluated "
+            "already is shown, not recorded again).",
+        ),
     ] = False,
 ) -> None:
     """Evaluate a run's checkpoints on the test split (continuously, or --once)."""
@@ -292,18 +307,29 @@ app.add_typer(data_app, name="data")
 @data_app.command("convert")
 def data_convert(
     source: Annotated[
-        str, typer.Argument(help="An image folder <root>/<split>/<class>/*: a path or fsspec URL.")
+        str, typer.Argument(help="An image folder ROOT/SPLIT/CLASS/IMAGE: a path or fsspec URL.")
     ],
     out_dir: Annotated[str, typer.Argument(help="Local folder for the shards and classes.json.")],
-    shards: Annotated[int, typer.Option(help="Shard files per split (>= the worker count).")] = 16,
+    shards: Annotated[
+        int, typer.Option(help="Shard files per split (any count works with any worker count).")
+    ] = 16,
     on_bad_file: Annotated[
         str, typer.Option(help="skip (log the path, leave it out) or fail on a bad image.")
     ] = "skip",
     scratch_dir: Annotated[
-        str, typer.Option(help="Where a remote folder is staged first (default: ~/.cache).")
+        str,
+        typer.Option(
+            help="Where a remote folder is staged first (default: ~/.cache/disttrain/staged)."
+        ),
     ] = "",
 ) -> None:
-    """Write TFRecord shards from an image folder (then train with data.source=tfrecord)."""
+    """Write TFRecord shards from an image folder (then train with data.source=tfrecord).
+
+    Every visible subfolder of SOURCE is a split (train, test, ...), each holding one folder
+    per class. Images are stored as they are (not resized or re-encoded); every split is
+    listed and its classes checked before anything is written. Rewriting into OUT_DIR
+    replaces classes.json, which lists the shards a reader uses.
+    """
     from pathlib import Path
 
     from disttrain.data.sources import DataError, is_remote, scratch_dir_for

@@ -276,8 +276,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
     for override in overrides or []:
         _apply_override(raw, override)
-    config = _build(Config, raw, "")
-    _check_rules(config)
+    try:
+        config = _build(Config, raw, "")
+        _check_rules(config)
+    except ConfigError as exc:  # a bad value from the file: say which file
+        key = str(exc).split(":", 1)[0]
+        if any(o.split("=", 1)[0].strip() == key for o in overrides or []):
+            raise
+        raise ConfigError(f"{exc} (in config file {str(path)!r})") from None
     return config
 
 

@@ -81,7 +81,7 @@ class Evaluator:
         while True:
             try:
                 if self.poll(evaluated):
-                    log(f"eval | finished | evaluated {len(evaluated)} checkpoints")
+                    log(f"eval | finished | checkpoints evaluated in this run: {len(evaluated)}")
                     return
             except Exception as exc:  # storage outage: the next poll tries again
                 log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")

@@ -43,6 +43,18 @@ def test_unknown_section_in_a_file_is_rejected(tmp_path: Path):
         load_config(path)
 
 
+def test_a_bad_value_in_a_file_names_the_file_and_one_from_set_does_not(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  source: image-folder\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value).startswith("data.source: got 'image-folder'")
+    assert str(error.value).endswith(f"(in config file '{path}')")
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.steps=abc"])
+    assert "config file" not in str(error.value)
+
+
 def test_wrong_type_names_key_value_and_what_is_accepted():
     with pytest.raises(ConfigError) as error:
         load_config(None, ["train.steps=abc"])

@@ -90,6 +90,17 @@ def test_data_convert_names_a_missing_source_and_the_wrong_option(tmp_path):
     assert zero.returncode == 2 and "--shards: got 0, accepted: 1 or more" in zero.stderr
     assert "--on-bad-file" not in zero.stderr
     assert not (tmp_path / "out").exists()
+    # Splits are checked before any shard is written: "test" fails, "train" left nothing.
+    write_folder(root, classes=("bird",), splits=("test",))
+    mismatch = cli("data", "convert", str(root), str(tmp_path / "out"))
+    assert mismatch.returncode == 2 and "split 'train' has classes" in mismatch.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_tfrecord_root_is_named_as_missing(tmp_path):
+    config = DataConfig(source="tfrecord", root=str(tmp_path / "nope"))
+    with pytest.raises(DataError, match=r"'.*nope' does not exist; expected a folder of TFRecord"):
+        list_split(config, "train")
 
 
 def test_file_url_reads_the_folder_in_place(tmp_path):

@@ -188,6 +188,12 @@ def _image_shape(path: str) -> str:
 
 
 def read_classes_file(root: Path) -> dict:
+    if not root.is_dir():
+        problem = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(
+            f"data.root: {str(root)!r} {problem}; expected a folder of TFRecord shards "
+            "written by `disttrain data convert`"
+        )
     path = root / CLASSES_FILE
     if not path.is_file():
         raise DataError(

@@ -38,40 +38,50 @@ def convert_image_folder(
     log: Callable[[str], None],
 ) -> dict:
     """Write `<out_dir>/<split>-NNNNN-of-MMMMM.tfrecord` for each split folder of `root`."""
-    from disttrain.data.pipeline import find_undecodable
-
     if not root.is_dir():
         problem = "is not a folder" if root.exists() else "does not exist"
         raise DataError(f"data convert: SOURCE {str(root)!r} {problem}")
     splits = sorted(p.name for p in root.iterdir() if is_visible_folder(p))
     if not splits:
         raise DataError(f"data convert: {str(root)!r} has no split folders (<root>/<split>/...)")
+    # Everything is listed and checked first: a bad input leaves OUT_DIR untouched.
+    class_names, examples_of, skipped_of = _checked_examples(root, splits, on_bad_file, log)
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta: dict = {"classes": None, "splits": {}, "image_shape": "unknown"}
+    meta: dict = {"classes": class_names, "splits": {}, "image_shape": "unknown"}
+    for split, examples in examples_of.items():
+        meta["splits"][split] = write_shards(examples, out_dir, split, shards)
+        log(
+            f"data convert | {split} | {len(examples)} images ({skipped_of[split]} skipped) | "
+            f"shard files: {len(meta['splits'][split]['files'])} | {out_dir}"
+        )
+    meta["image_shape"] = _first_shape(root, splits[0])
+    (out_dir / CLASSES_FILE).write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _checked_examples(root: Path, splits: list[str], on_bad_file: str, log):
+    """Class names, then (path, label) pairs and skipped-file counts per split."""
+    from disttrain.data.pipeline import find_undecodable
+
+    examples_of, skipped_of, class_names = {}, {}, None
     for split in splits:
-        files, labels, class_names = list_image_folder(root / split)
-        if meta["classes"] not in (None, class_names):
+        files, labels, names = list_image_folder(root / split)
+        if class_names not in (None, names):
             raise DataError(
-                f"data convert: split {split!r} has classes {class_names} but an earlier "
-                f"split has {meta['classes']}; they must match"
+                f"data convert: split {split!r} has classes {names} but split "
+                f"{splits[0]!r} has {class_names}; they must match"
             )
-        meta["classes"] = class_names
+        class_names = names
         bad = set(find_undecodable(files))
         for path in sorted(bad):
             if on_bad_file == "fail":
                 raise DataError(f"data convert: {path!r} is not a decodable image")
             log(f"data convert | bad image file skipped | {path}")
-        examples = [(f, y) for f, y in zip(files, labels) if f not in bad]
-        if not examples:
+        examples_of[split] = [(f, y) for f, y in zip(files, labels) if f not in bad]
+        skipped_of[split] = len(bad)
+        if not examples_of[split]:
             raise DataError(f"data convert: split folder {str(root / split)!r} has no images")
-        meta["splits"][split] = write_shards(examples, out_dir, split, shards)
-        log(
-            f"data convert | {split} | {len(examples)} images ({len(bad)} skipped) | "
-            f"{len(meta['splits'][split]['files'])} shards | {out_dir}"
-        )
-    meta["image_shape"] = _first_shape(root, splits[0])
-    (out_dir / CLASSES_FILE).write_text(json.dumps(meta, indent=1))
-    return meta
+    return class_names, examples_of, skipped_of
 
 
 def write_shards(examples: list[tuple[str, int]], out_dir: Path, split: str, shards: int) -> dict:
