@@ -120,39 +120,45 @@ def test_killed_worker_restarts_alone_and_the_job_completes(tmp_path, builtin_da
     assert json.loads((run_dir / "DONE").read_text())["step"] == 500
 
 
-def test_killed_ps_restarts_chief_and_ps_which_resume_from_the_last_checkpoint(
-    tmp_path, builtin_data, disttrain_home
-):
+def kill_after_a_checkpoint(
+    tmp_path: Path, data: Path, home: Path, victim: str, after_step: int, *sets: str
+) -> tuple[str, int]:
+    """Run a job with `--set`s, SIGKILL `victim` once a checkpoint of `after_step` or later
+    is published, and wait for the job to succeed: its output and that checkpoint's step."""
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    proc = start_cli(
-        "train",
-        *small_job(
-            run_dir,
-            builtin_data,
-            "--set",
-            "train.steps=600",
-            "--set",
-            "checkpoint.every_steps=100",
-            "--set",
-            "eval.enabled=false",
-        ),
-        log_path=log,
-    )
+    args = [a for key_value in ("eval.enabled=false", *sets) for a in ("--set", key_value)]
+    proc = start_cli("train", *small_job(run_dir, data, *args), log_path=log)
     try:
-        wait_for(lambda: latest_step(run_dir) >= 200, 240, "a published checkpoint", proc, log)
+        wait_for(
+            lambda: latest_step(run_dir) >= after_step, 240, "a published checkpoint", proc, log
+        )
         published = latest_step(run_dir)
-        os.kill(task_pid(disttrain_home, "t", "ps-0"), signal.SIGKILL)
+        os.kill(task_pid(home, "t", victim), signal.SIGKILL)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_tree(proc)
-    text = log.read_text()
+    return log.read_text(), published
+
+
+def test_killed_ps_restarts_chief_and_ps_which_resume_from_the_last_checkpoint(
+    tmp_path, builtin_data, disttrain_home
+):
+    text, published = kill_after_a_checkpoint(
+        tmp_path,
+        builtin_data,
+        disttrain_home,
+        "ps-0",
+        200,
+        "train.steps=600",
+        "checkpoint.every_steps=100",
+    )
     assert "ps-0 exited with code -9; restarting ps-0, chief-0" in text
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", text)]
     assert len(resumed) == 1 and resumed[0] >= published >= 200
     state = job_state(disttrain_home, "t")
     assert state["tasks"]["chief-0"]["restarts"] == 1
     assert state["tasks"]["worker-0"]["restarts"] == 0
-    assert json.loads((run_dir / "DONE").read_text())["step"] == 600
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 600
 
 
 def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
@@ -160,21 +166,16 @@ def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
 ):
     """MultiWorkerMirroredStrategy: a lost worker aborts the chief's all-reduce, so the
     launcher restarts chief and workers as one restart, from the last checkpoint."""
-    run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    job = ["train.steps=400", "checkpoint.every_steps=100", "eval.enabled=false", "cluster.ps=0"]
-    proc = start_cli(
-        "train",
-        *small_job(run_dir, builtin_data, *[a for s in job for a in ("--set", s)]),
-        log_path=log,
+    text, published = kill_after_a_checkpoint(
+        tmp_path,
+        builtin_data,
+        disttrain_home,
+        "worker-0",
+        100,
+        "train.steps=400",
+        "checkpoint.every_steps=100",
+        "cluster.ps=0",
     )
-    try:
-        wait_for(lambda: latest_step(run_dir) >= 100, 240, "a published checkpoint", proc, log)
-        published = latest_step(run_dir)
-        os.kill(task_pid(disttrain_home, "t", "worker-0"), signal.SIGKILL)
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-    text = log.read_text()
     assert "strategy: multi_worker_mirrored" in text
     (restart,) = re.findall(r"exited with code \S+; restarting (.*) \(1/3 restarts used\)", text)
     assert sorted(restart.split(", ")) == ["chief-0", "worker-0", "worker-1"]
@@ -183,7 +184,7 @@ def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
     assert len(resumed) == 1 and resumed[0] >= published >= 100
     tasks = job_state(disttrain_home, "t")["tasks"]
     assert [tasks[t]["restarts"] for t in ("chief-0", "worker-0", "worker-1")] == [1, 1, 1]
-    assert json.loads((run_dir / "DONE").read_text())["step"] == 400
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 400
 
 
 def steps_after_last_restart(log: Path) -> int:
