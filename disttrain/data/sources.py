@@ -155,15 +155,20 @@ def _images_in(class_folder: Path) -> list[str]:
     ]
 
 
+def require_folder(path: Path, what: str, expected: str = "") -> None:
+    """A DataError naming `path` (as `what`) unless it is a folder."""
+    if not path.is_dir():
+        problem = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"{what} {str(path)!r} {problem}{expected}")
+
+
 def is_visible_folder(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".")
 
 
 def _folder_split(config: DataConfig, split: str) -> Split:
     folder = folder_root(config) / split
-    if not folder.is_dir():
-        problem = "is not a folder" if folder.exists() else "does not exist"
-        raise DataError(f"data split folder {str(folder)!r} {problem}")
+    require_folder(folder, "data split folder")
     files, labels, class_names = list_image_folder(folder)
     if not files:
         raise DataError(
@@ -188,12 +193,8 @@ def _image_shape(path: str) -> str:
 
 
 def read_classes_file(root: Path) -> dict:
-    if not root.is_dir():
-        problem = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(
-            f"data.root: {str(root)!r} {problem}; expected a folder of TFRecord shards "
-            "written by `disttrain data convert`"
-        )
+    expected = "; expected a folder of TFRecord shards written by `disttrain data convert`"
+    require_folder(root, "data.root:", expected)
     path = root / CLASSES_FILE
     if not path.is_file():
         raise DataError(

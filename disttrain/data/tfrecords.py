@@ -21,7 +21,13 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from disttrain.data.sources import CLASSES_FILE, DataError, is_visible_folder, list_image_folder
+from disttrain.data.sources import (
+    CLASSES_FILE,
+    DataError,
+    is_visible_folder,
+    list_image_folder,
+    require_folder,
+)
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -38,9 +44,7 @@ def convert_image_folder(
     log: Callable[[str], None],
 ) -> dict:
     """Write `<out_dir>/<split>-NNNNN-of-MMMMM.tfrecord` for each split folder of `root`."""
-    if not root.is_dir():
-        problem = "is not a folder" if root.exists() else "does not exist"
-        raise DataError(f"data convert: SOURCE {str(root)!r} {problem}")
+    require_folder(root, "data convert: SOURCE")
     splits = sorted(p.name for p in root.iterdir() if is_visible_folder(p))
     if not splits:
         raise DataError(f"data convert: {str(root)!r} has no split folders (<root>/<split>/...)")
