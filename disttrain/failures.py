@@ -7,6 +7,8 @@ Pure Python: launchers import it without TensorFlow.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 
 EXIT_UNRECOVERABLE = 4
@@ -14,6 +16,8 @@ EXIT_UNRECOVERABLE = 4
 # The assertion message of the input pipeline's `data.on_bad_file: fail` check.
 BAD_FILE_MESSAGE = "bad image file (data.on_bad_file: fail):"
 _BAD_FILE = re.compile(re.escape(BAD_FILE_MESSAGE) + r"\]?\s*\[?\[?([^\]\n]+)")
+# TensorFlow's only word when its gRPC server cannot bind the task's port.
+PORT_TAKEN_MESSAGE = "Could not start gRPC server"
 
 
 class Unrecoverable(RuntimeError):
@@ -30,4 +34,17 @@ def unrecoverable_cause(exc: BaseException) -> Unrecoverable | None:
         return Unrecoverable(
             f"data.on_bad_file is fail and this file is not a decodable image: {files}"
         )
+    if PORT_TAKEN_MESSAGE in str(exc):
+        return Unrecoverable(
+            f"could not listen on {_own_address()}: another process holds the port"
+        )
     return None
+
+
+def _own_address() -> str:
+    try:
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        task = tf_config["task"]
+        return tf_config["cluster"][task["type"]][task["index"]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "its TF_CONFIG address"

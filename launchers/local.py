@@ -18,14 +18,17 @@ and `stop` read, also from another terminal.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +53,7 @@ STOP_GRACE_SECONDS = 10.0
 # Once the chief is done, servers notice DONE within seconds; the evaluator may still be
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
+FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
 
 
 def default_state_dir() -> Path:
@@ -77,14 +81,15 @@ def plan(config: Config) -> LocalPlan:
     state_dir = default_state_dir() / config.name
     shape = ClusterShape.of(config)
     host = config.launcher.local.host
-    ports = {(t.role, t.index): _free_port(host) for t in tasks_of(shape)}
+    every_task = tasks_of(shape)
+    ports = {(t.role, t.index): p for t, p in zip(every_task, free_ports(len(every_task)))}
 
     def address_of(role: str, index: int) -> str:
         return f"{host}:{ports[(role, index)]}"
 
     config_path = str(state_dir / "config.yaml")
     tasks = []
-    for task in tasks_of(shape):
+    for task in every_task:
         env = {
             "TF_CONFIG": tf_config_json(shape, address_of, task),
             **TASK_ENV,
@@ -95,10 +100,46 @@ def plan(config: Config) -> LocalPlan:
     return LocalPlan(config.name, str(state_dir), config_path, tasks)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports nothing is bound to, from outside the kernel's ephemeral range.
+
+    Inside that range, a port can be taken before its task listens by any outgoing
+    connection's source port, even by a peer's own early dial to it (a TCP self-connect),
+    and the task then fails on every restart. Each probe socket stays bound until all are
+    picked: a port closed at once can be handed out again for the next task.
+    """
+    probes: list[socket.socket] = []
+    try:
+        for port in _candidate_ports(count):
+            probe = socket.socket()
+            try:
+                probe.bind(("0.0.0.0", port))  # TensorFlow's servers bind every address
+            except OSError:
+                probe.close()
+                continue
+            probes.append(probe)
+            if len(probes) == count:
+                return [probe.getsockname()[1] for probe in probes]
+        raise RuntimeError(f"found only {len(probes)} free ports for {count} local tasks")
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def _candidate_ports(count: int) -> Iterator[int]:
+    """Random ports above the well-known services' and outside the ephemeral range."""
+    low, high = _ephemeral_port_range()
+    candidates = [*range(FIRST_TASK_PORT, low), *range(high + 1, 65536)]
+    yield from random.sample(candidates, len(candidates))
+    yield from itertools.repeat(0, count)  # none of them is free: let the kernel choose
+
+
+def _ephemeral_port_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535  # IANA's range, which macOS uses
 
 
 class LocalLauncher(Launcher):

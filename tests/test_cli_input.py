@@ -50,6 +50,8 @@ def test_dry_run_prints_every_task_command_and_tf_config(tmp_path, disttrain_hom
         for name, tf in re.findall(r"\[(\S+)\]\n  TF_CONFIG=(.*)", result.stdout)
     }
     assert sorted(configs) == ["chief-0", "evaluator-0", "ps-0", "worker-0", "worker-1"]
+    addresses = [a for role in configs["chief-0"]["cluster"].values() for a in role]
+    assert len(set(addresses)) == len(addresses) == 4, addresses  # chief, ps, 2 workers
     assert set(configs["worker-1"]["cluster"]) == {"chief", "worker", "ps"}
     assert list(configs["evaluator-0"]["cluster"]) == ["evaluator"]
     assert result.stdout.count("-m disttrain task --config") == 5
