@@ -22,7 +22,25 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.y
 
 
 class ConfigError(ValueError):
-    """A config value or key that is not accepted; the message says which and why."""
+    """A config value or key that is not accepted; the message says which and why.
+
+    `key` is the dotted key at fault, when there is one. Validation reports every problem
+    at once: `of` joins them into one error, one line each, and keeps them in `problems`.
+    """
+
+    def __init__(self, message: str, key: str = ""):
+        super().__init__(message)
+        self.key = key
+        self.problems = [self]
+
+    @classmethod
+    def of(cls, problems: list[ConfigError]) -> ConfigError:
+        if len(problems) == 1:
+            return problems[0]
+        lines = "\n".join(f"  {problem}" for problem in problems)
+        error = cls(f"the config has {len(problems)} problems:\n{lines}")
+        error.problems = problems
+        return error
 
 
 @dataclass
@@ -276,21 +294,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
     for override in overrides or []:
         _apply_override(raw, override)
+    overridden = {o.split("=", 1)[0].strip() for o in overrides or []}
     try:
-        config = _build(Config, raw, "")
-        _check_rules(config)
-    except ConfigError as exc:  # a bad value from the file: say which file
-        key = str(exc).split(":", 1)[0]
-        if any(o.split("=", 1)[0].strip() == key for o in overrides or []):
-            raise
-        raise ConfigError(f"{exc} (in config file {str(path)!r})") from None
-    return config
+        return config_from_dict(raw)
+    except ConfigError as error:  # name the file for each bad value that came from it
+        raise ConfigError.of(
+            [
+                problem
+                if _set_by(overridden, problem.key)
+                else ConfigError(f"{problem} (in config file {str(path)!r})", problem.key)
+                for problem in error.problems
+            ]
+        ) from None
+
+
+def _set_by(overridden: set[str], key: str) -> bool:
+    """Whether an override set `key`, itself or a section or list holding it."""
+    return bool(key) and any(key == o or key.startswith((o + ".", o + "[")) for o in overridden)
 
 
 def config_from_dict(raw: dict) -> Config:
     """Build and validate a Config from a plain mapping (e.g. a resolved config.yaml)."""
-    config = _build(Config, raw, "")
-    _check_rules(config)
+    problems: list[ConfigError] = []
+    config = _build(Config, raw, "", problems)
+    problems += _rule_problems(config)  # a value refused above kept its default: it passes
+    if problems:
+        raise ConfigError.of(problems)
     return config
 
 
@@ -318,50 +347,60 @@ def _apply_override(raw: dict, override: str) -> None:
     node[parts[-1]] = yaml.safe_load(text) if text.strip() else ""
 
 
-def _build(cls: type, raw: Any, prefix: str) -> Any:
+def _build(cls: type, raw: Any, prefix: str, problems: list[ConfigError]) -> Any:
+    """`cls` from `raw`; each bad key or value goes to `problems` and keeps its default."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {raw!r}")
+        key = prefix.rstrip(".")
+        problems.append(ConfigError(f"{key or 'config'} must be a mapping, got {raw!r}", key))
+        return cls()
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r}; keys accepted in {where}: "
-            + ", ".join(sorted(fields))
-        )
     values = {}
     for name, value in raw.items():
-        values[name] = _coerce(hints[name], value, prefix + name)
+        if name not in fields:
+            where = prefix.rstrip(".") or "the top level"
+            problems.append(
+                ConfigError(
+                    f"unknown config key {prefix + name!r}; keys accepted in {where}: "
+                    + ", ".join(sorted(fields)),
+                    prefix + name,
+                )
+            )
+            continue
+        try:
+            values[name] = _coerce(hints[name], value, prefix + name, problems)
+        except ConfigError as problem:
+            problems.append(problem)
     return cls(**values)
 
 
-def _coerce(hint: Any, value: Any, key: str) -> Any:
+def _coerce(hint: Any, value: Any, key: str, problems: list[ConfigError]) -> Any:
     if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key + ".")
+        return _build(hint, value, key + ".", problems)
     origin = typing.get_origin(hint)
     if origin is dict:  # dict[str, str]: labels such as a nodeSelector
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: got {value!r}; accepted: a mapping of names to strings")
+            raise ConfigError(f"{key}: got {value!r}; accepted: a mapping of names to strings", key)
         return {str(k): _coerce_scalar(str, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}: got {value!r}; accepted: a list")
+            raise ConfigError(f"{key}: got {value!r}; accepted: a list", key)
         (item,) = typing.get_args(hint)
-        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(item, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key}: got {value!r}; accepted: {', '.join(map(str, choices))}")
+            accepted = ", ".join(map(str, choices))
+            raise ConfigError(f"{key}: got {value!r}; accepted: {accepted}", key)
         return value
     if origin in (typing.Union, types.UnionType):
         # Only `X | None` is used.
         if value is None:
             return None
         (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _coerce(inner, value, key)
+        return _coerce(inner, value, key, problems)
     return _coerce_scalar(hint, value, key)
 
 
@@ -369,11 +408,11 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}; accepted: true or false")
+        raise ConfigError(f"{key}: got {value!r}; accepted: true or false", key)
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: got {value!r}; accepted: an integer")
+        raise ConfigError(f"{key}: got {value!r}; accepted: an integer", key)
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -382,27 +421,31 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: got {value!r}; accepted: a number")
+        raise ConfigError(f"{key}: got {value!r}; accepted: a number", key)
     if hint is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{key}: got {value!r}; accepted: a string")
+        raise ConfigError(f"{key}: got {value!r}; accepted: a string", key)
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 
 
-def _check_rules(config: Config) -> None:
-    _reject_query_strings(config)
+def _rule_problems(config: Config) -> list[ConfigError]:
+    problems = _query_string_problems(config)
     for key, (accepts, accepted) in _RULES.items():
         value = _lookup(config, key)
         if not accepts(value):
-            raise ConfigError(f"{key}: got {value!r}; accepted: {accepted}")
+            problems.append(ConfigError(f"{key}: got {value!r}; accepted: {accepted}", key))
     if config.cluster.ps > 0 and config.cluster.workers == 0:
-        raise ConfigError(
-            f"cluster.workers: got 0 with cluster.ps = {config.cluster.ps}; accepted: "
-            "at least 1 worker when there are parameter servers (or ps: 0 to train on the chief)"
+        problems.append(
+            ConfigError(
+                f"cluster.workers: got 0 with cluster.ps = {config.cluster.ps}; accepted: at "
+                "least 1 worker when there are parameter servers (or ps: 0 to train on the chief)",
+                "cluster.workers",
+            )
         )
+    return problems
 
 
 def _lookup(config: Config, key: str) -> Any:
@@ -412,13 +455,15 @@ def _lookup(config: Config, key: str) -> Any:
     return node
 
 
-def _reject_query_strings(config: Config) -> None:
+def _query_string_problems(config: Config) -> list[ConfigError]:
     """A URL's query (`?sv=...&sig=...`) is a SAS token: it would travel into config.yaml,
     ConfigMaps and Helm values. Refused before anything is written, without echoing it."""
-    for key in ("run_dir", "data.root"):
-        value = _lookup(config, key)
-        if "://" in value and "?" in value:
-            raise ConfigError(
-                f"{key}: got {value.split('?', 1)[0]}?<query hidden>; accepted: a URL without "
-                "a query string (give a SAS token through AZURE_STORAGE_SAS_TOKEN or a Secret)"
-            )
+    return [
+        ConfigError(
+            f"{key}: got {value.split('?', 1)[0]}?<query hidden>; accepted: a URL without "
+            "a query string (give a SAS token through AZURE_STORAGE_SAS_TOKEN or a Secret)",
+            key,
+        )
+        for key in ("run_dir", "data.root")
+        if "://" in (value := _lookup(config, key)) and "?" in value
+    ]

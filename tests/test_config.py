@@ -50,9 +50,35 @@ def test_a_bad_value_in_a_file_names_the_file_and_one_from_set_does_not(tmp_path
         load_config(path)
     assert str(error.value).startswith("data.source: got 'image-folder'")
     assert str(error.value).endswith(f"(in config file '{path}')")
+    for override in ("train.steps=abc", "train.stepz=3"):  # a bad value, an unknown key
+        with pytest.raises(ConfigError) as error:
+            load_config(None, [override])
+        assert "config file" not in str(error.value)
+
+
+def test_every_problem_is_reported_at_once_each_saying_where_it_came_from(tmp_path: Path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: My Job\n"
+        "train:\n  steps: 0\n  stepz: 3\n"
+        "cluster:\n  workers: two\n"
+        "data:\n  source: imagefolder\n"
+    )
     with pytest.raises(ConfigError) as error:
-        load_config(None, ["train.steps=abc"])
-    assert "config file" not in str(error.value)
+        load_config(path, ["train.learning_rate=-1"])
+    in_file = f" (in config file '{path}')"
+    lines = str(error.value).splitlines()
+    assert lines[0] == "the config has 6 problems:"
+    assert [line.strip().split(":")[0].split(";")[0] for line in lines[1:]] == [
+        "unknown config key 'train.stepz'",
+        "cluster.workers",
+        "data.source",
+        "name",
+        "train.steps",
+        "train.learning_rate",
+    ]
+    assert all(line.endswith(in_file) for line in lines[1:-1])
+    assert lines[-1] == "  train.learning_rate: got -1.0; accepted: a number > 0"
 
 
 def test_wrong_type_names_key_value_and_what_is_accepted():
