@@ -44,6 +44,10 @@ LauncherOption = Annotated[
         help="Where tasks run: local, k8s or helm (default: launcher.name in the config).",
     ),
 ]
+JobLauncherOption = Annotated[
+    str,
+    typer.Option("--launcher", "-l", help="Where the job runs: local, k8s or helm."),
+]
 NameOption = Annotated[
     str, typer.Option("--name", "-n", help="The job's name (config key `name`).")
 ]
@@ -52,7 +56,7 @@ NamespaceOption = Annotated[
     typer.Option(
         "--namespace",
         help="k8s/helm: the namespace (default: launcher.k8s.namespace for train, else the "
-        "kubeconfig context's).",
+        "kubeconfig context's, else default: where kubectl would look).",
     ),
 ]
 ContextOption = Annotated[
@@ -217,7 +221,7 @@ def board(
 @app.command()
 def status(
     name: NameOption = "default",
-    launcher: LauncherOption = None,
+    launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
 ) -> None:
@@ -239,7 +243,7 @@ def logs(
         bool,
         typer.Option("--previous", help="k8s/helm: the output of the run before the last restart."),
     ] = False,
-    launcher: LauncherOption = None,
+    launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
 ) -> None:
@@ -252,7 +256,7 @@ def logs(
 @app.command()
 def stop(
     name: NameOption = "default",
-    launcher: LauncherOption = None,
+    launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
 ) -> None:
@@ -262,7 +266,7 @@ def stop(
 
 @app.command("list")
 def list_(
-    launcher: LauncherOption = None,
+    launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
 ) -> None:
@@ -350,11 +354,11 @@ def data_convert(
         _fail(str(exc))
 
 
-def _launcher(name: str | None, **options: str | None):
+def _launcher(name: str, **options: str | None):
     from launchers import get_launcher
 
     try:
-        return get_launcher(name or "local", **options)
+        return get_launcher(name, **options)
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -376,7 +380,12 @@ def _config_for_run(config: str | None, overrides: list[str], run_dir: str | Non
 
 
 def main() -> None:
+    from launchers import LauncherError
+
     try:
         app()
+    except LauncherError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -191,7 +191,8 @@ class K8sStorageConfig:
 
 @dataclass
 class K8sLauncherConfig:
-    namespace: str = "default"
+    # Empty: as kubectl does, the kubeconfig context's namespace, else "default".
+    namespace: str = ""
     context: str = ""  # kubeconfig context; empty: the current one (or in-cluster)
     service_account: str = ""
     port: int = 2222

@@ -15,6 +15,10 @@ from disttrain.config import Config, ConfigError
 ENTRY_POINT_GROUP = "disttrain.launchers"
 
 
+class LauncherError(RuntimeError):
+    """A job that cannot be started, found or reached (the CLI exits 1); says why."""
+
+
 class Launcher(ABC):
     """The verbs every launcher offers. `plan` is pure; `submit` executes exactly that plan."""
 

@@ -24,8 +24,9 @@ from pathlib import Path
 import yaml
 
 from disttrain.config import Config, ConfigError, K8sRoleConfig, config_to_dict
+from launchers import LauncherError
 from launchers.k8s_objects import check_k8s_config, user_tolerations
-from launchers.kubernetes import Cluster, KubernetesLauncher
+from launchers.kubernetes import KubernetesLauncher, with_namespace
 from launchers.prepare import check_cluster_run_dir
 
 CHARTS_DIR = Path(__file__).resolve().parent / "charts"
@@ -131,7 +132,7 @@ def write_values(config: Config, folder: Path) -> str:
 def _run(command: list[str]) -> str:
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command[1:3])} failed: {result.stderr.strip()}")
+        raise LauncherError(f"{' '.join(command[1:3])} failed: {result.stderr.strip()}")
     return result.stdout
 
 
@@ -141,15 +142,15 @@ class HelmLauncher(KubernetesLauncher):
     name = "helm"
 
     def dry_run(self, config: Config) -> str:
+        config = with_namespace(config, self.context)
         header = f"# helm template of {', '.join(r for r, _ in releases(config))}\n"
         return header + render(config)
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
+        config = with_namespace(config, self.context)
         check_k8s_config(config)  # nothing is installed on bad input
         check_cluster_run_dir(config, print)
-        cluster = Cluster(
-            config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
-        )
+        cluster = self._cluster_of(config)
         # An upgrade of a finished release would leave its Jobs finished (or fail on an
         # immutable field): refuse, as the k8s launcher does, and name the way out.
         cluster.refuse_if_present(config.name)
@@ -177,7 +178,7 @@ class HelmLauncher(KubernetesLauncher):
             if result.returncode == 0:
                 removed.append(release)
             elif "not found" not in result.stderr:
-                raise SystemExit(f"helm uninstall {release} failed: {result.stderr.strip()}")
+                raise LauncherError(f"helm uninstall {release} failed: {result.stderr.strip()}")
         if not removed:
             return f"job {name}: no release found"
         return f"job {name}: uninstalled {', '.join(removed)}"

@@ -74,7 +74,8 @@ AZURE_URL_PROTOCOLS = ("az://", "abfs://", "abfss://")
 GPU_RESOURCE = "nvidia.com/gpu"
 ROLE_LABEL = "disttrain.io/role"
 INDEX_LABEL = "disttrain.io/index"
-_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # RFC 1035: a Service's name
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123
 
 
 # ---------------------------------------------------------------- checks before anything is sent
@@ -88,10 +89,11 @@ def check_k8s_config(config: Config) -> None:
             f"name: got {config.name!r}; accepted on Kubernetes: lower-case letters, digits "
             "and '-', starting with a letter and not ending with '-'"
         )
-    if not _DNS_LABEL.fullmatch(k8s.namespace) or len(k8s.namespace) > 63:
+    if not _NAMESPACE.fullmatch(k8s.namespace) or len(k8s.namespace) > 63:
         raise ConfigError(
             f"launcher.k8s.namespace: got {k8s.namespace!r}; accepted: a DNS label "
-            "(lower-case letters, digits and '-', at most 63 characters)"
+            "(lower-case letters, digits and '-', at most 63 characters, not starting or "
+            "ending with '-')"
         )
     share = k8s.storage.azure_file_share
     if k8s.storage.azure_file_claim and not share:

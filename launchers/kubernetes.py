@@ -17,13 +17,15 @@ imports without it, and `disttrain --help` never loads it.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 
 from disttrain.config import Config, ConfigError
-from launchers import Launcher
+from launchers import Launcher, LauncherError
 from launchers.k8s_objects import (
     APP,
     INDEX_LABEL,
@@ -39,6 +41,11 @@ from launchers.pod_security import restricted_violations
 from launchers.prepare import check_cluster_run_dir
 
 POLL_SECONDS = 2.0
+# Seconds to connect, then to wait for an answer: a server that accepts and never answers
+# must not hang the CLI. A followed log may be quiet for long, so a stream has no read limit.
+# No retries: urllib3's default 3 would quadruple every wait, and each verb is re-runnable.
+REQUEST_TIMEOUT = (5, 20)
+STREAM_TIMEOUT = (5, None)
 DEFAULT_SECRET = "disttrain-storage"
 # kind -> (API class, method suffix): the objects a job is made of, plus its storage Secret.
 _APIS = {
@@ -77,15 +84,14 @@ class KubernetesLauncher(Launcher):
     # ------------------------------------------------------------ submit and wait
 
     def dry_run(self, config: Config) -> str:
-        return dry_run_yaml(config)
+        return dry_run_yaml(with_namespace(config, self.context))
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
+        config = with_namespace(config, self.context)
         objects = job_objects(config)  # validates: nothing is sent on bad input
         warn_unrestricted(objects)
         check_cluster_run_dir(config, print)  # a wrong key fails here, not in the chief
-        cluster = Cluster(
-            config.launcher.k8s.context or self.context, config.launcher.k8s.namespace
-        )
+        cluster = self._cluster_of(config)
         cluster.refuse_if_present(config.name)
         owner = cluster.create(objects[0])
         reference = owner_reference(objects[0], owner.metadata.uid)
@@ -127,6 +133,10 @@ class KubernetesLauncher(Launcher):
     def _cluster(self) -> Cluster:
         return Cluster(self.context, self.namespace)
 
+    def _cluster_of(self, config: Config) -> Cluster:
+        k8s = config.launcher.k8s
+        return Cluster(k8s.context or self.context, k8s.namespace)
+
 
 def create_storage_secret(
     name: str, namespace: str | None, context: str | None, environ: dict[str, str]
@@ -158,67 +168,70 @@ def _typed(obj: dict):
 
 
 class Cluster:
-    """One namespace of one cluster, reached with the kubeconfig or the in-cluster account."""
+    """One namespace of one cluster, reached with the kubeconfig or the in-cluster account.
+
+    Every request has a timeout, and every failure to reach the API server or be served by
+    it is a LauncherError naming the request and the server's own message.
+    """
 
     def __init__(self, context: str | None, namespace: str | None):
         from kubernetes import client
-        from kubernetes import config as kube_config
 
-        try:
-            kube_config.load_kube_config(context=context or None)
-            contexts, active = kube_config.list_kube_config_contexts()
-            if context:  # the namespace of the context asked for, not of the current one
-                active = next((c for c in contexts if c.get("name") == context), active)
-            default_namespace = active.get("context", {}).get("namespace") or "default"
-        except (kube_config.ConfigException, FileNotFoundError, TypeError) as exc:
-            if context:
-                raise SystemExit(f"--context: {context!r} cannot be used: {exc}") from None
-            try:
-                kube_config.load_incluster_config()
-            except kube_config.ConfigException:
-                raise SystemExit(
-                    "no Kubernetes cluster: no kubeconfig (KUBECONFIG or ~/.kube/config) "
-                    "and not running inside a cluster"
-                ) from None
-            default_namespace = _in_cluster_namespace()
+        default_namespace = _load_cluster_config(context)
         self.namespace = namespace or default_namespace
         self.client = client
-        self.api_client = client.ApiClient()
+        configuration = client.Configuration.get_default_copy()
+        configuration.retries = 0
+        self.api_client = client.ApiClient(configuration)
 
     # ---------------------------------------------------------------- raw calls
 
-    def call(self, verb: str, kind: str, *args, **kwargs):
+    def api(self, kind: str):
+        """The API object serving `kind` and the method-name suffix of its calls."""
         api_class, suffix = _APIS[kind]
-        api = getattr(self.client, api_class)(self.api_client)
-        method = getattr(api, f"{verb}_namespaced_{suffix}")
+        return getattr(self.client, api_class)(self.api_client), suffix
+
+    def request(
+        self, what: str, method, *args, stream: bool = False, absent_ok: bool = False, **kwargs
+    ):
+        """`method(*args, **kwargs)` with a timeout; a failure says `what` was asked.
+
+        With `absent_ok`, an object that does not exist (404) is None instead of an error.
+        """
+        from urllib3.exceptions import HTTPError
+
+        kwargs["_request_timeout"] = STREAM_TIMEOUT if stream else REQUEST_TIMEOUT
         try:
-            return method(*args, namespace=self.namespace, **kwargs)
+            return method(*args, **kwargs)
         except self.client.ApiException as exc:
-            raise SystemExit(f"kubernetes API: {verb} {kind}: {exc.status} {exc.reason}") from None
-        except Exception as exc:  # urllib3 connection errors and the like
-            if "MaxRetryError" in type(exc).__name__ or "Connection" in type(exc).__name__:
-                raise SystemExit(f"kubernetes API unreachable: {exc}") from None
-            raise
+            if absent_ok and exc.status == 404:
+                return None
+            raise LauncherError(f"kubernetes API: {what}: {_api_message(exc)}") from None
+        except HTTPError as exc:  # refused, timed out, TLS: the server was not reached
+            server = self.api_client.configuration.host
+            raise LauncherError(
+                f"kubernetes API: {what}: no answer from {server} ({_cause(exc)}); "
+                "check the kubeconfig's server, the network, or --context"
+            ) from None
+
+    def call(self, verb: str, kind: str, *args, absent_ok: bool = False, **kwargs):
+        api, suffix = self.api(kind)
+        what = f"{verb} {kind}" + (f" {args[0]}" if args and isinstance(args[0], str) else "")
+        what += f" in namespace {self.namespace}"
+        method = getattr(api, f"{verb}_namespaced_{suffix}")
+        return self.request(
+            what, method, *args, namespace=self.namespace, absent_ok=absent_ok, **kwargs
+        )
 
     def create(self, obj: dict):
         return self.call("create", obj["kind"], body=_typed(obj))
 
     def exists(self, kind: str, name: str) -> bool:
-        try:
-            api_class, suffix = _APIS[kind]
-            api = getattr(self.client, api_class)(self.api_client)
-            getattr(api, f"read_namespaced_{suffix}")(name, self.namespace)
-            return True
-        except self.client.ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise SystemExit(
-                f"kubernetes API: read {kind} {name}: {exc.status} {exc.reason}"
-            ) from None
+        return self.call("read", kind, name, absent_ok=True) is not None
 
     def refuse_if_present(self, name: str) -> None:
         if self.exists("Job", name):
-            raise SystemExit(
+            raise LauncherError(
                 f"job {name!r} already exists in namespace {self.namespace} "
                 f"(`disttrain status -l k8s -n {name}`); `disttrain stop -l k8s -n {name}` first, "
                 "or choose another name with --set name=..."
@@ -230,8 +243,11 @@ class Cluster:
 
     def pods(self, name: str, **extra: str) -> list:
         core = self.client.CoreV1Api(self.api_client)
-        pods = core.list_namespaced_pod(
-            self.namespace, label_selector=self._selector(name, **extra)
+        pods = self.request(
+            f"list the pods of job {name} in namespace {self.namespace}",
+            core.list_namespaced_pod,
+            self.namespace,
+            label_selector=self._selector(name, **extra),
         )
         return sorted(pods.items, key=lambda p: (_task_name(p), p.metadata.creation_timestamp))
 
@@ -239,7 +255,12 @@ class Cluster:
 
     def job_result(self, name: str) -> tuple[str, str]:
         """(running|succeeded|failed, reason) from the chief's Job conditions."""
-        job = self.call("read", "Job", name)
+        job = self.call("read", "Job", name, absent_ok=True)
+        if job is None:
+            raise LauncherError(
+                f"no job {name!r} in namespace {self.namespace} "
+                f"(`disttrain list -l k8s --namespace {self.namespace}` lists the jobs there)"
+            )
         failed = _failed_condition(job)
         if failed:
             return "failed", failed
@@ -266,14 +287,12 @@ class Cluster:
         return "\n".join(lines)
 
     def task_jobs(self, name: str) -> list:
-        batch = self.client.BatchV1Api(self.api_client)
-        jobs = batch.list_namespaced_job(self.namespace, label_selector=self._selector(name))
+        jobs = self.call("list", "Job", label_selector=self._selector(name))
         return sorted(jobs.items, key=_task_name)
 
     def jobs_table(self) -> str:
-        batch = self.client.BatchV1Api(self.api_client)
         selector = f"app.kubernetes.io/name={APP},{ROLE_LABEL}=chief"
-        jobs = batch.list_namespaced_job(self.namespace, label_selector=selector).items
+        jobs = self.call("list", "Job", label_selector=selector).items
         lines = [f"{'NAME':<40} {'RESULT':<10} {'AGE':>7}"]
         for job in sorted(jobs, key=lambda j: j.metadata.name):
             result, _ = self.job_result(job.metadata.name)
@@ -304,7 +323,7 @@ class Cluster:
         pods = self.pods(name, **extra)
         if not pods:
             what = "any task" if role is None else f"task {role}-{index}"
-            raise SystemExit(f"job {name} in namespace {self.namespace} has no pod for {what}")
+            raise LauncherError(f"job {name} in namespace {self.namespace} has no pod for {what}")
         if role is not None:
             pods = pods[-1:]  # the newest pod of the task
         for pod in pods:
@@ -313,12 +332,16 @@ class Cluster:
 
     def _stream_log(self, pod: str, prefix: str, follow: bool, previous: bool) -> None:
         core = self.client.CoreV1Api(self.api_client)
-        try:
-            response = core.read_namespaced_pod_log(
-                pod, self.namespace, follow=follow, previous=previous, _preload_content=False
-            )
-        except self.client.ApiException as exc:
-            raise SystemExit(f"logs of pod {pod}: {exc.status} {exc.reason}") from None
+        response = self.request(
+            f"logs of pod {pod} in namespace {self.namespace}",
+            core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+            follow=follow,
+            previous=previous,
+            _preload_content=False,
+            stream=follow,
+        )
         pending = b""
         for chunk in response.stream(4096):
             pending += chunk
@@ -346,24 +369,94 @@ class Cluster:
         deleted = []
         selector = self._selector(name)
         for kind in ("Job", "Deployment", "Service", "ConfigMap"):
-            api_class, suffix = _APIS[kind]
-            api = getattr(self.client, api_class)(self.api_client)
-            items = getattr(api, f"list_namespaced_{suffix}")(
-                self.namespace, label_selector=selector
-            ).items
-            for item in items:
-                try:
-                    getattr(api, f"delete_namespaced_{suffix}")(
-                        item.metadata.name, self.namespace, propagation_policy="Background"
-                    )
+            for item in self.call("list", kind, label_selector=selector).items:
+                gone = self.call(  # None: already collected through its owner
+                    "delete",
+                    kind,
+                    item.metadata.name,
+                    propagation_policy="Background",
+                    absent_ok=True,
+                )
+                if gone is not None:
                     deleted.append(f"{kind}/{item.metadata.name}")
-                except self.client.ApiException as exc:
-                    if exc.status != 404:  # already collected through its owner
-                        message = f"delete {kind}/{item.metadata.name}: {exc.reason}"
-                        raise SystemExit(message) from None
         if not deleted:
             return f"job {name}: nothing found in namespace {self.namespace}"
         return f"job {name}: deleted {', '.join(deleted)} (their pods follow)"
+
+
+def _load_cluster_config(context: str | None) -> str:
+    """Load the kubeconfig (or the in-cluster account); return its default namespace."""
+    from kubernetes import config as kube_config
+
+    try:
+        kube_config.load_kube_config(_kubeconfig_path(), context=context or None)
+    except (kube_config.ConfigException, FileNotFoundError, TypeError) as exc:
+        if context:
+            raise LauncherError(
+                f"kubeconfig context {context!r} cannot be used: {exc}{_contexts_named()}"
+            ) from None
+        try:
+            kube_config.load_incluster_config()
+        except kube_config.ConfigException:
+            raise LauncherError(
+                "no Kubernetes cluster: no kubeconfig (KUBECONFIG or ~/.kube/config) "
+                "and not running inside a cluster"
+            ) from None
+    return default_namespace(context)
+
+
+def default_namespace(context: str | None) -> str:
+    """kubectl's default: the context's namespace (the current context's when `context` is
+    empty), else the pod's own in a cluster, else "default". Reads files only."""
+    from kubernetes import config as kube_config
+
+    try:
+        contexts, active = kube_config.list_kube_config_contexts(_kubeconfig_path())
+    except (kube_config.ConfigException, FileNotFoundError, TypeError):
+        return _in_cluster_namespace()
+    if context:
+        active = next((c for c in contexts if c.get("name") == context), active)
+    return ((active or {}).get("context") or {}).get("namespace") or "default"
+
+
+def with_namespace(config: Config, context: str | None) -> Config:
+    """`config` with launcher.k8s.namespace filled in when it is empty (kubectl's default)."""
+    k8s = config.launcher.k8s
+    if k8s.namespace:
+        return config
+    namespace = default_namespace(k8s.context or context)
+    launcher = replace(config.launcher, k8s=replace(k8s, namespace=namespace))
+    return replace(config, launcher=launcher)
+
+
+def _kubeconfig_path() -> str:
+    """KUBECONFIG as it is now (the client reads it once, when it is first imported)."""
+    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+
+
+def _contexts_named() -> str:
+    from kubernetes import config as kube_config
+
+    try:
+        contexts, _ = kube_config.list_kube_config_contexts(_kubeconfig_path())
+    except (kube_config.ConfigException, FileNotFoundError, TypeError):
+        return ""
+    return "; contexts in the kubeconfig: " + ", ".join(c["name"] for c in contexts)
+
+
+def _api_message(exc) -> str:
+    """`403 Forbidden: <the server's own message>`: it names the field or permission."""
+    try:
+        message = json.loads(exc.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{exc.status} {exc.reason}" + (f": {message}" if message else "")
+
+
+def _cause(exc) -> str:
+    """urllib3's innermost reason, without the connection object it names first."""
+    reason = str(getattr(exc, "reason", None) or exc)
+    return reason.split("): ", 1)[-1] if reason.startswith("HTTP") else reason
 
 
 def _task_name(pod) -> str:

@@ -45,7 +45,7 @@ from disttrain.cluster import (
 )
 from disttrain.config import Config, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
-from launchers import Launcher
+from launchers import Launcher, LauncherError
 from launchers.prepare import final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
@@ -187,12 +187,12 @@ class LocalLauncher(Launcher):
         self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
     ) -> None:
         if previous:
-            raise SystemExit("--previous: a local task's log holds every restart already")
+            raise LauncherError("--previous: a local task's log holds every restart already")
         state = _read_state(default_state_dir() / name)
         names = list(state["tasks"]) if role is None else [f"{role}-{index}"]
         for task_name in names:
             if task_name not in state["tasks"]:
-                raise SystemExit(
+                raise LauncherError(
                     f"job {name} has no task {task_name}; tasks: {', '.join(state['tasks'])}"
                 )
         paths = {n: Path(state["tasks"][n]["log"]) for n in names}
@@ -479,7 +479,7 @@ def _read_state(state_dir: Path) -> dict:
     path = state_dir / "job.json"
     if not path.is_file():
         known = sorted(p.parent.name for p in state_dir.parent.glob("*/job.json"))
-        raise SystemExit(
+        raise LauncherError(
             f"no local job named {state_dir.name!r} (state folder {state_dir}); "
             f"known jobs: {', '.join(known) or 'none'}"
         )
@@ -490,7 +490,7 @@ def _refuse_if_running(state_dir: Path) -> None:
     if (state_dir / "job.json").is_file():
         state = json.loads((state_dir / "job.json").read_text())
         if state.get("result") == "running" and _pid_alive(state.get("launcher_pid")):
-            raise SystemExit(
+            raise LauncherError(
                 f"job {state_dir.name!r} is already running (launcher pid "
                 f"{state['launcher_pid']}); `disttrain stop {state_dir.name}` "
                 "or choose another name with --set name=..."

@@ -28,7 +28,7 @@ from launchers.k8s_objects import (
     storage_secret,
     to_yaml,
 )
-from launchers.kubernetes import KubernetesLauncher, dry_run_yaml
+from launchers.kubernetes import KubernetesLauncher, dry_run_yaml, with_namespace
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
@@ -46,7 +46,10 @@ PLANTED_KEY = "PLANTEDkey0123456789+/abcdefSECRETVALUE=="
 
 
 def k8s_config(*overrides: str):
-    return load_config(None, [*SHARE, "launcher.name=k8s", *overrides])
+    """A job for the k8s launcher in namespace `default`, as if the kubeconfig said so."""
+    return load_config(
+        None, [*SHARE, "launcher.name=k8s", "launcher.k8s.namespace=default", *overrides]
+    )
 
 
 SHAPES = {
@@ -394,7 +397,8 @@ def test_the_launcher_module_imports_without_the_kubernetes_client():
 
 
 def test_azure_example_config_renders_the_2017_sample_cluster():
-    config = load_config("configs/azure.yaml")
+    config = with_namespace(load_config("configs/azure.yaml"), None)
+    assert config.launcher.k8s.namespace == "default"  # no kubeconfig in the test environment
     objs = job_objects(config)
     jobs = jobs_by_task(objs)
     assert config.run_dir.startswith("/azure/")
@@ -407,18 +411,45 @@ def test_azure_example_config_renders_the_2017_sample_cluster():
             validate(obj, version, strict=True)
 
 
+TWO_CONTEXTS = (
+    "apiVersion: v1\nkind: Config\ncurrent-context: a\n"
+    "clusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\n"
+    "users:\n- name: u\n  user: {token: x}\n"
+    "contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: ns-a}\n"
+    "- name: b\n  context: {cluster: c, user: u, namespace: ns-b}\n"
+)
+
+
 def test_context_flag_takes_that_contexts_default_namespace(tmp_path, monkeypatch):
     from launchers.kubernetes import Cluster
 
     kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(
-        "apiVersion: v1\nkind: Config\ncurrent-context: a\n"
-        "clusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\n"
-        "users:\n- name: u\n  user: {token: x}\n"
-        "contexts:\n- name: a\n  context: {cluster: c, user: u, namespace: ns-a}\n"
-        "- name: b\n  context: {cluster: c, user: u, namespace: ns-b}\n"
-    )
+    kubeconfig.write_text(TWO_CONTEXTS)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     assert Cluster("b", None).namespace == "ns-b"
     assert Cluster(None, None).namespace == "ns-a"
     assert Cluster("b", "explicit").namespace == "explicit"
+
+
+@pytest.mark.parametrize("launcher", ["k8s", "helm"])
+def test_train_targets_the_namespace_the_other_verbs_use(tmp_path, launcher):
+    """Without launcher.k8s.namespace, train goes where status/logs/stop look: the context's."""
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(TWO_CONTEXTS)
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
+
+    def namespaces(*args: str) -> set[str]:
+        command = [sys.executable, "-m", "disttrain", "train", "-l", launcher, "--dry-run"]
+        result = subprocess.run(
+            [*command, *[f"--set={o}" for o in SHARE], *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        return {obj["metadata"]["namespace"] for obj in yaml.safe_load_all(result.stdout) if obj}
+
+    assert namespaces() == {"ns-a"}
+    assert namespaces("--context", "b") == {"ns-b"}
+    assert namespaces("--namespace", "team-1") == {"team-1"}
+    assert namespaces("--namespace", "2024-ml") == {"2024-ml"}  # RFC 1123: may start with a digit
