@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from disttrain import kube_syntax
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
 
@@ -262,8 +264,25 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "launcher.k8s.active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
     "launcher.k8s.ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
 }
+_RULES["launcher.k8s.storage.scratch_size_limit"] = (
+    lambda v: v == "" or kube_syntax.is_quantity(v),
+    f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",
+)
 for _role in ("chief", "worker", "ps", "evaluator", "tensorboard"):
     _RULES[f"launcher.k8s.{_role}.gpus"] = (lambda v: v >= 0, "an integer >= 0")
+    for _resource in ("cpu", "memory"):
+        _RULES[f"launcher.k8s.{_role}.{_resource}"] = (
+            kube_syntax.is_quantity,
+            kube_syntax.QUANTITY_ACCEPTED,
+        )
+    _RULES[f"launcher.k8s.{_role}.node_selector"] = (
+        kube_syntax.are_labels,
+        kube_syntax.LABELS_ACCEPTED,
+    )
+    _RULES[f"launcher.k8s.{_role}.tolerations"] = (
+        kube_syntax.are_tolerations,
+        kube_syntax.TOLERATIONS_ACCEPTED,
+    )
     _RULES[f"launcher.k8s.{_role}.image"] = (
         lambda v: _is_pinned_image(v),
         "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
@@ -437,7 +456,7 @@ def _rule_problems(config: Config) -> list[ConfigError]:
     for key, (accepts, accepted) in _RULES.items():
         value = _lookup(config, key)
         if not accepts(value):
-            problems.append(ConfigError(f"{key}: got {value!r}; accepted: {accepted}", key))
+            problems.append(ConfigError(f"{key}: got {_shown(value)!r}; accepted: {accepted}", key))
     if config.cluster.ps > 0 and config.cluster.workers == 0:
         problems.append(
             ConfigError(
@@ -447,6 +466,13 @@ def _rule_problems(config: Config) -> list[ConfigError]:
             )
         )
     return problems
+
+
+def _shown(value: Any) -> Any:
+    """A value as the user wrote it: a list of sections (tolerations) as mappings."""
+    if isinstance(value, list):
+        return [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    return value
 
 
 def _lookup(config: Config, key: str) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,8 @@ def test_no_secret_value_in_the_helm_dry_run(monkeypatch):
         (["ps.image=disttrain/ps"], "at '/ps/image'"),
         (["runDir=runs/mnist"], "at '/runDir'"),
         (["storage.shareName=typo"], "shareName"),
+        (["worker.memory=8GB"], "at '/worker/memory'"),
+        (["ps.cpu=1.2.3"], "at '/ps/cpu'"),
     ],
 )
 def test_chart_schema_rejects_bad_values(values, message):
@@ -295,3 +298,14 @@ def test_helm_launcher_values_are_what_the_schema_accepts(tmp_path):
     path.write_text(yaml.safe_dump(values_from_config(config_for("4w2ps", True))))
     for chart in CHARTS:
         helm("lint", "--strict", str(CHARTS_DIR / chart), "-f", str(path))
+
+
+def test_the_chart_schema_and_the_config_accept_the_same_quantities():
+    from disttrain.kube_syntax import is_quantity
+
+    schema = json.loads((CHARTS_DIR / "distrib-tensorflow" / "values.schema.json").read_text())
+    pattern = re.compile(schema["properties"]["worker"]["properties"]["memory"]["pattern"])
+    good = ["1", "500m", "0.5", ".5", "2.", "1.5Gi", "512Mi", "1e3", "4k", "1E-2"]
+    bad = ["two", "8GB", "1.2.3", "-1", "1 Gi", "", "Gi", "1gi", "0x10"]
+    assert [bool(pattern.search(q)) for q in good + bad] == [is_quantity(q) for q in good + bad]
+    assert all(map(is_quantity, good)) and not any(map(is_quantity, bad))
