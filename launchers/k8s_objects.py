@@ -450,9 +450,10 @@ def owned_by(obj: dict, reference: dict) -> dict:
 def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
     """The storage Secret from environment values; sent to the API, never printed."""
     data = {key: value for key, value in values.items() if key in SECRET_ENV and value}
+    account = {**_account_in(data.get("AZURE_STORAGE_CONNECTION_STRING", "")), **data}
     for env_key, csi_key in CSI_SECRET_KEYS.items():
-        if env_key in data:
-            data[csi_key] = data[env_key]
+        if account.get(env_key):
+            data[csi_key] = account[env_key]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -464,6 +465,14 @@ def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
         "type": "Opaque",
         "stringData": data,
     }
+
+
+def _account_in(connection_string: str) -> dict[str, str]:
+    """The account name and key inside a connection string (the CSI driver needs them
+    apart); a key is base64 and may end in '='."""
+    fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    names = {"AccountName": "AZURE_STORAGE_ACCOUNT_NAME", "AccountKey": "AZURE_STORAGE_ACCOUNT_KEY"}
+    return {env_key: fields[field] for field, env_key in names.items() if fields.get(field)}
 
 
 class _ManifestDumper(yaml.SafeDumper):

@@ -28,6 +28,7 @@ from disttrain.config import Config, ConfigError
 from launchers import Launcher, LauncherError
 from launchers.k8s_objects import (
     APP,
+    CSI_SECRET_KEYS,
     INDEX_LABEL,
     ROLE_LABEL,
     SECRET_ENV,
@@ -158,7 +159,13 @@ def create_storage_secret(
         verb = "created"
     keys = ", ".join(sorted(secret["stringData"]))
     where = f"secret {name} in namespace {cluster.namespace}"
-    return f"{where}: {verb} with keys {keys} (values not shown)"
+    report = f"{where}: {verb} with keys {keys} (values not shown)"
+    if not set(CSI_SECRET_KEYS.values()) <= set(secret["stringData"]):
+        report += (
+            "\nnote: no account name and key in it, so it cannot mount an Azure Files share "
+            "(launcher.k8s.storage.azure_file_share); Blob run dirs (az://) work"
+        )
+    return report
 
 
 def _typed(obj: dict):

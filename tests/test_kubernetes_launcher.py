@@ -453,3 +453,14 @@ def test_train_targets_the_namespace_the_other_verbs_use(tmp_path, launcher):
     assert namespaces("--context", "b") == {"ns-b"}
     assert namespaces("--namespace", "team-1") == {"team-1"}
     assert namespaces("--namespace", "2024-ml") == {"2024-ml"}  # RFC 1123: may start with a digit
+
+
+def test_a_secret_from_a_connection_string_alone_can_mount_the_share():
+    """The Azure Files CSI driver reads the account and key under its own names."""
+    connection = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={PLANTED_KEY};"
+    data = storage_secret("s", "ns", {"AZURE_STORAGE_CONNECTION_STRING": connection})["stringData"]
+    assert data["azurestorageaccountname"] == "acct"
+    assert data["azurestorageaccountkey"] == PLANTED_KEY  # its trailing '=' kept
+    sas_only = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "sv=x"}
+    data = storage_secret("s", "ns", sas_only)["stringData"]
+    assert "azurestorageaccountkey" not in data and data["azurestorageaccountname"] == "acct"
