@@ -191,7 +191,6 @@ def test_tensorboard_notes_show_the_port_forward():
 def legacy_values(tmp_path: Path) -> Path:
     """A values file in the 2017 sample's own shape."""
     values = {
-        "name": "sample",
         "storage": {
             "accountbase64": base64.b64encode(b"mystorageaccount").decode(),
             "keybase64": base64.b64encode(PLANTED_KEY.encode()).decode(),
@@ -209,13 +208,21 @@ def legacy_values(tmp_path: Path) -> Path:
 def test_a_2017_values_file_still_works_and_its_key_stays_in_the_secret(tmp_path):
     values = legacy_values(tmp_path)
     planted_b64 = base64.b64encode(PLANTED_KEY.encode()).decode()
+    # The sample names no job: the releases do, as the helm launcher names them.
+    releases = {"distrib-tensorflow": "sample", "eval-tensorflow": "sample-eval"}
     for chart in CHARTS:
+        release = releases.get(chart, "sample-tensorboard")
         helm("lint", "--strict", str(CHARTS_DIR / chart), "-f", str(values))
         result = helm(
-            "install", "--dry-run=client", "sample", str(CHARTS_DIR / chart), "-f", str(values)
+            "install", "--dry-run=client", release, str(CHARTS_DIR / chart), "-f", str(values)
         )
         objects = documents(result.stdout.split("NOTES:")[0].split("MANIFEST:")[-1])
-        for obj in objects:
+        for obj in objects:  # one job, "sample": status, logs and stop find every object
+            assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "sample"
+            assert obj["metadata"]["name"].startswith("sample")
+            assert not obj["metadata"]["name"].startswith(
+                ("sample-eval-eval", "sample-tensorboard-")
+            )
             if obj["kind"] == "Secret":
                 assert chart == "distrib-tensorflow", "only the training chart makes the Secret"
                 assert obj["data"]["azurestorageaccountkey"] == planted_b64

@@ -4,9 +4,12 @@ in each, kept identical by tests/test_helm_charts.py. It renders the objects tha
 launchers/k8s_objects.py builds; read that module for the reasons behind each choice.
 */ -}}
 
-{{/* The job's name: values.name, or the release name. Every object name starts with it. */}}
+{{/* The job's name: values.name, or the release name without the suffix the launcher gives
+the eval and TensorBoard releases (mnist, mnist-eval, mnist-tensorboard: one job, mnist).
+Every object name starts with it. */}}
 {{- define "disttrain.name" -}}
-{{- .Values.name | default .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- $suffix := get (dict "eval-tensorflow" "-eval" "tensorboard" "-tensorboard") .Chart.Name -}}
+{{- .Values.name | default (trimSuffix $suffix .Release.Name) | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "disttrain.runDir" -}}
