@@ -180,6 +180,9 @@ class K8sStorageConfig:
     # Secret holding AZURE_STORAGE_* keys (`disttrain secret create` makes it from the local
     # environment); pods get the values by reference, never through a manifest.
     secret: str = ""
+    # The storage account of an az:// location, as AZURE_STORAGE_ACCOUNT_NAME in the pods:
+    # needed when they authenticate with workload identity (service_account) and no Secret.
+    account_name: str = ""
     # Azure Files share mounted at /azure/<share> (file.csi.azure.com, inline with `secret`,
     # or through an existing PersistentVolumeClaim when azure_file_claim is set).
     azure_file_share: str = ""
@@ -264,6 +267,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "launcher.k8s.active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
     "launcher.k8s.ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
 }
+_RULES["launcher.k8s.storage.account_name"] = (
+    lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
+    "an Azure storage account name: 3 to 24 lower-case letters and digits",
+)
 _RULES["launcher.k8s.storage.scratch_size_limit"] = (
     lambda v: v == "" or kube_syntax.is_quantity(v),
     f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",

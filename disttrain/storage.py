@@ -92,7 +92,7 @@ def azure_options(url: str) -> tuple[dict, str]:
     The second value names the credential kind and where it came from, never its value.
     """
     env = os.environ
-    account = env.get("AZURE_STORAGE_ACCOUNT_NAME") or _account_in_url(url)
+    account = env.get("AZURE_STORAGE_ACCOUNT_NAME") or account_in_url(url)
     # Other processes write the run dir: fsspec's listing cache would hide their files.
     common = {"use_listings_cache": False}
     if env.get("AZURE_STORAGE_CONNECTION_STRING"):
@@ -126,7 +126,7 @@ def azure_options(url: str) -> tuple[dict, str]:
     )
 
 
-def _account_in_url(url: str) -> str | None:
+def account_in_url(url: str) -> str | None:
     """`abfs://container@account.dfs.core.windows.net/path` names its account."""
     match = re.match(r"^[a-z]+://[^/@]+@([^./]+)\.(?:dfs|blob)\.", url)
     return match.group(1) if match else None

@@ -69,6 +69,7 @@ def values_from_config(config: Config) -> dict:
         "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
         "storage": {
             "secret": storage.secret,
+            "accountName": storage.account_name,
             "azureFileShare": storage.azure_file_share,
             "azureFileClaim": storage.azure_file_claim,
             "scratchSizeLimit": storage.scratch_size_limit,

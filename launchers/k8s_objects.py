@@ -48,6 +48,7 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, ConfigError, K8sRoleConfig, dump_config
+from disttrain.storage import account_in_url
 
 APP = "disttrain"
 CONFIG_DIR = "/etc/disttrain"
@@ -65,6 +66,7 @@ SECRET_ENV = (
     "AZURE_STORAGE_ACCOUNT_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
 )
+ACCOUNT_ENV = "AZURE_STORAGE_ACCOUNT_NAME"
 # The same account and key under the names the Azure Files CSI driver reads.
 CSI_SECRET_KEYS = {
     "AZURE_STORAGE_ACCOUNT_NAME": "azurestorageaccountname",
@@ -73,6 +75,7 @@ CSI_SECRET_KEYS = {
 AZURE_URL_PROTOCOLS = ("az://", "abfs://", "abfss://")
 GPU_RESOURCE = "nvidia.com/gpu"
 ROLE_LABEL = "disttrain.io/role"
+WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 INDEX_LABEL = "disttrain.io/index"
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # RFC 1035: a Service's name
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123
@@ -115,8 +118,16 @@ def check_k8s_config(config: Config) -> None:
 def _check_reachable(key: str, location: str, config: Config) -> None:
     storage = config.launcher.k8s.storage
     if location.startswith(AZURE_URL_PROTOCOLS):
-        if storage.secret or config.launcher.k8s.service_account:
+        if storage.secret:
             return
+        if config.launcher.k8s.service_account:
+            if storage.account_name or account_in_url(location):
+                return
+            raise ConfigError(
+                f"{key}: got {location!r}, which names no storage account, and the pods have "
+                "no Secret to take it from; accepted: launcher.k8s.storage.account_name, or a "
+                "URL naming it (abfs://<container>@<account>.dfs.core.windows.net/...)"
+            )
         raise ConfigError(
             f"{key}: got {location!r}, but the pods have no Azure credentials; accepted: "
             "launcher.k8s.storage.secret naming a Secret (`disttrain secret create`) or "
@@ -145,6 +156,14 @@ def labels(name: str, component: str, task: Task | None = None) -> dict[str, str
     if task is not None:
         found[ROLE_LABEL] = task.role
         found[INDEX_LABEL] = str(task.index)
+    return found
+
+
+def pod_labels(config: Config, found: dict[str, str]) -> dict[str, str]:
+    """A pod's labels: with a service account, the one AKS's workload identity webhook
+    looks for before it gives the pod its federated token (harmless without the webhook)."""
+    if config.launcher.k8s.service_account:
+        return {**found, WORKLOAD_IDENTITY_LABEL: "true"}
     return found
 
 
@@ -217,7 +236,7 @@ def headless_service(config: Config) -> dict:
 def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
     k8s = config.launcher.k8s
     component = "evaluator" if task.role == EVALUATOR else "trainer"
-    pod_labels = labels(config.name, component, task)
+    task_labels = labels(config.name, component, task)
     tf_config = tf_config_json(shape, address_of(config.name, k8s.namespace, k8s.port), task)
     env = [{"name": "TF_CONFIG", "value": tf_config}]
     env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
@@ -229,7 +248,7 @@ def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
     pod["subdomain"] = config.name
     spec = {
         "backoffLimit": config.cluster.max_restarts,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod},
+        "template": {"metadata": {"labels": pod_labels(config, task_labels)}, "spec": pod},
     }
     if k8s.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
@@ -238,7 +257,7 @@ def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(config, job_name(config.name, task), pod_labels),
+        "metadata": _metadata(config, job_name(config.name, task), task_labels),
         "spec": spec,
     }
 
@@ -259,7 +278,7 @@ def board_deployment(config: Config) -> dict:
             "replicas": 1,
             "selector": {"matchLabels": board_labels},
             "template": {
-                "metadata": {"labels": board_labels},
+                "metadata": {"labels": pod_labels(config, board_labels)},
                 "spec": _pod_spec(config, board, container, "Always", with_config=False),
             },
         },
@@ -367,16 +386,22 @@ def _pod_spec(
 
 def storage_env(config: Config) -> list[dict]:
     """Credentials by reference only: the Secret's values never enter a manifest."""
-    secret = config.launcher.k8s.storage.secret
-    if not secret:
-        return []
-    return [
-        {
-            "name": key,
-            "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}},
-        }
-        for key in SECRET_ENV
-    ]
+    storage = config.launcher.k8s.storage
+    found = []
+    if storage.account_name:  # a name, not a credential: a plain value
+        found.append({"name": ACCOUNT_ENV, "value": storage.account_name})
+    if storage.secret:
+        found += [
+            {
+                "name": key,
+                "valueFrom": {
+                    "secretKeyRef": {"name": storage.secret, "key": key, "optional": True}
+                },
+            }
+            for key in SECRET_ENV
+            if not (key == ACCOUNT_ENV and storage.account_name)
+        ]
+    return found
 
 
 def volumes(config: Config, with_config: bool = True) -> list[dict]:

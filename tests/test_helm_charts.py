@@ -49,6 +49,16 @@ SHAPES = {
         "launcher.k8s.active_deadline_seconds=3600",
         "launcher.k8s.ttl_seconds_after_finished=60",
     ],
+    # Blob through workload identity: a service account and the account's name, no Secret.
+    "1w1ps-identity": [
+        "cluster.workers=1",
+        "cluster.ps=1",
+        "run_dir=az://runs/mnist",
+        "launcher.k8s.storage.secret=",
+        "launcher.k8s.storage.azure_file_share=",
+        "launcher.k8s.service_account=trainer",
+        "launcher.k8s.storage.account_name=mystorage",
+    ],
 }
 CASES = [(shape, evaluator) for shape in SHAPES for evaluator in (True, False)]
 
@@ -113,6 +123,10 @@ def test_helm_and_python_launcher_render_the_same_tasks(rendered, shape, evaluat
         assert helm_c["command"] == py_c["command"]
         assert [e["name"] for e in helm_c["env"]] == [e["name"] for e in py_c["env"]]
         assert helm_c["image"] == py_c["image"]
+        pod_labels = [
+            o["spec"]["template"]["metadata"]["labels"] for o in (helm_pods[key], python_obj)
+        ]
+        assert pod_labels[0] == pod_labels[1], key
         assert helm_c["resources"] == py_c["resources"]
         assert helm_c["volumeMounts"] == py_c["volumeMounts"]
         # Beyond the contract: the whole pod spec matches, but for the evaluator's own

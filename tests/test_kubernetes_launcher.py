@@ -43,6 +43,14 @@ SHARE = [
 ]
 NO_SHARE = ["launcher.k8s.storage.azure_file_share="]
 PLANTED_KEY = "PLANTEDkey0123456789+/abcdefSECRETVALUE=="
+# Blob through AKS workload identity: a service account, the account's name, no Secret.
+IDENTITY = [
+    "run_dir=az://runs/x",
+    *NO_SHARE,
+    "launcher.k8s.storage.secret=",
+    "launcher.k8s.service_account=trainer",
+    "launcher.k8s.storage.account_name=mystorage",
+]
 
 
 def k8s_config(*overrides: str):
@@ -340,6 +348,10 @@ def test_dry_run_yaml_is_plain_multi_document_yaml():
         (["name=Upper"], "name: got 'Upper'"),
         (["launcher.k8s.namespace=Bad_NS"], "launcher.k8s.namespace: got 'Bad_NS'"),
         (["launcher.k8s.storage.secret="], "launcher.k8s.storage.secret: empty"),
+        (
+            [*IDENTITY, "launcher.k8s.storage.account_name="],
+            "run_dir: got 'az://runs/x', which names no storage account",
+        ),
     ],
 )
 def test_bad_input_fails_clearly_before_anything_is_sent(overrides, message, monkeypatch):
@@ -464,3 +476,22 @@ def test_a_secret_from_a_connection_string_alone_can_mount_the_share():
     sas_only = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "sv=x"}
     data = storage_secret("s", "ns", sas_only)["stringData"]
     assert "azurestorageaccountkey" not in data and data["azurestorageaccountname"] == "acct"
+
+
+def test_workload_identity_pods_get_the_account_and_the_webhook_label():
+    for obj in job_objects(k8s_config(*IDENTITY, "launcher.k8s.tensorboard.enabled=true")):
+        if obj["kind"] not in ("Job", "Deployment"):
+            continue
+        template = obj["spec"]["template"]
+        assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+        assert template["spec"]["serviceAccountName"] == "trainer"
+        (container,) = template["spec"]["containers"]
+        azure_env = [e for e in container["env"] if e["name"].startswith("AZURE_")]
+        assert azure_env == [{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mystorage"}]
+    # The account may instead be in the URL; with a Secret too, the name is not set twice.
+    in_url = "run_dir=abfs://runs@acct.dfs.core.windows.net/x"
+    job_objects(k8s_config(*IDENTITY, "launcher.k8s.storage.account_name=", in_url))
+    both = k8s_config(*IDENTITY, "launcher.k8s.storage.secret=azure-storage")
+    chief = jobs_by_task(job_objects(both))[Task("chief", 0)]
+    names = [e["name"] for e in container_of(chief)["env"]]
+    assert names.count("AZURE_STORAGE_ACCOUNT_NAME") == 1 and "AZURE_STORAGE_ACCOUNT_KEY" in names

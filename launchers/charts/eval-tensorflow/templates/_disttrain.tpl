@@ -41,6 +41,15 @@ disttrain.io/index: {{ index . 3 | toString | quote }}
 {{- end }}
 {{- end -}}
 
+{{/* A pod's labels: the object's, and with a service account the one AKS's workload
+identity webhook looks for. Arguments: as disttrain.labels. */}}
+{{- define "disttrain.podLabels" -}}
+{{- include "disttrain.labels" . }}
+{{- if (index . 0).Values.serviceAccount }}
+azure.workload.identity/use: "true"
+{{- end }}
+{{- end -}}
+
 {{- define "disttrain.metadata" -}}
 {{- $root := index . 0 -}}
 name: {{ index . 1 }}
@@ -149,14 +158,21 @@ containers:
       {{- end }}
       - name: XDG_CACHE_HOME
         value: /mnt/cache
+      {{- $account := $root.Values.storage.accountName }}
+      {{- if $account }}
+      - name: AZURE_STORAGE_ACCOUNT_NAME
+        value: {{ $account | quote }}
+      {{- end }}
       {{- if $secret }}
       {{- range list "AZURE_STORAGE_CONNECTION_STRING" "AZURE_STORAGE_ACCOUNT_NAME" "AZURE_STORAGE_ACCOUNT_KEY" "AZURE_STORAGE_SAS_TOKEN" }}
+      {{- if not (and $account (eq . "AZURE_STORAGE_ACCOUNT_NAME")) }}
       - name: {{ . }}
         valueFrom:
           secretKeyRef:
             name: {{ $secret }}
             key: {{ . }}
             optional: true
+      {{- end }}
       {{- end }}
       {{- end }}
     resources:
@@ -274,7 +290,7 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "disttrain.labels" (list $root $component .role .index) | nindent 8 }}
+        {{- include "disttrain.podLabels" (list $root $component .role .index) | nindent 8 }}
     spec:
       {{- include "disttrain.podSpec" (dict "root" $root "role" .role "command" $command "env" $env "port" $port "portName" "grpc" "restartPolicy" "OnFailure" "hostname" $host "configMap" .configMap) | nindent 6 }}
 {{- end -}}
