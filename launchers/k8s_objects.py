@@ -111,8 +111,10 @@ def check_k8s_config(config: Config) -> None:
             "accepted: a Secret name (`disttrain secret create`) or azure_file_claim"
         )
     _check_reachable("run_dir", config.run_dir, config)
-    if config.data.source == "image_folder":
+    if config.data.source in ("image_folder", "tfrecord"):
         _check_reachable("data.root", config.data.root, config)
+    if config.data.source == "tfds" and config.data.tfds_data_dir:
+        _check_reachable("data.tfds_data_dir", config.data.tfds_data_dir, config)
 
 
 def _check_reachable(key: str, location: str, config: Config) -> None:

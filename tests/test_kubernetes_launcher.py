@@ -345,6 +345,11 @@ def test_dry_run_yaml_is_plain_multi_document_yaml():
             "the pods have no Azure credentials",
         ),
         (["data.source=image_folder", "data.root=/home/me/images"], "data.root: got"),
+        (["data.source=tfrecord", "data.root=./shards"], "data.root: got './shards', which a pod"),
+        (
+            ["data.source=tfds", "data.tfds_data_dir=/home/me/tfds"],
+            "data.tfds_data_dir: got '/home/me/tfds', which a pod cannot reach",
+        ),
         (["name=Upper"], "name: got 'Upper'"),
         (["launcher.k8s.namespace=Bad_NS"], "launcher.k8s.namespace: got 'Bad_NS'"),
         (["launcher.k8s.storage.secret="], "launcher.k8s.storage.secret: empty"),
