@@ -79,8 +79,9 @@ def train(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print what would be started (commands and TF_CONFIG per task); start "
-            "nothing and check nothing (no data listing, no run dir probe).",
+            help="Print what would be started and start nothing: local, each task's command "
+            "and TF_CONFIG; k8s, the manifests (for kubectl apply -f -); helm, helm template. "
+            "The config is checked; the data is not listed and the run dir not probed.",
         ),
     ] = False,
     wait: Annotated[
@@ -107,7 +108,8 @@ def train(
         target = [f"launcher.k8s.namespace={namespace}"] if namespace else []
         target += [f"launcher.k8s.context={context}"] if context else []
         cfg = load_config(config, [*(set_ or []), *target])
-        backend = get_launcher(launcher or cfg.launcher.name)
+        options = {"namespace": namespace, "context": context}
+        backend = get_launcher(launcher or cfg.launcher.name, **options)
         if dry_run:
             typer.echo(backend.dry_run(cfg))
             return
@@ -248,6 +250,9 @@ def logs(
     context: ContextOption = None,
 ) -> None:
     """Print a task's output (or every task's, prefixed with its name)."""
+    roles = ("chief", "worker", "ps", "evaluator")
+    if role is not None and role not in roles:
+        _fail(f"ROLE: got {role!r}; accepted: {', '.join(roles)}")
     _launcher(launcher, namespace=namespace, context=context).logs(
         name, role, index, follow, previous=previous
     )

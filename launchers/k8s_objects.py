@@ -85,64 +85,96 @@ _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123
 
 
 def check_k8s_config(config: Config) -> None:
-    """Fail on what a pod could not use: bad names, a run dir or data root it cannot reach."""
-    k8s = config.launcher.k8s
-    if not _DNS_LABEL.fullmatch(config.name):
-        raise ConfigError(
-            f"name: got {config.name!r}; accepted on Kubernetes: lower-case letters, digits "
-            "and '-', starting with a letter and not ending with '-'"
-        )
-    if not _NAMESPACE.fullmatch(k8s.namespace) or len(k8s.namespace) > 63:
-        raise ConfigError(
-            f"launcher.k8s.namespace: got {k8s.namespace!r}; accepted: a DNS label "
-            "(lower-case letters, digits and '-', at most 63 characters, not starting or "
-            "ending with '-')"
-        )
-    share = k8s.storage.azure_file_share
-    if k8s.storage.azure_file_claim and not share:
-        raise ConfigError(
-            "launcher.k8s.storage.azure_file_claim: set, but azure_file_share is empty; "
-            "accepted: the share's name too (it is mounted at /azure/<share>)"
-        )
-    if share and not k8s.storage.azure_file_claim and not k8s.storage.secret:
-        raise ConfigError(
-            "launcher.k8s.storage.secret: empty, but the Azure Files share "
-            f"{share!r} is mounted inline and the driver reads the account from a Secret; "
-            "accepted: a Secret name (`disttrain secret create`) or azure_file_claim"
-        )
-    _check_reachable("run_dir", config.run_dir, config)
+    """Fail on what a pod could not use: bad names, a run dir or data root it cannot reach.
+
+    Every problem at once, like the config's own checks.
+    """
+    problems = _name_problems(config) + _storage_problems(config)
+    locations = [("run_dir", config.run_dir)]
     if config.data.source in ("image_folder", "tfrecord"):
-        _check_reachable("data.root", config.data.root, config)
+        locations.append(("data.root", config.data.root))
     if config.data.source == "tfds" and config.data.tfds_data_dir:
-        _check_reachable("data.tfds_data_dir", config.data.tfds_data_dir, config)
+        locations.append(("data.tfds_data_dir", config.data.tfds_data_dir))
+    problems += [p for key, where in locations if (p := _unreachable(key, where, config))]
+    if problems:
+        raise ConfigError.of(problems)
 
 
-def _check_reachable(key: str, location: str, config: Config) -> None:
+def _name_problems(config: Config) -> list[ConfigError]:
+    namespace = config.launcher.k8s.namespace
+    problems = []
+    if not _DNS_LABEL.fullmatch(config.name):
+        problems.append(
+            ConfigError(
+                f"name: got {config.name!r}; accepted on Kubernetes: lower-case letters, "
+                "digits and '-', starting with a letter and not ending with '-'",
+                "name",
+            )
+        )
+    if not _NAMESPACE.fullmatch(namespace) or len(namespace) > 63:
+        problems.append(
+            ConfigError(
+                f"launcher.k8s.namespace: got {namespace!r}; accepted: a DNS label (lower-case "
+                "letters, digits and '-', at most 63 characters, not starting or ending with '-')",
+                "launcher.k8s.namespace",
+            )
+        )
+    return problems
+
+
+def _storage_problems(config: Config) -> list[ConfigError]:
+    storage = config.launcher.k8s.storage
+    share = storage.azure_file_share
+    if storage.azure_file_claim and not share:
+        return [
+            ConfigError(
+                "launcher.k8s.storage.azure_file_claim: set, but azure_file_share is empty; "
+                "accepted: the share's name too (it is mounted at /azure/<share>)",
+                "launcher.k8s.storage.azure_file_claim",
+            )
+        ]
+    if share and not storage.azure_file_claim and not storage.secret:
+        return [
+            ConfigError(
+                "launcher.k8s.storage.secret: empty, but the Azure Files share "
+                f"{share!r} is mounted inline and the driver reads the account from a Secret; "
+                "accepted: a Secret name (`disttrain secret create`) or azure_file_claim",
+                "launcher.k8s.storage.secret",
+            )
+        ]
+    return []
+
+
+def _unreachable(key: str, location: str, config: Config) -> ConfigError | None:
+    """Why no pod could reach `location`, or None when one can."""
     storage = config.launcher.k8s.storage
     if location.startswith(AZURE_URL_PROTOCOLS):
         if storage.secret:
-            return
+            return None
         if config.launcher.k8s.service_account:
             if storage.account_name or account_in_url(location):
-                return
-            raise ConfigError(
+                return None
+            return ConfigError(
                 f"{key}: got {location!r}, which names no storage account, and the pods have "
                 "no Secret to take it from; accepted: launcher.k8s.storage.account_name, or a "
-                "URL naming it (abfs://<container>@<account>.dfs.core.windows.net/...)"
+                "URL naming it (abfs://<container>@<account>.dfs.core.windows.net/...)",
+                key,
             )
-        raise ConfigError(
+        return ConfigError(
             f"{key}: got {location!r}, but the pods have no Azure credentials; accepted: "
             "launcher.k8s.storage.secret naming a Secret (`disttrain secret create`) or "
-            "launcher.k8s.service_account with workload identity"
+            "launcher.k8s.service_account with workload identity",
+            key,
         )
     share_root = f"{AZURE_ROOT}/{storage.azure_file_share}/" if storage.azure_file_share else None
     if share_root and location.rstrip("/") + "/" != share_root and location.startswith(share_root):
-        return
+        return None
     where = f"a path under {share_root}" if share_root else "a path under /azure/<share>/ "
-    raise ConfigError(
+    return ConfigError(
         f"{key}: got {location!r}, which a pod cannot reach (it is not shared storage); "
         f"accepted for Kubernetes: an az://, abfs:// or abfss:// URL, or {where}"
-        + ("" if share_root else "(with launcher.k8s.storage.azure_file_share)")
+        + ("" if share_root else "(with launcher.k8s.storage.azure_file_share)"),
+        key,
     )
 
 

@@ -85,7 +85,10 @@ class KubernetesLauncher(Launcher):
     # ------------------------------------------------------------ submit and wait
 
     def dry_run(self, config: Config) -> str:
-        return dry_run_yaml(with_namespace(config, self.context))
+        config = with_namespace(config, self.context)
+        text = dry_run_yaml(config)
+        warn_unrestricted(job_objects(config))
+        return text
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
         config = with_namespace(config, self.context)

@@ -70,3 +70,24 @@ def test_help_does_not_import_tensorflow_or_kubernetes():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_kubernetes_options_with_the_local_launcher_are_refused(disttrain_home):
+    result = cli("train", "--context", "prod", "--dry-run")
+    assert_refused(result, "--context does not apply to launcher 'local'", disttrain_home)
+
+
+def test_an_unknown_role_for_logs_is_refused_with_the_roles_there_are():
+    result = cli("logs", "-n", "mnist", "tensorboard")
+    assert result.returncode == 2
+    assert "ROLE: got 'tensorboard'; accepted: chief, worker, ps, evaluator" in result.stderr
+
+
+def test_a_dry_run_warns_about_a_host_path_scratch_as_submit_does(tmp_path):
+    result = cli(
+        "train", "-l", "k8s", "--dry-run", "-c", "configs/azure.yaml",
+        "--set", "launcher.k8s.storage.scratch_host_path=/mnt/ssd",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert 'WARNING: not "restricted" Pod Security' in result.stderr
+    assert "hostPath" in result.stderr

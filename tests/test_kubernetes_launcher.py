@@ -500,3 +500,12 @@ def test_workload_identity_pods_get_the_account_and_the_webhook_label():
     chief = jobs_by_task(job_objects(both))[Task("chief", 0)]
     names = [e["name"] for e in container_of(chief)["env"]]
     assert names.count("AZURE_STORAGE_ACCOUNT_NAME") == 1 and "AZURE_STORAGE_ACCOUNT_KEY" in names
+
+
+def test_every_kubernetes_problem_is_reported_at_once():
+    config = k8s_config("name=Bad", "data.source=tfrecord", "data.root=./s", "run_dir=runs/x")
+    with pytest.raises(ConfigError) as error:
+        job_objects(config)
+    lines = str(error.value).splitlines()
+    assert lines[0] == "the config has 3 problems:"
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["name", "run_dir", "data.root"]
