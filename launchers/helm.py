@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -156,9 +157,7 @@ class HelmLauncher(KubernetesLauncher):
         # immutable field): refuse, as the k8s launcher does, and name the way out.
         cluster.refuse_if_present(config.name)
         with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
-            values_path = write_values(config, Path(folder))
-            for command in helm_commands(config, values_path, "upgrade"):
-                print(_run(command).strip().splitlines()[0])
+            _install_releases(config, write_values(config, Path(folder)))
         if not (wait or follow):
             return 0
         if follow:
@@ -172,18 +171,42 @@ class HelmLauncher(KubernetesLauncher):
         return "\n".join([f"release {name}: " + ", ".join(summary), super().status(name)])
 
     def stop(self, name: str) -> str:
-        removed = []
-        for release in (name, f"{name}-eval", f"{name}-tensorboard"):
-            command = [helm_binary(), "uninstall", release, *self._target()]
-            result = subprocess.run(command, capture_output=True, text=True)
-            if result.returncode == 0:
-                removed.append(release)
-            elif "not found" not in result.stderr:
-                raise LauncherError(f"helm uninstall {release} failed: {result.stderr.strip()}")
-        if not removed:
-            return f"job {name}: no release found"
-        return f"job {name}: uninstalled {', '.join(removed)}"
+        return _uninstall(name, [name, f"{name}-eval", f"{name}-tensorboard"], self._target())
 
     def _target(self) -> list[str]:
         found = ["--namespace", self.namespace] if self.namespace else []
         return found + (["--kube-context", self.context] if self.context else [])
+
+
+def _install_releases(config: Config, values_path: str) -> None:
+    """Install the job's releases in order. If one fails, every release tried is uninstalled
+    (a failed install is recorded too): no half-installed job, no chief training alone."""
+    k8s = config.launcher.k8s
+    target = ["--namespace", k8s.namespace] + (
+        ["--kube-context", k8s.context] if k8s.context else []
+    )
+    tried = []
+    try:
+        for (release, _), command in zip(
+            releases(config), helm_commands(config, values_path, "upgrade")
+        ):
+            tried.append(release)
+            print(_run(command).strip().splitlines()[0])
+    except BaseException:
+        print(f"rolling back: {_uninstall(config.name, tried, target)}", file=sys.stderr)
+        raise
+
+
+def _uninstall(job: str, releases_: list[str], target: list[str]) -> str:
+    """Uninstall those of `releases_` that exist; say which."""
+    removed = []
+    for release in releases_:
+        command = [helm_binary(), "uninstall", release, *target]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0:
+            removed.append(release)
+        elif "not found" not in result.stderr:
+            raise LauncherError(f"helm uninstall {release} failed: {result.stderr.strip()}")
+    if not removed:
+        return f"job {job}: no release found"
+    return f"job {job}: uninstalled {', '.join(removed)}"

@@ -99,6 +99,20 @@ def test_a_wrong_storage_key_fails_the_helm_submit_before_anything_is_installed(
     assert objects_of_jobs(cluster, namespace) == []
 
 
+def test_a_release_that_fails_to_install_takes_the_ones_before_it_along(k8s):
+    cluster, namespace, env = k8s
+    # An object the eval release would create already exists: helm refuses to adopt it.
+    taken = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "half-eval-config"}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(taken))
+    result = cli("train", "--launcher", "helm", *job_args(namespace, "half"), env=env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "error: upgrade --install failed" in result.stderr
+    assert "rolling back: job half: uninstalled half\n" in result.stderr
+    assert cluster.helm("list", "-n", namespace, "-q").stdout.split() == []  # any status
+    left = [o for o in objects_of_jobs(cluster, namespace) if not o.startswith("Pod/")]
+    assert left == ["ConfigMap/half-eval-config"], left  # only what was there before
+
+
 def sample_values(namespace: str, name: str) -> dict:
     """configs/values.override.yaml, adapted to this machine: no GPU and no labelled node
     pools (the sample asks for both), a small job, the run dir and data on the share."""
