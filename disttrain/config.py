@@ -200,6 +200,9 @@ class K8sLauncherConfig:
     namespace: str = ""
     context: str = ""  # kubeconfig context; empty: the current one (or in-cluster)
     service_account: str = ""
+    # Secrets of type kubernetes.io/dockerconfigjson for a private registry (none is needed
+    # for an ACR attached to the AKS cluster).
+    image_pull_secrets: list[str] = field(default_factory=list)
     port: int = 2222
     chief: K8sRoleConfig = field(default_factory=K8sRoleConfig)
     worker: K8sRoleConfig = field(default_factory=K8sRoleConfig)
@@ -267,6 +270,10 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "launcher.k8s.active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
     "launcher.k8s.ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
 }
+_RULES["launcher.k8s.image_pull_secrets"] = (
+    kube_syntax.are_object_names,
+    "Secret names (lower-case letters, digits, '-' and '.')",
+)
 _RULES["launcher.k8s.storage.account_name"] = (
     lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
     "an Azure storage account name: 3 to 24 lower-case letters and digits",

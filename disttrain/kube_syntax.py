@@ -31,6 +31,11 @@ def is_quantity(text: str) -> bool:
     return bool(_QUANTITY.fullmatch(text))
 
 
+def are_object_names(names: list[str]) -> bool:
+    """Names of objects such as Secrets: DNS subdomains (lower-case, '-', '.')."""
+    return all(len(n) <= 253 and _DNS_SUBDOMAIN.fullmatch(n) for n in names)
+
+
 def is_label_name(key: str) -> bool:
     prefix, slash, name = key.rpartition("/")
     if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):

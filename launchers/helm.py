@@ -66,6 +66,7 @@ def values_from_config(config: Config) -> dict:
         **{role: _role_values(getattr(k8s, role)) for role in ROLES},
         "eval": {"once": False},
         "serviceAccount": k8s.service_account,
+        "imagePullSecrets": list(k8s.image_pull_secrets),
         "activeDeadlineSeconds": k8s.active_deadline_seconds,
         "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
         "storage": {

@@ -411,6 +411,8 @@ def _pod_spec(
     }
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
+    if k8s.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in k8s.image_pull_secrets]
     if role.node_selector:
         spec["nodeSelector"] = dict(role.node_selector)
     if tolerations(role):

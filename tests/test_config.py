@@ -174,6 +174,7 @@ def test_a_sas_token_in_a_url_is_refused_without_being_echoed():
         ),
         ("launcher.k8s.worker.tolerations=[{key: 'a b', value: x}]", "worker.tolerations: got"),
         ("launcher.k8s.worker.tolerations=[{value: x}]", "worker.tolerations: got"),
+        ("launcher.k8s.image_pull_secrets=[ACR_Pull]", "image_pull_secrets: got ['ACR_Pull']"),
     ],
 )
 def test_values_kubernetes_would_refuse_are_refused_with_their_key(override, message):

@@ -58,6 +58,7 @@ SHAPES = {
         "launcher.k8s.storage.azure_file_share=",
         "launcher.k8s.service_account=trainer",
         "launcher.k8s.storage.account_name=mystorage",
+        "launcher.k8s.image_pull_secrets=[acr-pull]",
     ],
 }
 CASES = [(shape, evaluator) for shape in SHAPES for evaluator in (True, False)]

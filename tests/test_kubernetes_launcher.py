@@ -509,3 +509,16 @@ def test_every_kubernetes_problem_is_reported_at_once():
     lines = str(error.value).splitlines()
     assert lines[0] == "the config has 3 problems:"
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["name", "run_dir", "data.root"]
+
+
+def test_image_pull_secrets_reach_every_pod_by_name():
+    config = k8s_config(
+        "launcher.k8s.image_pull_secrets=[acr-pull]", "launcher.k8s.tensorboard.enabled=true"
+    )
+    pods = [
+        o["spec"]["template"]["spec"]
+        for o in job_objects(config)
+        if "template" in o.get("spec", {})
+    ]
+    assert len(pods) == 6  # chief, 2 workers, ps, evaluator, TensorBoard
+    assert all(pod["imagePullSecrets"] == [{"name": "acr-pull"}] for pod in pods)

@@ -246,6 +246,12 @@ subdomain: {{ include "disttrain.name" $root }}
 {{- with $root.Values.serviceAccount }}
 serviceAccountName: {{ . }}
 {{- end }}
+{{- with $root.Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- range . }}
+  - name: {{ . }}
+  {{- end }}
+{{- end }}
 {{- with $role.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
