@@ -54,6 +54,12 @@ STOP_GRACE_SECONDS = 10.0
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
 FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
+# Lines every TensorFlow process prints twice at start-up, whatever TF_CPP_MIN_LOG_LEVEL says:
+# 4 per task, 20 on a laptop job's console before its first useful line. Logs keep them.
+STARTUP_BANNERS = (
+    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+    b"] oneDNN custom operations are on.",
+)
 
 
 def default_state_dir() -> Path:
@@ -381,7 +387,7 @@ class Supervisor:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()
-                if not echo:
+                if not echo or any(banner in line for banner in STARTUP_BANNERS):
                     continue
                 try:
                     with self.lock:

@@ -93,6 +93,9 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
     assert "job t: succeeded" in status and "worker-1" in status
     worker_log = cli("logs", "--name", "t", "worker", "1", check=True).stdout
     assert "worker-1 | serving" in worker_log and "[worker-0]" not in worker_log
+    # TensorFlow's start-up banners stay in the task logs, off the console.
+    assert "oneDNN custom operations" in worker_log
+    assert "oneDNN" not in result.stdout and "absl::InitializeLog" not in result.stdout
 
 
 def test_killed_worker_restarts_alone_and_the_job_completes(tmp_path, builtin_data, disttrain_home):
