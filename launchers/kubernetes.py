@@ -21,8 +21,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
+
+import yaml
 
 from disttrain.config import Config, ConfigError
 from launchers import Launcher, LauncherError
@@ -202,31 +206,47 @@ class Cluster:
         return getattr(self.client, api_class)(self.api_client), suffix
 
     def request(
-        self, what: str, method, *args, stream: bool = False, absent_ok: bool = False, **kwargs
+        self,
+        what: str,
+        method: Callable,
+        *args,
+        stream: bool = False,
+        absent_ok: bool = False,
+        **kwargs,
     ):
         """`method(*args, **kwargs)` with a timeout; a failure says `what` was asked.
 
         With `absent_ok`, an object that does not exist (404) is None instead of an error.
         """
-        from urllib3.exceptions import HTTPError
-
         kwargs["_request_timeout"] = STREAM_TIMEOUT if stream else REQUEST_TIMEOUT
         try:
-            return method(*args, **kwargs)
-        except self.client.ApiException as exc:
-            if absent_ok and exc.status == 404:
+            with self.reporting(what):
+                return method(*args, **kwargs)
+        except LauncherError as error:
+            if absent_ok and getattr(error.__cause__, "status", None) == 404:
                 return None
-            raise LauncherError(f"kubernetes API: {what}: {_api_message(exc)}") from None
-        except HTTPError as exc:  # refused, timed out, TLS: the server was not reached
+            raise
+
+    @contextmanager
+    def reporting(self, what: str) -> Iterator[None]:
+        """API and connection failures inside, as one LauncherError that says `what` failed."""
+        from urllib3.exceptions import HTTPError
+
+        try:
+            yield
+        except self.client.ApiException as exc:
+            raise LauncherError(f"kubernetes API: {what}: {_api_message(exc)}") from exc
+        except HTTPError as exc:  # refused, timed out, TLS, cut off: the server was not reached
             server = self.api_client.configuration.host
             raise LauncherError(
                 f"kubernetes API: {what}: no answer from {server} ({_cause(exc)}); "
                 "check the kubeconfig's server, the network, or --context"
-            ) from None
+            ) from exc
 
     def call(self, verb: str, kind: str, *args, absent_ok: bool = False, **kwargs):
         api, suffix = self.api(kind)
-        what = f"{verb} {kind}" + (f" {args[0]}" if args and isinstance(args[0], str) else "")
+        name = args[0] if args and isinstance(args[0], str) else _name_of(kwargs.get("body"))
+        what = f"{verb} {kind}" + (f" {name}" if name else "")
         what += f" in namespace {self.namespace}"
         method = getattr(api, f"{verb}_namespaced_{suffix}")
         return self.request(
@@ -271,13 +291,7 @@ class Cluster:
                 f"no job {name!r} in namespace {self.namespace} "
                 f"(`disttrain list -l k8s --namespace {self.namespace}` lists the jobs there)"
             )
-        failed = _failed_condition(job)
-        if failed:
-            return "failed", failed
-        for condition in job.status.conditions or []:
-            if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
-                return "succeeded", ""
-        return "running", ""
+        return _result_of(job)
 
     def status_table(self, name: str) -> str:
         """One row per task, read from its Job, so a task whose pod the Job controller
@@ -305,7 +319,7 @@ class Cluster:
         jobs = self.call("list", "Job", label_selector=selector).items
         lines = [f"{'NAME':<40} {'RESULT':<10} {'AGE':>7}"]
         for job in sorted(jobs, key=lambda j: j.metadata.name):
-            result, _ = self.job_result(job.metadata.name)
+            result, _ = _result_of(job)
             lines.append(
                 f"{job.metadata.name:<40} {result:<10} {_age(job.metadata.creation_timestamp):>7}"
             )
@@ -353,12 +367,13 @@ class Cluster:
             stream=follow,
         )
         pending = b""
-        for chunk in response.stream(4096):
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
-            sys.stdout.flush()
+        with self.reporting(f"logs of pod {pod} in namespace {self.namespace}"):
+            for chunk in response.stream(4096):  # a server restart can cut a followed log
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    sys.stdout.write(prefix + line.decode(errors="replace") + "\n")
+                sys.stdout.flush()
         if pending:
             sys.stdout.write(prefix + pending.decode(errors="replace") + "\n")
         sys.stdout.flush()
@@ -398,13 +413,7 @@ def _load_cluster_config(context: str | None) -> str:
     """Load the kubeconfig (or the in-cluster account); return its default namespace."""
     from kubernetes import config as kube_config
 
-    try:
-        kube_config.load_kube_config(_kubeconfig_path(), context=context or None)
-    except (kube_config.ConfigException, FileNotFoundError, TypeError) as exc:
-        if context:
-            raise LauncherError(
-                f"kubeconfig context {context!r} cannot be used: {exc}{_contexts_named()}"
-            ) from None
+    if not _kubeconfig_exists() and not context:
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
@@ -412,7 +421,13 @@ def _load_cluster_config(context: str | None) -> str:
                 "no Kubernetes cluster: no kubeconfig (KUBECONFIG or ~/.kube/config) "
                 "and not running inside a cluster"
             ) from None
-    return default_namespace(context)
+        return _in_cluster_namespace()
+    namespace = default_namespace(context)  # a missing context or a bad file is named here
+    try:
+        kube_config.load_kube_config(_kubeconfig_path(), context=context or None)
+    except _kubeconfig_errors() as exc:
+        raise LauncherError(f"kubeconfig {_kubeconfig_path()}: {exc}") from None
+    return namespace
 
 
 def default_namespace(context: str | None) -> str:
@@ -420,12 +435,21 @@ def default_namespace(context: str | None) -> str:
     empty), else the pod's own in a cluster, else "default". Reads files only."""
     from kubernetes import config as kube_config
 
+    if not _kubeconfig_exists():
+        if context:
+            raise LauncherError(
+                f"kubeconfig context {context!r}: there is no kubeconfig "
+                f"({_kubeconfig_path()}; KUBECONFIG sets another)"
+            )
+        return _in_cluster_namespace()
     try:
         contexts, active = kube_config.list_kube_config_contexts(_kubeconfig_path())
-    except (kube_config.ConfigException, FileNotFoundError, TypeError):
-        return _in_cluster_namespace()
+    except _kubeconfig_errors() as exc:
+        raise LauncherError(f"kubeconfig {_kubeconfig_path()} cannot be used: {exc}") from None
     if context:
-        active = next((c for c in contexts if c.get("name") == context), active)
+        active = next((c for c in contexts or [] if c.get("name") == context), None)
+        if active is None:
+            raise LauncherError(f"kubeconfig context {context!r} does not exist{_contexts_named()}")
     return ((active or {}).get("context") or {}).get("namespace") or "default"
 
 
@@ -444,14 +468,25 @@ def _kubeconfig_path() -> str:
     return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
 
 
+def _kubeconfig_exists() -> bool:
+    """Whether any file KUBECONFIG lists (or ~/.kube/config) is there."""
+    return any(os.path.exists(path) for path in _kubeconfig_path().split(os.pathsep) if path)
+
+
 def _contexts_named() -> str:
     from kubernetes import config as kube_config
 
     try:
         contexts, _ = kube_config.list_kube_config_contexts(_kubeconfig_path())
-    except (kube_config.ConfigException, FileNotFoundError, TypeError):
+    except _kubeconfig_errors():
         return ""
     return "; contexts in the kubeconfig: " + ", ".join(c["name"] for c in contexts)
+
+
+def _kubeconfig_errors() -> tuple[type[BaseException], ...]:
+    from kubernetes.config import ConfigException
+
+    return (ConfigException, OSError, TypeError, ValueError, AttributeError, yaml.YAMLError)
 
 
 def _api_message(exc) -> str:
@@ -492,6 +527,22 @@ def _task_row(task: str, job, pod) -> str:
     where = pod.metadata.name if pod is not None else "-"
     row = f"{task:<14} {phase:<10} {restarts:>8} {_age(created):>7}  {where}"
     return row + (f"  ({failed})" if failed else "")
+
+
+def _name_of(body) -> str:
+    metadata = getattr(body, "metadata", None)
+    return getattr(metadata, "name", "") or ""
+
+
+def _result_of(chief_job) -> tuple[str, str]:
+    """(running|succeeded|failed, reason) from the chief's Job conditions."""
+    failed = _failed_condition(chief_job)
+    if failed:
+        return "failed", failed
+    for condition in chief_job.status.conditions or []:
+        if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", ""
+    return "running", ""
 
 
 def _failed_condition(job) -> str | None:

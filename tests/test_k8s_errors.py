@@ -90,10 +90,32 @@ def test_a_mute_api_server_times_out_instead_of_hanging(tmp_path, mute_server):
     assert_one_line_error(result, f"no answer from {mute_server}", "timed out")
 
 
-def test_an_unknown_context_lists_the_contexts_there_are(tmp_path):
+@pytest.mark.parametrize("verb", [VERBS[0], [*VERBS[5], "--dry-run"]], ids=["status", "dry-run"])
+def test_an_unknown_context_lists_the_contexts_there_are(tmp_path, verb):
+    """Even a dry run, which contacts nothing: its namespace would be another context's."""
     env = kubeconfig_for(tmp_path / "kubeconfig", "http://127.0.0.1:1")
-    result = cli("status", "-l", "k8s", "-n", "mnist", "--context", "staging", env=env)
-    assert_one_line_error(result, "context 'staging'", "contexts in the kubeconfig: dev, prod")
+    result = cli(*verb, "--context", "staging", env=env)
+    assert_one_line_error(
+        result, "context 'staging' does not exist", "contexts in the kubeconfig: dev, prod"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("apiVersion: v1\nkind: [Config\n", "cannot be used: while parsing a flow sequence"),
+        ("apiVersion: v1\ncurrent-context: gone\ncontexts: []\n", "Expected object with name gone"),
+    ],
+    ids=["not-yaml", "no-current-context"],
+)
+def test_a_broken_kubeconfig_is_named_not_taken_for_a_missing_one(tmp_path, text, expected):
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    for verb in (VERBS[0], [*VERBS[5], "--dry-run"]):
+        result = cli(*verb, env={"KUBECONFIG": str(path)})
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert f"error: kubeconfig {path} cannot be used" in result.stderr
+        assert expected in result.stderr
 
 
 def test_a_missing_job_and_a_refused_request_say_what_the_server_said(
