@@ -343,15 +343,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _set_by(overridden: set[str], key: str) -> bool:
-    """Whether an override set `key`, itself or a section or list holding it."""
-    return bool(key) and any(key == o or key.startswith((o + ".", o + "[")) for o in overridden)
+    """Whether an override set `key`: itself, a section or list holding it, or a key inside
+    it (`--set a.b.c=1` is what makes an unknown section `a.b`)."""
+    return bool(key) and any(_within(key, o) or _within(o, key) for o in overridden)
+
+
+def _within(key: str, outer: str) -> bool:
+    """`key` is `outer` or lies inside it (a key of its section, an item of its list)."""
+    return key == outer or key.startswith((outer + ".", outer + "["))
 
 
 def config_from_dict(raw: dict) -> Config:
     """Build and validate a Config from a plain mapping (e.g. a resolved config.yaml)."""
     problems: list[ConfigError] = []
     config = _build(Config, raw, "", problems)
-    problems += _rule_problems(config)  # a value refused above kept its default: it passes
+    refused = [problem.key for problem in problems]
+    problems += [  # a rule on a value refused above would judge a stand-in, not the user's
+        problem
+        for problem in _rule_problems(config)
+        if not any(_within(key, problem.key) for key in refused)
+    ]
     if problems:
         raise ConfigError.of(problems)
     return config

@@ -125,6 +125,15 @@ def _name_problems(config: Config) -> list[ConfigError]:
 def _storage_problems(config: Config) -> list[ConfigError]:
     storage = config.launcher.k8s.storage
     share = storage.azure_file_share
+    if storage.account_name and storage.secret:  # its name would pair with the Secret's key
+        return [
+            ConfigError(
+                f"launcher.k8s.storage.account_name: got {storage.account_name!r} with the "
+                f"Secret {storage.secret!r}; accepted: empty, the Secret names the account "
+                "(account_name is for workload identity, without a Secret)",
+                "launcher.k8s.storage.account_name",
+            )
+        ]
     if storage.azure_file_claim and not share:
         return [
             ConfigError(
@@ -149,10 +158,18 @@ def _unreachable(key: str, location: str, config: Config) -> ConfigError | None:
     """Why no pod could reach `location`, or None when one can."""
     storage = config.launcher.k8s.storage
     if location.startswith(AZURE_URL_PROTOCOLS):
+        in_url = account_in_url(location)
+        if storage.account_name and in_url and in_url != storage.account_name:
+            return ConfigError(
+                f"{key}: got {location!r}, in account {in_url!r}, but "
+                f"launcher.k8s.storage.account_name is {storage.account_name!r}; accepted: "
+                "one account (the pods take the name from account_name)",
+                key,
+            )
         if storage.secret:
             return None
         if config.launcher.k8s.service_account:
-            if storage.account_name or account_in_url(location):
+            if storage.account_name or in_url:
                 return None
             return ConfigError(
                 f"{key}: got {location!r}, which names no storage account, and the pods have "
@@ -435,7 +452,6 @@ def storage_env(config: Config) -> list[dict]:
                 },
             }
             for key in SECRET_ENV
-            if not (key == ACCOUNT_ENV and storage.account_name)
         ]
     return found
 
@@ -511,7 +527,11 @@ def owned_by(obj: dict, reference: dict) -> dict:
 def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
     """The storage Secret from environment values; sent to the API, never printed."""
     data = {key: value for key, value in values.items() if key in SECRET_ENV and value}
-    account = {**_account_in(data.get("AZURE_STORAGE_CONNECTION_STRING", "")), **data}
+    # The CSI driver's name and key come from one source, never a name from one and a key
+    # from another: the variables when they hold both, else the connection string.
+    account = {key: data[key] for key in CSI_SECRET_KEYS if key in data}
+    if len(account) < len(CSI_SECRET_KEYS):
+        account = _account_in(data.get("AZURE_STORAGE_CONNECTION_STRING", "")) or account
     for env_key, csi_key in CSI_SECRET_KEYS.items():
         if account.get(env_key):
             data[csi_key] = account[env_key]
@@ -531,8 +551,9 @@ def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
 def _account_in(connection_string: str) -> dict[str, str]:
     """The account name and key inside a connection string (the CSI driver needs them
     apart); a key is base64 and may end in '='."""
-    fields = dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
-    names = {"AccountName": "AZURE_STORAGE_ACCOUNT_NAME", "AccountKey": "AZURE_STORAGE_ACCOUNT_KEY"}
+    pairs = (part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+    fields = {name.strip().lower(): value.strip() for name, value in pairs}  # Azure's: any case
+    names = {"accountname": "AZURE_STORAGE_ACCOUNT_NAME", "accountkey": "AZURE_STORAGE_ACCOUNT_KEY"}
     return {env_key: fields[field] for field, env_key in names.items() if fields.get(field)}
 
 

@@ -51,7 +51,12 @@ def test_a_bad_value_in_a_file_names_the_file_and_one_from_set_does_not(tmp_path
         load_config(path)
     assert str(error.value).startswith("data.source: got 'image-folder'")
     assert str(error.value).endswith(f"(in config file '{path}')")
-    for override in ("train.steps=abc", "train.stepz=3"):  # a bad value, an unknown key
+    for override in (
+        "train.steps=abc",  # a bad value
+        "train.stepz=3",  # an unknown key
+        "launcher.k8s.foo.bar=1",  # an unknown section, made by a deeper key
+        "launcher.k8s.chief.node_selector.pool=has space",  # a rule on the map holding it
+    ):
         with pytest.raises(ConfigError) as error:
             load_config(None, [override])
         assert "config file" not in str(error.value)
@@ -194,3 +199,10 @@ def test_values_kubernetes_accepts_are_accepted():
         ],
     )
     assert config.launcher.k8s.worker.node_selector["kubernetes.io/os"] == "linux"
+
+
+def test_a_refused_list_item_is_one_problem_not_two():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["launcher.k8s.worker.tolerations=[{key: spot, operator: Exist}]"])
+    assert str(error.value).startswith("launcher.k8s.worker.tolerations[0].operator: got 'Exist'")
+    assert "\n" not in str(error.value)

@@ -290,6 +290,7 @@ def test_no_secret_value_in_the_helm_dry_run(monkeypatch):
         (["storage.shareName=typo"], "shareName"),
         (["worker.memory=8GB"], "at '/worker/memory'"),
         (["ps.cpu=1.2.3"], "at '/ps/cpu'"),
+        (["storage.accountName=acct"], "storage.accountName: set with a Secret"),
     ],
 )
 def test_chart_schema_rejects_bad_values(values, message):
@@ -327,7 +328,7 @@ def test_the_chart_schema_and_the_config_accept_the_same_quantities():
 
     schema = json.loads((CHARTS_DIR / "distrib-tensorflow" / "values.schema.json").read_text())
     pattern = re.compile(schema["properties"]["worker"]["properties"]["memory"]["pattern"])
-    good = ["1", "500m", "0.5", ".5", "2.", "1.5Gi", "512Mi", "1e3", "4k", "1E-2"]
+    good = ["1", "500m", "0.5", ".5", "2.", "1.5Gi", "512Mi", "1e3", "4k", "1E-2", "100u", "5n"]
     bad = ["two", "8GB", "1.2.3", "-1", "1 Gi", "", "Gi", "1gi", "0x10"]
     assert [bool(pattern.search(q)) for q in good + bad] == [is_quantity(q) for q in good + bad]
     assert all(map(is_quantity, good)) and not any(map(is_quantity, bad))

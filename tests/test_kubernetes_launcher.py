@@ -474,10 +474,17 @@ def test_train_targets_the_namespace_the_other_verbs_use(tmp_path, launcher):
 
 def test_a_secret_from_a_connection_string_alone_can_mount_the_share():
     """The Azure Files CSI driver reads the account and key under its own names."""
-    connection = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={PLANTED_KEY};"
+    connection = f"DefaultEndpointsProtocol=https;accountname=acct;AccountKey={PLANTED_KEY};"
     data = storage_secret("s", "ns", {"AZURE_STORAGE_CONNECTION_STRING": connection})["stringData"]
-    assert data["azurestorageaccountname"] == "acct"
+    assert data["azurestorageaccountname"] == "acct"  # field names in any case, as Azure reads
     assert data["azurestorageaccountkey"] == PLANTED_KEY  # its trailing '=' kept
+    # A name from one source never pairs with a key from another.
+    mixed = {"AZURE_STORAGE_CONNECTION_STRING": connection, "AZURE_STORAGE_ACCOUNT_NAME": "b"}
+    data = storage_secret("s", "ns", mixed)["stringData"]
+    assert (data["azurestorageaccountname"], data["azurestorageaccountkey"]) == (
+        "acct",
+        PLANTED_KEY,
+    )
     sas_only = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "sv=x"}
     data = storage_secret("s", "ns", sas_only)["stringData"]
     assert "azurestorageaccountkey" not in data and data["azurestorageaccountname"] == "acct"
@@ -493,13 +500,28 @@ def test_workload_identity_pods_get_the_account_and_the_webhook_label():
         (container,) = template["spec"]["containers"]
         azure_env = [e for e in container["env"] if e["name"].startswith("AZURE_")]
         assert azure_env == [{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mystorage"}]
-    # The account may instead be in the URL; with a Secret too, the name is not set twice.
+    # The account may instead be in the URL.
     in_url = "run_dir=abfs://runs@acct.dfs.core.windows.net/x"
-    job_objects(k8s_config(*IDENTITY, "launcher.k8s.storage.account_name=", in_url))
-    both = k8s_config(*IDENTITY, "launcher.k8s.storage.secret=azure-storage")
-    chief = jobs_by_task(job_objects(both))[Task("chief", 0)]
-    names = [e["name"] for e in container_of(chief)["env"]]
-    assert names.count("AZURE_STORAGE_ACCOUNT_NAME") == 1 and "AZURE_STORAGE_ACCOUNT_KEY" in names
+    objs = job_objects(k8s_config(*IDENTITY, "launcher.k8s.storage.account_name=", in_url))
+    assert not [e for e in container_of(objs[-1])["env"] if e["name"].startswith("AZURE_")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["launcher.k8s.storage.secret=azure-storage"],
+            "account_name: got 'mystorage' with the Secret 'azure-storage'",
+        ),
+        (
+            ["run_dir=abfs://runs@other.dfs.core.windows.net/x"],
+            "in account 'other', but launcher.k8s.storage.account_name is 'mystorage'",
+        ),
+    ],
+)
+def test_an_account_name_that_could_pair_with_another_accounts_key_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        job_objects(k8s_config(*IDENTITY, *overrides))
 
 
 def test_every_kubernetes_problem_is_reported_at_once():

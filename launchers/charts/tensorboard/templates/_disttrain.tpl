@@ -158,21 +158,21 @@ containers:
       {{- end }}
       - name: XDG_CACHE_HOME
         value: /mnt/cache
-      {{- $account := $root.Values.storage.accountName }}
-      {{- if $account }}
+      {{- with $root.Values.storage.accountName }}
+      {{- if $secret }}
+      {{- fail "storage.accountName: set with a Secret, whose key it would pair with; leave it empty (the Secret names the account), it is for workload identity" }}
+      {{- end }}
       - name: AZURE_STORAGE_ACCOUNT_NAME
-        value: {{ $account | quote }}
+        value: {{ . | quote }}
       {{- end }}
       {{- if $secret }}
       {{- range list "AZURE_STORAGE_CONNECTION_STRING" "AZURE_STORAGE_ACCOUNT_NAME" "AZURE_STORAGE_ACCOUNT_KEY" "AZURE_STORAGE_SAS_TOKEN" }}
-      {{- if not (and $account (eq . "AZURE_STORAGE_ACCOUNT_NAME")) }}
       - name: {{ . }}
         valueFrom:
           secretKeyRef:
             name: {{ $secret }}
             key: {{ . }}
             optional: true
-      {{- end }}
       {{- end }}
       {{- end }}
     resources:
