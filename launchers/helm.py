@@ -182,10 +182,13 @@ class HelmLauncher(KubernetesLauncher):
 def _install_releases(config: Config, values_path: str) -> None:
     """Install the job's releases in order. If one fails, every release tried is uninstalled
     (a failed install is recorded too): no half-installed job, no chief training alone."""
-    k8s = config.launcher.k8s
-    target = ["--namespace", k8s.namespace] + (
-        ["--kube-context", k8s.context] if k8s.context else []
-    )
+    target = _target_of(config)
+    existing = [r for r, _ in releases(config) if _release_exists(r, target)]
+    if existing:  # the chief's Job may be gone (its TTL) while the releases stay
+        raise LauncherError(
+            f"release {existing[0]} of job {config.name!r} already exists; "
+            f"`disttrain stop -l helm -n {config.name}` first, or choose another name"
+        )
     tried = []
     try:
         for (release, _), command in zip(
@@ -194,8 +197,24 @@ def _install_releases(config: Config, values_path: str) -> None:
             tried.append(release)
             print(_run(command).strip().splitlines()[0])
     except BaseException:
-        print(f"rolling back: {_uninstall(config.name, tried, target)}", file=sys.stderr)
+        try:
+            print(f"rolling back: {_uninstall(config.name, tried, target)}", file=sys.stderr)
+        except LauncherError as rollback:  # the install's own error matters more: raised below
+            print(f"rolling back failed: {rollback}", file=sys.stderr)
         raise
+
+
+def _target_of(config: Config) -> list[str]:
+    k8s = config.launcher.k8s
+    return ["--namespace", k8s.namespace] + (["--kube-context", k8s.context] if k8s.context else [])
+
+
+def _release_exists(release: str, target: list[str]) -> bool:
+    command = [helm_binary(), "status", release, *target]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 and "not found" not in result.stderr:
+        raise LauncherError(f"helm status {release} failed: {result.stderr.strip()}")
+    return result.returncode == 0
 
 
 def _uninstall(job: str, releases_: list[str], target: list[str]) -> str:

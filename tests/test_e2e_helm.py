@@ -113,6 +113,20 @@ def test_a_release_that_fails_to_install_takes_the_ones_before_it_along(k8s):
     assert left == ["ConfigMap/half-eval-config"], left  # only what was there before
 
 
+def test_a_job_whose_chief_job_is_gone_but_releases_stay_is_not_overwritten(k8s):
+    """The chief's TTL deletes its Job only; the releases stay until `disttrain stop`."""
+    cluster, namespace, env = k8s
+    args = job_args(namespace, "kept", evaluator=False)
+    cli("train", "--launcher", "helm", *args, env=env, check=True)
+    cluster.kubectl("delete", "job", "kept", "-n", namespace)
+    result = cli("train", "--launcher", "helm", *args, env=env)
+    assert result.returncode == 1
+    assert "error: release kept of job 'kept' already exists" in result.stderr
+    assert cluster.helm("list", "-n", namespace, "-q").stdout.split() == ["kept"]
+    stopped = cli("stop", "-l", "helm", "-n", "kept", "--namespace", namespace, env=env)
+    assert "uninstalled kept" in stopped.stdout, stopped.stdout + stopped.stderr
+
+
 def sample_values(namespace: str, name: str) -> dict:
     """configs/values.override.yaml, adapted to this machine: no GPU and no labelled node
     pools (the sample asks for both), a small job, the run dir and data on the share."""
