@@ -102,14 +102,8 @@ def train(
     configs/default.yaml and disttrain/config.py; the README's "Data and models" section
     lists the data sources.
     """
-    from launchers import get_launcher
-
     try:
-        target = [f"launcher.k8s.namespace={namespace}"] if namespace else []
-        target += [f"launcher.k8s.context={context}"] if context else []
-        cfg = load_config(config, [*(set_ or []), *target])
-        options = {"namespace": namespace, "context": context}
-        backend = get_launcher(launcher or cfg.launcher.name, **options)
+        cfg, backend = _job(config, set_ or [], launcher, namespace, context)
         if dry_run:
             typer.echo(backend.dry_run(cfg))
             return
@@ -123,6 +117,17 @@ def train(
             raise
         _fail(str(exc))
     raise typer.Exit(code)
+
+
+def _job(config: str | None, overrides: list[str], launcher: str | None, namespace, context):
+    """The config (--namespace and --context are its launcher.k8s keys) and its launcher."""
+    from launchers import get_launcher
+
+    target = [f"launcher.k8s.namespace={namespace}"] if namespace else []
+    target += [f"launcher.k8s.context={context}"] if context else []
+    cfg = load_config(config, [*overrides, *target])
+    options = {"namespace": namespace, "context": context}
+    return cfg, get_launcher(launcher or cfg.launcher.name, **options)
 
 
 @app.command()

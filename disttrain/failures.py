@@ -36,7 +36,8 @@ def unrecoverable_cause(exc: BaseException) -> Unrecoverable | None:
         )
     if PORT_TAKEN_MESSAGE in str(exc):
         return Unrecoverable(
-            f"could not listen on {_own_address()}: another process holds the port"
+            f"could not listen on the port of {_own_address()} (on every address, as "
+            "TensorFlow binds): another process holds the port"
         )
     return None
 

@@ -82,4 +82,7 @@ def test_a_server_whose_port_is_taken_stops_as_unrecoverable_and_names_the_addre
         )
     assert result.returncode == 4, result.stderr[-2000:]
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line == f"error: could not listen on 127.0.0.1:{ps}: another process holds the port"
+    assert last_line == (
+        f"error: could not listen on the port of 127.0.0.1:{ps} (on every address, as "
+        "TensorFlow binds): another process holds the port"
+    )
