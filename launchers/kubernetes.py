@@ -11,6 +11,11 @@ Before anything is sent, `submit` probes an az:// or abfs:// run dir with this m
 credentials when it has some (`launchers.prepare.check_cluster_run_dir`): a wrong key fails
 the submit with the URL and the cause instead of crashing the chief in the cluster.
 
+The namespace is kubectl's: `--namespace` or launcher.k8s.namespace, else the kubeconfig
+context's, else "default", for `train` (and its dry run) as for every other verb. Every
+request has a timeout; a server that cannot be reached or refuses a request is one
+LauncherError naming the request and the server's own message.
+
 The `kubernetes` package is imported only when the cluster is contacted: this module
 imports without it, and `disttrain --help` never loads it.
 """
