@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 # The public layout of a run directory (see DESIGN.md, "The run directory").
 CONFIG_FILE = "config.yaml"
+CLASS_NAMES_FILE = "class_names.json"  # the classes a run trains on, in label order
 DONE_FILE = "DONE"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "checkpoints/LATEST"

@@ -9,6 +9,7 @@ and only the chief publishes; alone, it is a plain single-process loop.
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections import deque
@@ -40,7 +41,7 @@ from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.steps import make_optimizer, make_train_chunk
-from disttrain.storage import CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
+from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
 
@@ -76,11 +77,13 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
+        require_same_classes(run_dir, split.class_names)
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
         if is_chief:  # the run's record, whichever launcher (or none) started it; written
             # only once the run dir's checkpoint fits this config, so a failed resume with
             # another model or other classes leaves the run's own config.yaml in place
             run_dir.write_text(CONFIG_FILE, dump_config(config))
+            run_dir.write_text(CLASS_NAMES_FILE, json.dumps(list(split.class_names)))
         crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
         chunk = make_train_chunk(
             strategy, model, optimizer, config.train.jit_compile, crop_min_area=crop_in_step
@@ -90,6 +93,20 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         loop.run(start)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def require_same_classes(run_dir: RunDir, class_names: list[str]) -> None:
+    """A run continues on the classes it started with, in the same order: as many other
+    classes would restore without an error, and train every label on the wrong images."""
+    if not run_dir.exists(CLASS_NAMES_FILE):  # a new run (or one from before the record)
+        return
+    started_with = json.loads(run_dir.read_text(CLASS_NAMES_FILE))
+    if started_with != list(class_names):
+        raise Unrecoverable(
+            f"run dir {run_dir.url} trains on the classes {', '.join(started_with)}; this "
+            f"config's data has {', '.join(class_names)}. A run continues only with the "
+            "classes it started with; start another run_dir otherwise"
+        )
 
 
 def restore_latest(

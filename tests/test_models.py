@@ -35,15 +35,17 @@ def test_alexnet_at_224_is_the_2017_samples_size():
     assert 71e6 < model.count_params() < 72e6
 
 
-def tiny_folder(builtin: Path, root: Path, per_class: int = 12) -> Path:
+def tiny_folder(
+    builtin: Path, root: Path, per_class: int = 12, classes: tuple[str, str] = ("circle", "square")
+) -> Path:
     """Two classes of the built-in dataset plus one corrupt JPEG in the training split."""
     for split in ("train", "test"):
-        for name in ("circle", "square"):
+        for name in classes:
             (root / split / name).mkdir(parents=True)
             for path in sorted((builtin / split / name).glob("*.jpg"))[:per_class]:
                 shutil.copy(path, root / split / name / path.name)
-    corrupt = root / "train" / "square" / "corrupt.jpg"
-    corrupt.write_bytes((root / "train" / "square" / "00000.jpg").read_bytes()[:300])
+    corrupt = root / "train" / classes[1] / "corrupt.jpg"
+    corrupt.write_bytes((root / "train" / classes[1] / "00000.jpg").read_bytes()[:300])
     return root
 
 
@@ -133,11 +135,27 @@ def test_resuming_a_run_with_other_classes_fails_once_and_keeps_the_runs_config(
     again = job_args(run_dir, two_classes, "train.steps=20", "cluster.max_restarts=2")
     result = cli("train", *again)
     assert result.returncode != 0
-    assert f"job failed: chief-0 stopped: run dir {run_dir} holds ckpt-10 of a different model" in (
-        result.stdout
-    ), result.stdout[-3000:]
+    assert (
+        f"job failed: chief-0 stopped: run dir {run_dir} trains on the classes circle, cross, "
+        "ring, square, stripes, triangle; this config's data has circle, square."
+    ) in result.stdout, result.stdout[-3000:]
     assert "restarting" not in result.stdout
     assert (run_dir / "config.yaml").read_text() == stored  # the run can still be evaluated
+
+
+@pytest.mark.integration
+def test_resuming_with_as_many_other_classes_fails_too(tmp_path, builtin_data, disttrain_home):
+    """Their checkpoint restores without an error: only the recorded names tell them apart."""
+    run_dir = tmp_path / "run"
+    first = tiny_folder(builtin_data, tmp_path / "first")
+    cli("train", *job_args(run_dir, first, "train.steps=4", "checkpoint.every_steps=4"), check=True)
+    other = tiny_folder(builtin_data, tmp_path / "other", classes=("ring", "cross"))
+    result = cli("train", *job_args(run_dir, other, "train.steps=8"))
+    assert result.returncode != 0
+    assert "trains on the classes circle, square; this config's data has cross, ring" in (
+        result.stdout
+    ), result.stdout[-3000:]
+    assert json.loads((run_dir / "checkpoints" / "LATEST").read_text())["step"] == 4
 
 
 @pytest.mark.integration
