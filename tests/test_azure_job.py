@@ -36,6 +36,7 @@ def test_job_on_azurite_publishes_everything_and_eval_and_resume_read_it_back(
     names = {b[len(prefix) :] for b in blobs if b.startswith(prefix)}
     for expected in (
         "config.yaml",
+        "class_names.json",
         "DONE",
         "checkpoints/LATEST",
         "checkpoints/ckpt-100/MANIFEST.json",
