@@ -119,7 +119,13 @@ def train(
     raise typer.Exit(code)
 
 
-def _job(config: str | None, overrides: list[str], launcher: str | None, namespace, context):
+def _job(
+    config: str | None,
+    overrides: list[str],
+    launcher: str | None,
+    namespace: str | None,
+    context: str | None,
+):
     """The config (--namespace and --context are its launcher.k8s keys) and its launcher."""
     from launchers import get_launcher
 

@@ -26,8 +26,10 @@ import yaml
 
 from disttrain.config import Config, ConfigError, K8sRoleConfig, config_to_dict
 from launchers import LauncherError
-from launchers.k8s_objects import check_k8s_config, user_tolerations
-from launchers.kubernetes import KubernetesLauncher, with_namespace
+from launchers.k8s_checks import check_k8s_config
+from launchers.k8s_objects import user_tolerations
+from launchers.kubeconfig import with_namespace
+from launchers.kubernetes import KubernetesLauncher
 from launchers.prepare import check_cluster_run_dir
 
 CHARTS_DIR = Path(__file__).resolve().parent / "charts"

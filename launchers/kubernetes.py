@@ -11,10 +11,10 @@ Before anything is sent, `submit` probes an az:// or abfs:// run dir with this m
 credentials when it has some (`launchers.prepare.check_cluster_run_dir`): a wrong key fails
 the submit with the URL and the cause instead of crashing the chief in the cluster.
 
-The namespace is kubectl's: `--namespace` or launcher.k8s.namespace, else the kubeconfig
-context's, else "default", for `train` (and its dry run) as for every other verb. Every
-request has a timeout; a server that cannot be reached or refuses a request is one
-LauncherError naming the request and the server's own message.
+The cluster and namespace are kubectl's, for `train` (and its dry run) as for every other
+verb (launchers/kubeconfig.py). Every request has a timeout; a server that cannot be
+reached or refuses a request is one LauncherError naming the request and the server's own
+message.
 
 The `kubernetes` package is imported only when the cluster is contacted: this module
 imports without it, and `disttrain --help` never loads it.
@@ -23,15 +23,11 @@ imports without it, and `disttrain --help` never loads it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from datetime import datetime, timezone
-
-import yaml
 
 from disttrain.config import Config, ConfigError
 from launchers import Launcher, LauncherError
@@ -47,6 +43,7 @@ from launchers.k8s_objects import (
     storage_secret,
     to_yaml,
 )
+from launchers.kubeconfig import load_cluster_config, with_namespace
 from launchers.pod_security import restricted_violations
 from launchers.prepare import check_cluster_run_dir
 
@@ -196,7 +193,7 @@ class Cluster:
     def __init__(self, context: str | None, namespace: str | None):
         from kubernetes import client
 
-        default_namespace = _load_cluster_config(context)
+        default_namespace = load_cluster_config(context)
         self.namespace = namespace or default_namespace
         self.client = client
         configuration = client.Configuration.get_default_copy()
@@ -414,86 +411,6 @@ class Cluster:
         return f"job {name}: deleted {', '.join(deleted)} (their pods follow)"
 
 
-def _load_cluster_config(context: str | None) -> str:
-    """Load the kubeconfig (or the in-cluster account); return its default namespace."""
-    from kubernetes import config as kube_config
-
-    if not _kubeconfig_exists() and not context:
-        try:
-            kube_config.load_incluster_config()
-        except kube_config.ConfigException:
-            raise LauncherError(
-                "no Kubernetes cluster: no kubeconfig (KUBECONFIG or ~/.kube/config) "
-                "and not running inside a cluster"
-            ) from None
-        return _in_cluster_namespace()
-    namespace = default_namespace(context)  # a missing context or a bad file is named here
-    try:
-        kube_config.load_kube_config(_kubeconfig_path(), context=context or None)
-    except _kubeconfig_errors() as exc:
-        raise LauncherError(f"kubeconfig {_kubeconfig_path()}: {exc}") from None
-    return namespace
-
-
-def default_namespace(context: str | None) -> str:
-    """kubectl's default: the context's namespace (the current context's when `context` is
-    empty), else the pod's own in a cluster, else "default". Reads files only."""
-    from kubernetes import config as kube_config
-
-    if not _kubeconfig_exists():
-        if context:
-            raise LauncherError(
-                f"kubeconfig context {context!r}: there is no kubeconfig "
-                f"({_kubeconfig_path()}; KUBECONFIG sets another)"
-            )
-        return _in_cluster_namespace()
-    try:
-        contexts, active = kube_config.list_kube_config_contexts(_kubeconfig_path())
-    except _kubeconfig_errors() as exc:
-        raise LauncherError(f"kubeconfig {_kubeconfig_path()} cannot be used: {exc}") from None
-    if context:
-        active = next((c for c in contexts or [] if c.get("name") == context), None)
-        if active is None:
-            raise LauncherError(f"kubeconfig context {context!r} does not exist{_contexts_named()}")
-    return ((active or {}).get("context") or {}).get("namespace") or "default"
-
-
-def with_namespace(config: Config, context: str | None) -> Config:
-    """`config` with launcher.k8s.namespace filled in when it is empty (kubectl's default)."""
-    k8s = config.launcher.k8s
-    if k8s.namespace:
-        return config
-    namespace = default_namespace(k8s.context or context)
-    launcher = replace(config.launcher, k8s=replace(k8s, namespace=namespace))
-    return replace(config, launcher=launcher)
-
-
-def _kubeconfig_path() -> str:
-    """KUBECONFIG as it is now (the client reads it once, when it is first imported)."""
-    return os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-
-
-def _kubeconfig_exists() -> bool:
-    """Whether any file KUBECONFIG lists (or ~/.kube/config) is there."""
-    return any(os.path.exists(path) for path in _kubeconfig_path().split(os.pathsep) if path)
-
-
-def _contexts_named() -> str:
-    from kubernetes import config as kube_config
-
-    try:
-        contexts, _ = kube_config.list_kube_config_contexts(_kubeconfig_path())
-    except _kubeconfig_errors():
-        return ""
-    return "; contexts in the kubeconfig: " + ", ".join(c["name"] for c in contexts)
-
-
-def _kubeconfig_errors() -> tuple[type[BaseException], ...]:
-    from kubernetes.config import ConfigException
-
-    return (ConfigException, OSError, TypeError, ValueError, AttributeError, yaml.YAMLError)
-
-
 def _api_message(exc) -> str:
     """`403 Forbidden: <the server's own message>`: it names the field or permission."""
     try:
@@ -573,8 +490,3 @@ def _age(created: datetime | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _in_cluster_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    return open(path).read().strip() if os.path.exists(path) else "default"

@@ -28,7 +28,8 @@ from launchers.k8s_objects import (
     storage_secret,
     to_yaml,
 )
-from launchers.kubernetes import KubernetesLauncher, dry_run_yaml, with_namespace
+from launchers.kubeconfig import with_namespace
+from launchers.kubernetes import KubernetesLauncher, dry_run_yaml
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
