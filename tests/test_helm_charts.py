@@ -291,6 +291,17 @@ def test_no_secret_value_in_the_helm_dry_run(monkeypatch):
         (["worker.memory=8GB"], "at '/worker/memory'"),
         (["ps.cpu=1.2.3"], "at '/ps/cpu'"),
         (["storage.accountName=acct"], "storage.accountName: set with a Secret"),
+        # Where no pod could reach the run dir, as the launcher's own checks refuse it.
+        (["runDir=/azure/other/x"], "runDir /azure/other/x: no pod can reach it"),
+        (["storage.azureFileShare=", "runDir=/azure/tfshare/x"], "no pod can reach it"),
+        (
+            ["storage.secret=", "storage.azureFileShare=", "runDir=az://c/x"],
+            "runDir az://c/x: the pods have no Azure credentials",
+        ),
+        (
+            ["storage.secret=", "storage.azureFileShare=", "runDir=az://c/x", "serviceAccount=sa"],
+            "runDir az://c/x names no storage account",
+        ),
     ],
 )
 def test_chart_schema_rejects_bad_values(values, message):

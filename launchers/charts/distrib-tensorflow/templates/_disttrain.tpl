@@ -12,8 +12,22 @@ Every object name starts with it. */}}
 {{- .Values.name | default (trimSuffix $suffix .Release.Name) | trunc 40 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The run dir, refused where no pod could reach it (launchers/k8s_checks.py, in short). */}}
 {{- define "disttrain.runDir" -}}
-{{- required "runDir (or the 2017 sample's traindir) is required: /azure/<share>/... or az://..." (.Values.runDir | default .Values.traindir) -}}
+{{- $runDir := required "runDir (or the 2017 sample's traindir) is required: /azure/<share>/... or az://..." (.Values.runDir | default .Values.traindir) -}}
+{{- $share := include "disttrain.share" . -}}
+{{- if hasPrefix "/" $runDir -}}
+{{- if not (and $share (hasPrefix (printf "/azure/%s/" $share) $runDir)) -}}
+{{- fail (printf "runDir %s: no pod can reach it; accepted: a path under the mounted share, /azure/%s/ (storage.azureFileShare), or an az:// URL" $runDir ($share | default "<share>")) -}}
+{{- end -}}
+{{- else if not (include "disttrain.secretName" .) -}}
+{{- if not .Values.serviceAccount -}}
+{{- fail (printf "runDir %s: the pods have no Azure credentials; accepted: storage.secret (disttrain secret create) or serviceAccount (workload identity)" $runDir) -}}
+{{- else if not (or .Values.storage.accountName (regexMatch "^[a-z]+://[^/@]+@[^./]+\\.(dfs|blob)\\." $runDir)) -}}
+{{- fail (printf "runDir %s names no storage account, and the pods have no Secret to take it from; accepted: storage.accountName, or abfs://<container>@<account>.dfs.core.windows.net/..." $runDir) -}}
+{{- end -}}
+{{- end -}}
+{{- $runDir -}}
 {{- end -}}
 
 {{/* An Azure Files share: storage.azureFileShare, or the 2017 sample's storage.sharename. */}}
