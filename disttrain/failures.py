@@ -11,6 +11,8 @@ import json
 import os
 import re
 
+from disttrain.cluster import task_from_tf_config
+
 EXIT_UNRECOVERABLE = 4
 
 # The assertion message of the input pipeline's `data.on_bad_file: fail` check.
@@ -45,7 +47,7 @@ def unrecoverable_cause(exc: BaseException) -> Unrecoverable | None:
 def _own_address() -> str:
     try:
         tf_config = json.loads(os.environ["TF_CONFIG"])
-        task = tf_config["task"]
-        return tf_config["cluster"][task["type"]][task["index"]]
+        task = task_from_tf_config(tf_config)
+        return tf_config["cluster"][task.role][task.index]
     except (KeyError, IndexError, TypeError, ValueError):
         return "its TF_CONFIG address"

@@ -13,6 +13,8 @@ import re
 # "500m", "2", "1.5Gi", "1e3": a number and an optional SI, binary or exponent suffix. No
 # sign: a request or a size limit is never negative.
 _QUANTITY = re.compile(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?")
+_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # RFC 1035
+_RFC1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
@@ -29,6 +31,16 @@ TOLERATIONS_ACCEPTED = (
 
 def is_quantity(text: str) -> bool:
     return bool(_QUANTITY.fullmatch(text))
+
+
+def is_service_name(name: str) -> bool:
+    """A Service's name (the job's, which names its headless Service): an RFC 1035 label."""
+    return len(name) <= 63 and bool(_DNS_LABEL.fullmatch(name))
+
+
+def is_namespace(name: str) -> bool:
+    """An RFC 1123 label: unlike a Service's name, it may start with a digit."""
+    return len(name) <= 63 and bool(_RFC1123_LABEL.fullmatch(name))
 
 
 def are_object_names(names: list[str]) -> bool:

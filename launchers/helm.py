@@ -177,14 +177,13 @@ class HelmLauncher(KubernetesLauncher):
         return _uninstall(name, [name, f"{name}-eval", f"{name}-tensorboard"], self._target())
 
     def _target(self) -> list[str]:
-        found = ["--namespace", self.namespace] if self.namespace else []
-        return found + (["--kube-context", self.context] if self.context else [])
+        return helm_target(self.namespace, self.context)
 
 
 def _install_releases(config: Config, values_path: str) -> None:
     """Install the job's releases in order. If one fails, every release tried is uninstalled
     (a failed install is recorded too): no half-installed job, no chief training alone."""
-    target = _target_of(config)
+    target = helm_target(config.launcher.k8s.namespace, config.launcher.k8s.context)
     existing = [r for r, _ in releases(config) if _release_exists(r, target)]
     if existing:  # the chief's Job may be gone (its TTL) while the releases stay
         raise LauncherError(
@@ -206,9 +205,10 @@ def _install_releases(config: Config, values_path: str) -> None:
         raise
 
 
-def _target_of(config: Config) -> list[str]:
-    k8s = config.launcher.k8s
-    return ["--namespace", k8s.namespace] + (["--kube-context", k8s.context] if k8s.context else [])
+def helm_target(namespace: str | None, context: str | None) -> list[str]:
+    """helm's flags for a namespace and kubeconfig context; none given, helm's defaults."""
+    found = ["--namespace", namespace] if namespace else []
+    return found + (["--kube-context", context] if context else [])
 
 
 def _release_exists(release: str, target: list[str]) -> bool:

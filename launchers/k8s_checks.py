@@ -8,15 +8,12 @@ another account's key. Every problem at once, like the config's own checks.
 
 from __future__ import annotations
 
-import re
-
+from disttrain import kube_syntax
 from disttrain.config import Config, ConfigError
 from disttrain.storage import account_in_url
 
 AZURE_ROOT = "/azure"  # where pods mount the share: /azure/<share>
 AZURE_URL_PROTOCOLS = ("az://", "abfs://", "abfss://")
-_DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")  # RFC 1035: a Service's name
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # RFC 1123
 
 
 def check_k8s_config(config: Config) -> None:
@@ -38,7 +35,7 @@ def check_k8s_config(config: Config) -> None:
 def _name_problems(config: Config) -> list[ConfigError]:
     namespace = config.launcher.k8s.namespace
     problems = []
-    if not _DNS_LABEL.fullmatch(config.name):
+    if not kube_syntax.is_service_name(config.name):
         problems.append(
             ConfigError(
                 f"name: got {config.name!r}; accepted on Kubernetes: lower-case letters, "
@@ -46,7 +43,7 @@ def _name_problems(config: Config) -> list[ConfigError]:
                 "name",
             )
         )
-    if not _NAMESPACE.fullmatch(namespace) or len(namespace) > 63:
+    if not kube_syntax.is_namespace(namespace):
         problems.append(
             ConfigError(
                 f"launcher.k8s.namespace: got {namespace!r}; accepted: a DNS label (lower-case "

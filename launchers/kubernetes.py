@@ -72,6 +72,7 @@ def warn_unrestricted(objects: list[dict]) -> None:
 
 def dry_run_yaml(config: Config) -> str:
     objects = job_objects(config)
+    warn_unrestricted(objects)
     header = (
         f"# job {config.name} in namespace {config.launcher.k8s.namespace}: "
         f"{len(objects)} objects. `disttrain train --launcher k8s` sends exactly these and adds\n"
@@ -91,10 +92,7 @@ class KubernetesLauncher(Launcher):
     # ------------------------------------------------------------ submit and wait
 
     def dry_run(self, config: Config) -> str:
-        config = with_namespace(config, self.context)
-        text = dry_run_yaml(config)
-        warn_unrestricted(job_objects(config))
-        return text
+        return dry_run_yaml(with_namespace(config, self.context))
 
     def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
         config = with_namespace(config, self.context)
