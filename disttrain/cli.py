@@ -104,10 +104,13 @@ def train(
     """
     try:
         cfg, backend = _job(config, set_ or [], launcher, namespace, context)
+        plan = backend.plan(cfg)
+        for warning in plan.warnings:
+            typer.echo(f"WARNING: {warning}", err=True)
         if dry_run:
-            typer.echo(backend.dry_run(cfg))
+            typer.echo(plan.render())
             return
-        code = backend.submit(cfg, wait=wait, follow=follow)
+        code = backend.submit(plan, wait=wait, follow=follow)
     except ConfigError as exc:
         _fail(str(exc))
     except Exception as exc:  # a run dir that cannot be opened: its message is redacted
@@ -126,14 +129,11 @@ def _job(
     namespace: str | None,
     context: str | None,
 ):
-    """The config (--namespace and --context are its launcher.k8s keys) and its launcher."""
-    from launchers import get_launcher
+    """The config and its launcher, which validated its own `launcher.<section>` and took
+    the flags it declares (--namespace, --context: launcher.k8s keys)."""
+    from launchers import load_job
 
-    target = [f"launcher.k8s.namespace={namespace}"] if namespace else []
-    target += [f"launcher.k8s.context={context}"] if context else []
-    cfg = load_config(config, [*overrides, *target])
-    options = {"namespace": namespace, "context": context}
-    return cfg, get_launcher(launcher or cfg.launcher.name, **options)
+    return load_job(config, overrides, launcher, {"namespace": namespace, "context": context})
 
 
 @app.command()
@@ -370,11 +370,11 @@ def data_convert(
         _fail(str(exc))
 
 
-def _launcher(name: str, **options: str | None):
+def _launcher(name: str, **flags: str | None):
     from launchers import get_launcher
 
     try:
-        return get_launcher(name, **options)
+        return get_launcher(name, flags)
     except ConfigError as exc:
         _fail(str(exc))
 

@@ -9,16 +9,14 @@ TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-
-from disttrain import kube_syntax
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -133,110 +131,11 @@ class ClusterConfig:
     max_restarts: int = 3
 
 
-@dataclass
-class LocalLauncherConfig:
-    # Each job's state and logs live under $DISTTRAIN_HOME/local/<name> (~/.disttrain).
-    host: str = "127.0.0.1"
-
-
-WORKER_IMAGE = "disttrain/worker:0.1.0"  # GPU TensorFlow + the whole trainer
-PS_IMAGE = "disttrain/ps:0.1.0"  # CPU-only TensorFlow, no data tooling: smaller
-
-
-@dataclass
-class K8sToleration:
-    key: str = ""
-    operator: Literal["Equal", "Exists"] = "Equal"
-    value: str = ""
-    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
-
-
-@dataclass
-class K8sRoleConfig:
-    """How the pods of one role run (the 2017 sample used nodeSelector `jobrole: ps|worker`)."""
-
-    image: str = WORKER_IMAGE
-    cpu: str = "1"  # requested; Kubernetes quantities ("500m", "2")
-    memory: str = "2Gi"  # requested and the limit
-    gpus: int = 0  # nvidia.com/gpu; > 0 also tolerates the nvidia.com/gpu taint
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[K8sToleration] = field(default_factory=list)
-
-
-@dataclass
-class K8sPsConfig(K8sRoleConfig):
-    image: str = PS_IMAGE
-
-
-@dataclass
-class K8sBoardConfig(K8sRoleConfig):
-    enabled: bool = False
-    image: str = PS_IMAGE  # TensorBoard needs no GPU and no data tooling
-    memory: str = "1Gi"
-
-
-@dataclass
-class K8sStorageConfig:
-    # Secret holding AZURE_STORAGE_* keys (`disttrain secret create` makes it from the local
-    # environment); pods get the values by reference, never through a manifest.
-    secret: str = ""
-    # The storage account of an az:// location, as AZURE_STORAGE_ACCOUNT_NAME in the pods:
-    # needed when they authenticate with workload identity (service_account) and no Secret.
-    account_name: str = ""
-    # Azure Files share mounted at /azure/<share> (file.csi.azure.com, inline with `secret`,
-    # or through an existing PersistentVolumeClaim when azure_file_claim is set).
-    azure_file_share: str = ""
-    azure_file_claim: str = ""
-    # Scratch at /mnt for staging data: an emptyDir (optional size limit), or a folder of the
-    # node (the sample's ephemeral SSD) when host_path is set; hostPath breaks the
-    # "restricted" Pod Security Standard, so it is opt-in.
-    scratch_size_limit: str = ""
-    scratch_host_path: str = ""
-
-
-@dataclass
-class K8sLauncherConfig:
-    # Empty: as kubectl does, the kubeconfig context's namespace, else "default".
-    namespace: str = ""
-    context: str = ""  # kubeconfig context; empty: the current one (or in-cluster)
-    service_account: str = ""
-    # Secrets of type kubernetes.io/dockerconfigjson for a private registry (none is needed
-    # for an ACR attached to the AKS cluster).
-    image_pull_secrets: list[str] = field(default_factory=list)
-    port: int = 2222
-    chief: K8sRoleConfig = field(default_factory=K8sRoleConfig)
-    worker: K8sRoleConfig = field(default_factory=K8sRoleConfig)
-    # A section given in YAML is built from its class defaults: the ps default lives there.
-    ps: K8sPsConfig = field(default_factory=K8sPsConfig)
-    evaluator: K8sRoleConfig = field(default_factory=K8sRoleConfig)
-    tensorboard: K8sBoardConfig = field(default_factory=K8sBoardConfig)
-    storage: K8sStorageConfig = field(default_factory=K8sStorageConfig)
-    active_deadline_seconds: int = 0  # 0: no deadline
-    ttl_seconds_after_finished: int = -1  # -1: keep the finished job's objects
-
-
-@dataclass
-class LauncherConfig:
-    name: str = "local"
-    local: LocalLauncherConfig = field(default_factory=LocalLauncherConfig)
-    k8s: K8sLauncherConfig = field(default_factory=K8sLauncherConfig)
-
-
-@dataclass
-class Config:
-    name: str = "default"
-    run_dir: str = "runs/default"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    launcher: LauncherConfig = field(default_factory=LauncherConfig)
-
+# A rule of a section: (accepts the value?, what is accepted); see `rule_problems`.
+Rule = tuple[Callable[[Any], bool], str]
 
 # Ranges checked after loading: key path -> (predicate, what is accepted).
-_RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+CONFIG_RULES: dict[str, Rule] = {
     "name": (
         lambda v: v.replace("-", "").isalnum() and v[:1].isalpha() and len(v) <= 40,
         "letters, digits and '-', starting with a letter, at most 40 characters",
@@ -266,56 +165,84 @@ _RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "cluster.peer_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.chief_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.max_restarts": (lambda v: v >= 0, "an integer >= 0"),
-    "launcher.k8s.port": (lambda v: 1 <= v <= 65535, "a port from 1 to 65535"),
-    "launcher.k8s.active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
-    "launcher.k8s.ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
 }
-_RULES["launcher.k8s.image_pull_secrets"] = (
-    kube_syntax.are_object_names,
-    "Secret names (lower-case letters, digits, '-' and '.')",
-)
-_RULES["launcher.k8s.storage.account_name"] = (
-    lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
-    "an Azure storage account name: 3 to 24 lower-case letters and digits",
-)
-_RULES["launcher.k8s.storage.scratch_size_limit"] = (
-    lambda v: v == "" or kube_syntax.is_quantity(v),
-    f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",
-)
-for _role in ("chief", "worker", "ps", "evaluator", "tensorboard"):
-    _RULES[f"launcher.k8s.{_role}.gpus"] = (lambda v: v >= 0, "an integer >= 0")
-    for _resource in ("cpu", "memory"):
-        _RULES[f"launcher.k8s.{_role}.{_resource}"] = (
-            kube_syntax.is_quantity,
-            kube_syntax.QUANTITY_ACCEPTED,
-        )
-    _RULES[f"launcher.k8s.{_role}.node_selector"] = (
-        kube_syntax.are_labels,
-        kube_syntax.LABELS_ACCEPTED,
-    )
-    _RULES[f"launcher.k8s.{_role}.tolerations"] = (
-        kube_syntax.are_tolerations,
-        kube_syntax.TOLERATIONS_ACCEPTED,
-    )
-    _RULES[f"launcher.k8s.{_role}.image"] = (
-        lambda v: _is_pinned_image(v),
-        "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
-    )
 
 
-def _is_pinned_image(image: str) -> bool:
-    """`repo[:port]/name:tag` or `...@sha256:<hex>`: never an implicit `latest`."""
-    name, _, digest = image.partition("@")
-    if digest:
-        return bool(re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) and bool(name.strip())
-    last = name.rsplit("/", 1)[-1]
-    repo, _, tag = last.partition(":")
-    return bool(repo) and bool(re.fullmatch(r"\w[\w.-]{0,127}", tag)) and " " not in name
+@dataclass
+class Config:
+    name: str = "default"
+    run_dir: str = "runs/default"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    RULES: ClassVar[dict[str, Rule]] = CONFIG_RULES
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """What no single key's rule can see: the shape, and secrets inside URLs."""
+        problems = _query_string_problems(self)
+        if self.cluster.ps > 0 and self.cluster.workers == 0:
+            problems.append(
+                ConfigError(
+                    f"cluster.workers: got 0 with cluster.ps = {self.cluster.ps}; accepted: at "
+                    "least 1 worker when there are parameter servers (or ps: 0 to train on "
+                    "the chief)",
+                    "cluster.workers",
+                )
+            )
+        return problems
+
+
+# Where the launchers' settings live in a config file. The trainer never reads them: the
+# launchers declare their sections (launchers/), and the tasks' config.yaml holds none.
+LAUNCHER_KEY = "launcher"
+
+
+@dataclass
+class LauncherChoice:
+    """The `launcher:` section: which launcher runs the job, and the validated options of
+    every section the installed launchers declare (their defaults where the file is silent)."""
+
+    name: str = "local"
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load `path` (default: configs/default.yaml), apply `key.path=value` overrides, validate."""
+    """The trainer's part of `path` (default: the packaged default.yaml) with `key.path=value`
+    overrides applied, validated. A `launcher:` section is left to the launchers."""
+    return load_job_config(path, overrides, None)[0]
+
+
+def load_job_config(
+    path: str | Path | None,
+    overrides: list[str] | None,
+    launcher_sections: Mapping[str, type] | None,
+) -> tuple[Config, LauncherChoice]:
+    """The config and its `launcher:` section, each section validated by the class its
+    launcher declared (`launcher_sections`: section name -> options dataclass; None: the
+    section is not read). Every problem at once, each naming the file unless --set gave it."""
     path = Path(path) if path else DEFAULT_CONFIG
+    raw = _read_config_file(path)
+    for override in overrides or []:
+        _apply_override(raw, override)
+    overridden = {o.split("=", 1)[0].strip() for o in overrides or []}
+    try:
+        return job_config_from_dict(raw, launcher_sections)
+    except ConfigError as error:  # name the file for each bad value that came from it
+        raise ConfigError.of(
+            [
+                problem
+                if _set_by(overridden, problem.key)
+                else ConfigError(f"{problem} (in config file {str(path)!r})", problem.key)
+                for problem in error.problems
+            ]
+        ) from None
+
+
+def _read_config_file(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -326,20 +253,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(
             f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}"
         )
-    for override in overrides or []:
-        _apply_override(raw, override)
-    overridden = {o.split("=", 1)[0].strip() for o in overrides or []}
-    try:
-        return config_from_dict(raw)
-    except ConfigError as error:  # name the file for each bad value that came from it
-        raise ConfigError.of(
-            [
-                problem
-                if _set_by(overridden, problem.key)
-                else ConfigError(f"{problem} (in config file {str(path)!r})", problem.key)
-                for problem in error.problems
-            ]
-        ) from None
+    return raw
 
 
 def _set_by(overridden: set[str], key: str) -> bool:
@@ -354,18 +268,72 @@ def _within(key: str, outer: str) -> bool:
 
 
 def config_from_dict(raw: dict) -> Config:
-    """Build and validate a Config from a plain mapping (e.g. a resolved config.yaml)."""
+    """Build and validate a Config from a plain mapping (e.g. a resolved config.yaml); a
+    `launcher:` section, which older run dirs hold, is not the trainer's to read."""
+    return job_config_from_dict(raw, None)[0]
+
+
+def job_config_from_dict(
+    raw: dict, launcher_sections: Mapping[str, type] | None
+) -> tuple[Config, LauncherChoice]:
+    """`config_from_dict`, plus the launcher section validated as `load_job_config` does."""
     problems: list[ConfigError] = []
-    config = _build(Config, raw, "", problems)
-    refused = [problem.key for problem in problems]
-    problems += [  # a rule on a value refused above would judge a stand-in, not the user's
-        problem
-        for problem in _rule_problems(config)
-        if not any(_within(key, problem.key) for key in refused)
-    ]
+    raw = dict(raw)
+    launcher_raw = raw.pop(LAUNCHER_KEY, None)
+    config = build_section(Config, raw, "", problems)
+    launcher = LauncherChoice()
+    if launcher_sections is not None:
+        launcher = _build_launcher(launcher_raw, launcher_sections, problems)
     if problems:
         raise ConfigError.of(problems)
-    return config
+    return config, launcher
+
+
+def build_section(cls: type, raw: Any, prefix: str, problems: list[ConfigError]) -> Any:
+    """A section dataclass from `raw`, then its `RULES` (and those of the sections inside
+    it) checked. Each bad key or value goes to `problems` and keeps its default; a rule on
+    a value already refused is skipped: it would judge the stand-in, not the user's value."""
+    found: list[ConfigError] = []
+    section = _build(cls, raw, prefix, found)
+    refused = [problem.key for problem in found]
+    found += [
+        problem
+        for problem in rule_problems(section, prefix)
+        if not any(_within(key, problem.key) for key in refused)
+    ]
+    problems += found
+    return section
+
+
+def _build_launcher(
+    raw: Any, sections: Mapping[str, type], problems: list[ConfigError]
+) -> LauncherChoice:
+    prefix = LAUNCHER_KEY + "."
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(ConfigError(f"launcher must be a mapping, got {raw!r}", LAUNCHER_KEY))
+        raw = {}
+    name = raw.get("name", LauncherChoice.name)
+    if not isinstance(name, str):
+        problems.append(
+            ConfigError(f"launcher.name: got {name!r}; accepted: a string", "launcher.name")
+        )
+        name = LauncherChoice.name
+    options = {}
+    for section in raw:
+        if section != "name" and section not in sections:
+            accepted = ", ".join(["name", *sorted(sections)])
+            problems.append(
+                ConfigError(
+                    f"unknown config key {prefix + section!r}; keys accepted in launcher "
+                    f"(sections of the installed launchers): {accepted}",
+                    prefix + section,
+                )
+            )
+    for section, cls in sections.items():
+        options[section] = build_section(cls, raw.get(section), f"{prefix}{section}.", problems)
+    return LauncherChoice(name, options)
 
 
 def config_to_dict(config: Config) -> dict:
@@ -476,21 +444,24 @@ def _coerce_scalar(hint: type, value: Any, key: str) -> Any:
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 
 
-def _rule_problems(config: Config) -> list[ConfigError]:
-    problems = _query_string_problems(config)
-    for key, (accepts, accepted) in _RULES.items():
-        value = _lookup(config, key)
+def rule_problems(section: Any, prefix: str = "") -> list[ConfigError]:
+    """What `section` and the sections inside it break of their classes' `RULES`: ranges
+    and syntax the types alone cannot say, as {relative key: (accepts, what is accepted)}."""
+    problems = []
+    for key, (accepts, accepted) in getattr(type(section), "RULES", {}).items():
+        value = _lookup(section, key)
         if not accepts(value):
-            problems.append(ConfigError(f"{key}: got {_shown(value)!r}; accepted: {accepted}", key))
-    if config.cluster.ps > 0 and config.cluster.workers == 0:
-        problems.append(
-            ConfigError(
-                f"cluster.workers: got 0 with cluster.ps = {config.cluster.ps}; accepted: at "
-                "least 1 worker when there are parameter servers (or ps: 0 to train on the chief)",
-                "cluster.workers",
+            problems.append(
+                ConfigError(
+                    f"{prefix}{key}: got {_shown(value)!r}; accepted: {accepted}", prefix + key
+                )
             )
-        )
-    return problems
+    for item in dataclasses.fields(section):
+        value = getattr(section, item.name)
+        if dataclasses.is_dataclass(value):
+            problems += rule_problems(value, f"{prefix}{item.name}.")
+    check = getattr(section, "cross_field_problems", None)
+    return problems + (check(prefix) if check else [])
 
 
 def _shown(value: Any) -> Any:

@@ -3,14 +3,31 @@
 A launcher never imports TensorFlow. Each one is found by name through the entry-point
 group `disttrain.launchers` and imported only when used, so `disttrain --help` stays
 fast and another backend is one installed package away.
+
+A launcher owns its settings: it declares the `launcher.<section>` parts of the config it
+reads as dataclasses (`sections`); the config loader validates them with the same
+all-at-once, key/got/accepted errors as the trainer's keys, and CLI flags such as
+`--namespace` are fields of those dataclasses marked with a `flag`. Every launcher works in
+three steps: `plan(config) -> Plan` (pure: what would be started, and the warnings),
+`Plan.render()` (what `--dry-run` prints) and `submit(plan)`, which starts exactly that.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
 
-from disttrain.config import Config, ConfigError
+from disttrain.config import (
+    LAUNCHER_KEY,
+    Config,
+    ConfigError,
+    job_config_from_dict,
+    load_job_config,
+)
 
 ENTRY_POINT_GROUP = "disttrain.launchers"
 
@@ -19,21 +36,37 @@ class LauncherError(RuntimeError):
     """A job that cannot be started, found or reached (the CLI exits 1); says why."""
 
 
-class Launcher(ABC):
-    """The verbs every launcher offers. `plan` is pure; `submit` executes exactly that plan."""
+@dataclass
+class Plan:
+    """What a launcher would start for one job. `render()` is what `--dry-run` prints;
+    `submit` starts exactly this. Warnings are the plan's, so every launcher gives them."""
 
     name: str
-    # Keyword options the constructor takes (e.g. namespace, context); none for most.
-    option_names: tuple[str, ...] = ()
+    warnings: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        raise NotImplementedError
+
+
+class Launcher(ABC):
+    """The verbs every launcher offers; its options come validated from the config."""
+
+    name: ClassVar[str]
+    # The config sections it reads: `launcher.<section>` -> the options dataclass.
+    sections: ClassVar[dict[str, type]] = {}
+
+    def __init__(self, options: dict[str, Any] | None = None):
+        given = options or {}
+        self.options = {s: given.get(s) or cls() for s, cls in self.sections.items()}
 
     @abstractmethod
-    def dry_run(self, config: Config) -> str:
-        """What `submit` would start, as text (commands, manifests, ...); starts nothing."""
+    def plan(self, config: Config) -> Plan:
+        """Everything `submit` would start, decided now; starts nothing."""
 
     @abstractmethod
-    def submit(self, config: Config, wait: bool = True, follow: bool = False) -> int:
-        """Start the job; with `wait` (or `follow`: printing the chief's output), return the
-        job's exit code when it ends."""
+    def submit(self, plan: Plan, wait: bool = True, follow: bool = False) -> int:
+        """Start exactly `plan`; with `wait` (or `follow`: printing the chief's output),
+        return the job's exit code when it ends."""
 
     @abstractmethod
     def status(self, name: str) -> str:
@@ -59,16 +92,74 @@ def available_launchers() -> list[str]:
     return sorted(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
 
 
-def get_launcher(name: str, **options: str | None) -> Launcher:
-    """The launcher called `name`; `options` left as None are not passed on."""
+def launcher_class(name: str) -> type[Launcher]:
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         accepted = ", ".join(available_launchers()) or "none installed"
-        raise ConfigError(f"launcher: got {name!r}; accepted: {accepted}")
-    launcher_class = found[0].load()
-    given = {key: value for key, value in options.items() if value is not None}
-    unknown = sorted(set(given) - set(launcher_class.option_names))
+        raise ConfigError(f"launcher: got {name!r}; accepted: {accepted}", "launcher.name")
+    return found[0].load()
+
+
+def installed_sections() -> dict[str, type]:
+    """Every `launcher.<section>` an installed launcher declares (helm reads k8s's too)."""
+    sections: dict[str, type] = {}
+    for name in available_launchers():
+        sections.update(launcher_class(name).sections)
+    return sections
+
+
+def declared_flags(sections: dict[str, type]) -> dict[str, str]:
+    """CLI flag -> config key, from the options fields marked with `flag` metadata."""
+    flags = {}
+    for section, cls in sections.items():
+        for option in dataclasses.fields(cls):
+            if "flag" in option.metadata:
+                flags[option.metadata["flag"]] = f"{LAUNCHER_KEY}.{section}.{option.name}"
+    return flags
+
+
+def flag_overrides(launcher: str | None, flags: dict[str, str | None]) -> list[str]:
+    """`--set` overrides for the CLI flags given (None: not given). A flag the launcher does
+    not declare is refused by name, not ignored."""
+    given = {flag: value for flag, value in flags.items() if value is not None}
+    if not given:
+        return []
+    known = declared_flags(launcher_class(launcher).sections if launcher else installed_sections())
+    unknown = sorted(set(given) - set(known))
     if unknown:
-        takes = ", ".join(f"--{o}" for o in launcher_class.option_names) or "no options"
-        raise ConfigError(f"--{unknown[0]} does not apply to launcher {name!r} (it takes {takes})")
-    return launcher_class(**given)
+        takes = ", ".join(f"--{f}" for f in known) or "no options"
+        raise ConfigError(
+            f"--{unknown[0]} does not apply to launcher {launcher!r} (it takes {takes})"
+        )
+    return [f"{known[flag]}={value}" for flag, value in given.items()]
+
+
+def load_job(
+    path: str | Path | None,
+    overrides: list[str],
+    launcher: str | None = None,
+    flags: dict[str, str | None] | None = None,
+) -> tuple[Config, Launcher]:
+    """The config and the launcher that runs it (`launcher`, else `launcher.name` in the
+    config), with every launcher section validated and the CLI flags applied."""
+    extra = flag_overrides(launcher, flags or {})
+    config, choice = load_job_config(path, [*overrides, *extra], installed_sections())
+    name = launcher or choice.name
+    if not launcher and extra:
+        flag_overrides(name, flags or {})  # the file's launcher must take the flags too
+    cls = launcher_class(name)
+    return config, cls({s: choice.options[s] for s in cls.sections})
+
+
+def get_launcher(name: str, flags: dict[str, str | None] | None = None) -> Launcher:
+    """The launcher called `name` with its defaults and the CLI flags given (status, logs,
+    stop and list read no config file)."""
+    cls = launcher_class(name)
+    overrides = flag_overrides(name, flags or {})
+    raw: dict[str, Any] = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        _, section, option = key.split(".")
+        raw.setdefault(section, {})[option] = value
+    _, choice = job_config_from_dict({LAUNCHER_KEY: {"name": name, **raw}}, cls.sections)
+    return cls(choice.options)

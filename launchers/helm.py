@@ -2,15 +2,15 @@
 
 The charts keep the 2017 sample's names and workflow: `distrib-tensorflow` (chief, workers,
 ps), `eval-tensorflow` (the evaluator) and `tensorboard`, all driven by one values file.
-This launcher writes that values file from the resolved config (`values_from_config`) and
-runs `helm upgrade --install` once per chart; `--dry-run` runs `helm template` with the
-same values file and commands, so it prints what submit installs. Releases are NAME,
+The plan is the values file (`values_from_config`) and one command per chart: submit runs
+`helm upgrade --install` with them, and `--dry-run` runs `helm template` with the same
+values and flags, so it prints what submit installs. Releases are NAME,
 NAME-eval and NAME-tensorboard; the objects inside are named from `values.name` (= NAME),
 exactly as the Kubernetes launcher names them, which is why status, logs and list work
 the same way (labels select the job) and only submit/stop differ.
 
-The `helm` binary is `$DISTTRAIN_HELM`, else `.tools/bin/helm` (scripts/install-tools.sh),
-else `helm` on PATH.
+The `helm` binary is launcher.helm.binary, else `$DISTTRAIN_HELM`, else `.tools/bin/helm`
+(scripts/install-tools.sh), else `helm` on PATH.
 """
 
 from __future__ import annotations
@@ -20,25 +20,34 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from disttrain.config import Config, ConfigError, K8sRoleConfig, config_to_dict
-from launchers import LauncherError
-from launchers.k8s_checks import check_k8s_config
-from launchers.k8s_objects import user_tolerations
+from disttrain.config import Config, ConfigError, config_to_dict
+from launchers import LauncherError, Plan
+from launchers.k8s_objects import job_objects, user_tolerations
+from launchers.k8s_options import ROLES, K8sOptions, RoleOptions
 from launchers.kubeconfig import with_namespace
-from launchers.kubernetes import KubernetesLauncher
+from launchers.kubernetes import Cluster, KubernetesLauncher, unrestricted_warnings
 from launchers.prepare import check_cluster_run_dir
 
 CHARTS_DIR = Path(__file__).resolve().parent / "charts"
 TRAIN_CHART, EVAL_CHART, BOARD_CHART = "distrib-tensorflow", "eval-tensorflow", "tensorboard"
-ROLES = ("chief", "worker", "ps", "evaluator", "tensorboard")
 
 
-def helm_binary() -> str:
+@dataclass
+class HelmOptions:
+    """The `launcher.helm` section; where pods run comes from `launcher.k8s`, as for k8s."""
+
+    # The helm binary; empty: $DISTTRAIN_HELM, else .tools/bin/helm, else helm on PATH.
+    binary: str = ""
+
+
+def helm_binary(options: HelmOptions | None = None) -> str:
     candidates = [
+        options.binary if options else "",
         os.environ.get("DISTTRAIN_HELM", ""),
         str(Path(__file__).resolve().parent.parent / ".tools" / "bin" / "helm"),
         shutil.which("helm") or "",
@@ -46,15 +55,18 @@ def helm_binary() -> str:
     for candidate in candidates:
         if candidate and os.access(candidate, os.X_OK):
             return candidate
+    if options and options.binary:
+        raise ConfigError(
+            f"launcher.helm.binary: got {options.binary!r}, which is not an executable file"
+        )
     raise ConfigError(
         "helm: not found; run scripts/install-tools.sh (installs .tools/bin/helm), "
         "put helm on PATH or set DISTTRAIN_HELM"
     )
 
 
-def values_from_config(config: Config) -> dict:
+def values_from_config(config: Config, k8s: K8sOptions) -> dict:
     """The charts' values for this config: the file a user would write by hand."""
-    k8s = config.launcher.k8s
     storage = k8s.storage
     return {
         "name": config.name,
@@ -83,7 +95,7 @@ def values_from_config(config: Config) -> dict:
     }
 
 
-def _role_values(role: K8sRoleConfig) -> dict:
+def _role_values(role: RoleOptions) -> dict:
     return {
         "image": role.image,
         "cpu": role.cpu,
@@ -94,43 +106,56 @@ def _role_values(role: K8sRoleConfig) -> dict:
     }
 
 
-def releases(config: Config) -> list[tuple[str, str]]:
+def releases(config: Config, k8s: K8sOptions) -> list[tuple[str, str]]:
     """(release, chart) in install order: training first, then evaluator, then TensorBoard."""
     found = [(config.name, TRAIN_CHART)]
     if config.eval.enabled:
         found.append((f"{config.name}-eval", EVAL_CHART))
-    if config.launcher.k8s.tensorboard.enabled:
+    if k8s.tensorboard.enabled:
         found.append((f"{config.name}-tensorboard", BOARD_CHART))
     return found
 
 
-def helm_commands(config: Config, values_path: str, verb: str) -> list[list[str]]:
-    """The helm command per release; verb is "template" (dry run) or "upgrade" (submit)."""
-    k8s = config.launcher.k8s
-    target = ["--namespace", k8s.namespace, "--values", values_path]
-    commands = []
-    for release, chart in releases(config):
-        chart_dir = str(CHARTS_DIR / chart)
-        if verb == "template":
-            commands.append([helm_binary(), "template", release, chart_dir, *target])
-        else:
-            context = ["--kube-context", k8s.context] if k8s.context else []
-            install = ["upgrade", "--install", release, chart_dir, *target, *context]
-            commands.append([helm_binary(), *install])
-    return commands
+@dataclass
+class HelmPlan(Plan):
+    """The values file and the releases it installs; `render` is `helm template` of exactly
+    those, with the flags submit's `helm upgrade --install` gets."""
+
+    config: Config = field(default_factory=Config)
+    k8s: K8sOptions = field(default_factory=K8sOptions)
+    helm: HelmOptions = field(default_factory=HelmOptions)
+    values: dict = field(default_factory=dict)
+    releases: list[tuple[str, str]] = field(default_factory=list)
+
+    def commands(self, verb: str, values_path: str) -> list[list[str]]:
+        """One helm command per release: verb "template" (dry run) or "upgrade" (submit)."""
+        target = [*helm_target(self.k8s.namespace, self.k8s.context), "--values", values_path]
+        install = ["upgrade", "--install"] if verb == "upgrade" else [verb]
+        binary = helm_binary(self.helm)
+        return [
+            [binary, *install, release, str(CHARTS_DIR / chart), *target]
+            for release, chart in self.releases
+        ]
+
+    def render(self) -> str:
+        header = f"# helm template of {', '.join(r for r, _ in self.releases)}\n"
+        with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
+            commands = self.commands("template", write_values(self.values, Path(folder)))
+            return header + "".join(_run(command) for command in commands)
 
 
-def render(config: Config) -> str:
-    """`helm template` of every release of the job: the dry run, and the parity tests' input."""
-    check_k8s_config(config)
-    with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
-        values_path = write_values(config, Path(folder))
-        return "".join(_run(command) for command in helm_commands(config, values_path, "template"))
+def plan_job(config: Config, k8s: K8sOptions, helm: HelmOptions) -> HelmPlan:
+    """The values and releases of the job. Validated as the k8s launcher validates (the same
+    objects, built in Python), which also gives the same warnings."""
+    k8s = with_namespace(k8s)
+    warnings = unrestricted_warnings(job_objects(config, k8s))
+    values = values_from_config(config, k8s)
+    return HelmPlan(config.name, warnings, config, k8s, helm, values, releases(config, k8s))
 
 
-def write_values(config: Config, folder: Path) -> str:
+def write_values(values: dict, folder: Path) -> str:
     path = folder / "values.yaml"
-    path.write_text(yaml.safe_dump(values_from_config(config), sort_keys=False))
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
     return str(path)
 
 
@@ -145,63 +170,62 @@ class HelmLauncher(KubernetesLauncher):
     """Submit and stop through Helm; status, logs and list read the objects like `k8s`."""
 
     name = "helm"
+    sections = {"k8s": K8sOptions, "helm": HelmOptions}
 
-    def dry_run(self, config: Config) -> str:
-        config = with_namespace(config, self.context)
-        header = f"# helm template of {', '.join(r for r, _ in releases(config))}\n"
-        return header + render(config)
+    def plan(self, config: Config) -> HelmPlan:
+        return plan_job(config, self.k8s, self.options["helm"])
 
-    def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
-        config = with_namespace(config, self.context)
-        check_k8s_config(config)  # nothing is installed on bad input
-        check_cluster_run_dir(config, print)
-        cluster = self._cluster_of(config)
+    def submit(self, plan: Plan, wait: bool = False, follow: bool = False) -> int:
+        assert isinstance(plan, HelmPlan)
+        check_cluster_run_dir(plan.config, plan.k8s, print)
+        cluster = Cluster(plan.k8s.context, plan.k8s.namespace)
         # An upgrade of a finished release would leave its Jobs finished (or fail on an
         # immutable field): refuse, as the k8s launcher does, and name the way out.
-        cluster.refuse_if_present(config.name)
+        cluster.refuse_if_present(plan.name)
         with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
-            _install_releases(config, write_values(config, Path(folder)))
+            _install_releases(plan, write_values(plan.values, Path(folder)))
         if not (wait or follow):
             return 0
         if follow:
-            cluster.follow_chief(config.name)
-        return cluster.wait_for_result(config.name)
+            cluster.follow_chief(plan.name)
+        return cluster.wait_for_result(plan.name)
 
     def status(self, name: str) -> str:
-        command = [helm_binary(), "status", name, *self._target()]
+        command = [helm_binary(self.options["helm"]), "status", name, *self._target()]
         release = _run(command).strip().splitlines()
         summary = [line for line in release if line.startswith(("STATUS:", "REVISION:"))]
         return "\n".join([f"release {name}: " + ", ".join(summary), super().status(name)])
 
     def stop(self, name: str) -> str:
-        return _uninstall(name, [name, f"{name}-eval", f"{name}-tensorboard"], self._target())
+        releases_ = [name, f"{name}-eval", f"{name}-tensorboard"]
+        return _uninstall(name, releases_, self._target(), helm_binary(self.options["helm"]))
 
     def _target(self) -> list[str]:
-        return helm_target(self.namespace, self.context)
+        return helm_target(self.k8s.namespace, self.k8s.context)
 
 
-def _install_releases(config: Config, values_path: str) -> None:
+def _install_releases(plan: HelmPlan, values_path: str) -> None:
     """Install the job's releases in order. If one fails, every release tried is uninstalled
     (a failed install is recorded too): no half-installed job, no chief training alone."""
-    target = helm_target(config.launcher.k8s.namespace, config.launcher.k8s.context)
-    existing = [r for r, _ in releases(config) if _release_exists(r, target)]
+    target = helm_target(plan.k8s.namespace, plan.k8s.context)
+    binary = helm_binary(plan.helm)
+    existing = [r for r, _ in plan.releases if _release_exists(r, target, binary)]
     if existing:  # the chief's Job may be gone (its TTL) while the releases stay
         raise LauncherError(
-            f"release {existing[0]} of job {config.name!r} already exists; "
-            f"`disttrain stop -l helm -n {config.name}` first, or choose another name"
+            f"release {existing[0]} of job {plan.name!r} already exists; "
+            f"`disttrain stop -l helm -n {plan.name}` first, or choose another name"
         )
     tried = []
     try:
-        for (release, _), command in zip(
-            releases(config), helm_commands(config, values_path, "upgrade")
-        ):
+        for (release, _), command in zip(plan.releases, plan.commands("upgrade", values_path)):
             tried.append(release)
             print(_run(command).strip().splitlines()[0])
     except BaseException:
         try:
-            print(f"rolling back: {_uninstall(config.name, tried, target)}", file=sys.stderr)
-        except LauncherError as rollback:  # the install's own error matters more: raised below
-            print(f"rolling back failed: {rollback}", file=sys.stderr)
+            rollback = _uninstall(plan.name, tried, target, binary)
+            print(f"rolling back: {rollback}", file=sys.stderr)
+        except LauncherError as failed:  # the install's own error matters more: raised below
+            print(f"rolling back failed: {failed}", file=sys.stderr)
         raise
 
 
@@ -211,19 +235,19 @@ def helm_target(namespace: str | None, context: str | None) -> list[str]:
     return found + (["--kube-context", context] if context else [])
 
 
-def _release_exists(release: str, target: list[str]) -> bool:
-    command = [helm_binary(), "status", release, *target]
+def _release_exists(release: str, target: list[str], binary: str) -> bool:
+    command = [binary, "status", release, *target]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 and "not found" not in result.stderr:
         raise LauncherError(f"helm status {release} failed: {result.stderr.strip()}")
     return result.returncode == 0
 
 
-def _uninstall(job: str, releases_: list[str], target: list[str]) -> str:
+def _uninstall(job: str, releases_: list[str], target: list[str], binary: str) -> str:
     """Uninstall those of `releases_` that exist; say which."""
     removed = []
     for release in releases_:
-        command = [helm_binary(), "uninstall", release, *target]
+        command = [binary, "uninstall", release, *target]
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode == 0:
             removed.append(release)

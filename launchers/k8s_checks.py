@@ -8,32 +8,33 @@ another account's key. Every problem at once, like the config's own checks.
 
 from __future__ import annotations
 
-from disttrain import kube_syntax
 from disttrain.config import Config, ConfigError
 from disttrain.storage import account_in_url
+from launchers import kube_syntax
+from launchers.k8s_options import K8sOptions
 
 AZURE_ROOT = "/azure"  # where pods mount the share: /azure/<share>
 AZURE_URL_PROTOCOLS = ("az://", "abfs://", "abfss://")
 
 
-def check_k8s_config(config: Config) -> None:
+def check_k8s_config(config: Config, k8s: K8sOptions) -> None:
     """Fail on what a pod could not use: bad names, a run dir or data root it cannot reach.
 
     Every problem at once, like the config's own checks.
     """
-    problems = _name_problems(config) + _storage_problems(config)
+    problems = _name_problems(config, k8s) + _storage_problems(k8s)
     locations = [("run_dir", config.run_dir)]
     if config.data.source in ("image_folder", "tfrecord"):
         locations.append(("data.root", config.data.root))
     if config.data.source == "tfds" and config.data.tfds_data_dir:
         locations.append(("data.tfds_data_dir", config.data.tfds_data_dir))
-    problems += [p for key, where in locations if (p := _unreachable(key, where, config))]
+    problems += [p for key, where in locations if (p := _unreachable(key, where, k8s))]
     if problems:
         raise ConfigError.of(problems)
 
 
-def _name_problems(config: Config) -> list[ConfigError]:
-    namespace = config.launcher.k8s.namespace
+def _name_problems(config: Config, k8s: K8sOptions) -> list[ConfigError]:
+    namespace = k8s.namespace
     problems = []
     if not kube_syntax.is_service_name(config.name):
         problems.append(
@@ -54,8 +55,8 @@ def _name_problems(config: Config) -> list[ConfigError]:
     return problems
 
 
-def _storage_problems(config: Config) -> list[ConfigError]:
-    storage = config.launcher.k8s.storage
+def _storage_problems(k8s: K8sOptions) -> list[ConfigError]:
+    storage = k8s.storage
     share = storage.azure_file_share
     if storage.account_name and storage.secret:  # its name would pair with the Secret's key
         return [
@@ -86,9 +87,9 @@ def _storage_problems(config: Config) -> list[ConfigError]:
     return []
 
 
-def _unreachable(key: str, location: str, config: Config) -> ConfigError | None:
+def _unreachable(key: str, location: str, k8s: K8sOptions) -> ConfigError | None:
     """Why no pod could reach `location`, or None when one can."""
-    storage = config.launcher.k8s.storage
+    storage = k8s.storage
     if location.startswith(AZURE_URL_PROTOCOLS):
         in_url = account_in_url(location)
         if storage.account_name and in_url and in_url != storage.account_name:
@@ -100,7 +101,7 @@ def _unreachable(key: str, location: str, config: Config) -> ConfigError | None:
             )
         if storage.secret:
             return None
-        if config.launcher.k8s.service_account:
+        if k8s.service_account:
             if storage.account_name or in_url:
                 return None
             return ConfigError(

@@ -1,4 +1,5 @@
-"""A job as Kubernetes objects: pure builders from a Config to plain manifest dicts.
+"""A job as Kubernetes objects: pure builders from a Config and its `launcher.k8s` options
+(launchers/k8s_options.py) to plain manifest dicts.
 
 Nothing here talks to a cluster or imports the `kubernetes` package: `launchers/kubernetes.py`
 sends these objects, `--dry-run` prints them, and the Helm charts are tested against them.
@@ -46,8 +47,9 @@ from disttrain.cluster import (
     tasks_of,
     tf_config_json,
 )
-from disttrain.config import Config, K8sRoleConfig, dump_config
+from disttrain.config import Config, dump_config
 from launchers.k8s_checks import AZURE_ROOT, check_k8s_config
+from launchers.k8s_options import K8sOptions, RoleOptions
 
 APP = "disttrain"
 CONFIG_DIR = "/etc/disttrain"
@@ -91,10 +93,10 @@ def labels(name: str, component: str, task: Task | None = None) -> dict[str, str
     return found
 
 
-def pod_labels(config: Config, found: dict[str, str]) -> dict[str, str]:
+def pod_labels(k8s: K8sOptions, found: dict[str, str]) -> dict[str, str]:
     """A pod's labels: with a service account, the one AKS's workload identity webhook
     looks for before it gives the pod its federated token (harmless without the webhook)."""
-    if config.launcher.k8s.service_account:
+    if k8s.service_account:
         return {**found, WORKLOAD_IDENTITY_LABEL: "true"}
     return found
 
@@ -117,41 +119,45 @@ def address_of(name: str, namespace: str, port: int):
     return address
 
 
-def _metadata(config: Config, name: str, labels_: dict[str, str]) -> dict:
-    return {"name": name, "namespace": config.launcher.k8s.namespace, "labels": labels_}
+def _metadata(k8s: K8sOptions, name: str, labels_: dict[str, str]) -> dict:
+    return {"name": name, "namespace": k8s.namespace, "labels": labels_}
 
 
 # ---------------------------------------------------------------- the objects
 
 
-def job_objects(config: Config) -> list[dict]:
+def job_objects(config: Config, k8s: K8sOptions) -> list[dict]:
     """Every object of the job in creation order; the chief's Job (the owner) comes first."""
-    check_k8s_config(config)
+    check_k8s_config(config, k8s)
     shape = ClusterShape.of(config)
     tasks = tasks_of(shape)
     chief = next(t for t in tasks if t.role == CHIEF)
-    objects = [task_job(config, shape, chief), config_map(config), headless_service(config)]
-    objects += [task_job(config, shape, t) for t in tasks if t.role != CHIEF]
-    if config.launcher.k8s.tensorboard.enabled:
-        objects += [board_deployment(config), board_service(config)]
+    objects = [
+        task_job(config, k8s, shape, chief),
+        config_map(config, k8s),
+        headless_service(config, k8s),
+    ]
+    objects += [task_job(config, k8s, shape, t) for t in tasks if t.role != CHIEF]
+    if k8s.tensorboard.enabled:
+        objects += [board_deployment(config, k8s), board_service(config, k8s)]
     return objects
 
 
-def config_map(config: Config) -> dict:
+def config_map(config: Config, k8s: K8sOptions) -> dict:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(config, f"{config.name}-config", labels(config.name, "config")),
+        "metadata": _metadata(k8s, f"{config.name}-config", labels(config.name, "config")),
         "data": {"config.yaml": dump_config(config)},
     }
 
 
-def headless_service(config: Config) -> dict:
-    port = config.launcher.k8s.port
+def headless_service(config: Config, k8s: K8sOptions) -> dict:
+    port = k8s.port
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(config, config.name, labels(config.name, "trainer")),
+        "metadata": _metadata(k8s, config.name, labels(config.name, "trainer")),
         "spec": {
             "clusterIP": "None",
             # Peers resolve each other before they are ready: each task waits for its peers.
@@ -165,22 +171,21 @@ def headless_service(config: Config) -> dict:
     }
 
 
-def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
-    k8s = config.launcher.k8s
+def task_job(config: Config, k8s: K8sOptions, shape: ClusterShape, task: Task) -> dict:
     component = "evaluator" if task.role == EVALUATOR else "trainer"
     task_labels = labels(config.name, component, task)
     tf_config = tf_config_json(shape, address_of(config.name, k8s.namespace, k8s.port), task)
     env = [{"name": "TF_CONFIG", "value": tf_config}]
     env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
-    container = _container(config, _role_config(config, task.role), TASK_COMMAND, env)
+    container = _container(k8s, k8s.role(task.role), TASK_COMMAND, env)
     if task.role != EVALUATOR:
         container["ports"] = [{"name": "grpc", "containerPort": k8s.port}]
-    pod = _pod_spec(config, _role_config(config, task.role), container, "OnFailure")
+    pod = _pod_spec(config, k8s, k8s.role(task.role), container, "OnFailure")
     pod["hostname"] = task_host(config.name, task)
     pod["subdomain"] = config.name
     spec = {
         "backoffLimit": config.cluster.max_restarts,
-        "template": {"metadata": {"labels": pod_labels(config, task_labels)}, "spec": pod},
+        "template": {"metadata": {"labels": pod_labels(k8s, task_labels)}, "spec": pod},
     }
     if k8s.active_deadline_seconds:
         spec["activeDeadlineSeconds"] = k8s.active_deadline_seconds
@@ -189,40 +194,40 @@ def task_job(config: Config, shape: ClusterShape, task: Task) -> dict:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(config, job_name(config.name, task), task_labels),
+        "metadata": _metadata(k8s, job_name(config.name, task), task_labels),
         "spec": spec,
     }
 
 
-def board_deployment(config: Config) -> dict:
-    board = config.launcher.k8s.tensorboard
+def board_deployment(config: Config, k8s: K8sOptions) -> dict:
+    board = k8s.tensorboard
     # Every address: the Service and port-forwards reach the pod on its own IP.
     command = ["disttrain", "board", "--run-dir", config.run_dir, "--host", "0.0.0.0"]
     command += ["--port", str(BOARD_PORT)]
-    container = _container(config, board, command, [], with_config=False)
+    container = _container(k8s, board, command, [], with_config=False)
     container["ports"] = [{"name": "http", "containerPort": BOARD_PORT}]
     board_labels = labels(config.name, "tensorboard")
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(config, f"{config.name}-tensorboard", board_labels),
+        "metadata": _metadata(k8s, f"{config.name}-tensorboard", board_labels),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": board_labels},
             "template": {
-                "metadata": {"labels": pod_labels(config, board_labels)},
-                "spec": _pod_spec(config, board, container, "Always", with_config=False),
+                "metadata": {"labels": pod_labels(k8s, board_labels)},
+                "spec": _pod_spec(config, k8s, board, container, "Always", with_config=False),
             },
         },
     }
 
 
-def board_service(config: Config) -> dict:
+def board_service(config: Config, k8s: K8sOptions) -> dict:
     board_labels = labels(config.name, "tensorboard")
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(config, f"{config.name}-tensorboard", board_labels),
+        "metadata": _metadata(k8s, f"{config.name}-tensorboard", board_labels),
         "spec": {
             "selector": board_labels,
             "ports": [{"name": "http", "port": BOARD_PORT, "targetPort": BOARD_PORT}],
@@ -230,22 +235,18 @@ def board_service(config: Config) -> dict:
     }
 
 
-def _role_config(config: Config, role: str) -> K8sRoleConfig:
-    return getattr(config.launcher.k8s, role)
-
-
 # ---------------------------------------------------------------- pods
 
 
 def _container(
-    config: Config,
-    role: K8sRoleConfig,
+    k8s: K8sOptions,
+    role: RoleOptions,
     command: list[str],
     env: list[dict],
     with_config: bool = True,
 ) -> dict:
     env = [*env, {"name": "XDG_CACHE_HOME", "value": f"{SCRATCH_DIR}/cache"}]
-    env += storage_env(config)
+    env += storage_env(k8s)
     return {
         "name": "main",
         "image": role.image,
@@ -258,11 +259,11 @@ def _container(
             "runAsNonRoot": True,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": volume_mounts(config, with_config),
+        "volumeMounts": volume_mounts(k8s, with_config),
     }
 
 
-def resources(role: K8sRoleConfig) -> dict:
+def resources(role: RoleOptions) -> dict:
     requests = {"cpu": role.cpu, "memory": role.memory}
     limits = {"memory": role.memory}
     if role.gpus:
@@ -270,7 +271,7 @@ def resources(role: K8sRoleConfig) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def user_tolerations(role: K8sRoleConfig) -> list[dict]:
+def user_tolerations(role: RoleOptions) -> list[dict]:
     found = []
     for toleration in role.tolerations:
         entry = {"key": toleration.key, "operator": toleration.operator}
@@ -282,7 +283,7 @@ def user_tolerations(role: K8sRoleConfig) -> list[dict]:
     return found
 
 
-def tolerations(role: K8sRoleConfig) -> list[dict]:
+def tolerations(role: RoleOptions) -> list[dict]:
     found = user_tolerations(role)
     if role.gpus:  # GPU node pools carry this taint so that only GPU pods land there
         found.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
@@ -290,9 +291,13 @@ def tolerations(role: K8sRoleConfig) -> list[dict]:
 
 
 def _pod_spec(
-    config: Config, role: K8sRoleConfig, container: dict, restart: str, with_config: bool = True
+    config: Config,
+    k8s: K8sOptions,
+    role: RoleOptions,
+    container: dict,
+    restart: str,
+    with_config: bool = True,
 ) -> dict:
-    k8s = config.launcher.k8s
     spec = {
         "restartPolicy": restart,
         "automountServiceAccountToken": bool(k8s.service_account),
@@ -305,7 +310,7 @@ def _pod_spec(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": volumes(config, with_config),
+        "volumes": volumes(config, k8s, with_config),
     }
     if k8s.service_account:
         spec["serviceAccountName"] = k8s.service_account
@@ -318,9 +323,9 @@ def _pod_spec(
     return spec
 
 
-def storage_env(config: Config) -> list[dict]:
+def storage_env(k8s: K8sOptions) -> list[dict]:
     """Credentials by reference only: the Secret's values never enter a manifest."""
-    storage = config.launcher.k8s.storage
+    storage = k8s.storage
     found = []
     if storage.account_name:  # a name, not a credential: a plain value
         found.append({"name": ACCOUNT_ENV, "value": storage.account_name})
@@ -337,8 +342,8 @@ def storage_env(config: Config) -> list[dict]:
     return found
 
 
-def volumes(config: Config, with_config: bool = True) -> list[dict]:
-    storage = config.launcher.k8s.storage
+def volumes(config: Config, k8s: K8sOptions, with_config: bool = True) -> list[dict]:
+    storage = k8s.storage
     found = (
         [{"name": "config", "configMap": {"name": f"{config.name}-config"}}] if with_config else []
     )
@@ -356,12 +361,12 @@ def volumes(config: Config, with_config: bool = True) -> list[dict]:
         claim = {"claimName": storage.azure_file_claim}
         found.append({"name": "azure-share", "persistentVolumeClaim": claim})
     elif storage.azure_file_share:
-        found.append({"name": "azure-share", "csi": azure_file_csi(config)})
+        found.append({"name": "azure-share", "csi": azure_file_csi(k8s)})
     return found
 
 
-def azure_file_csi(config: Config) -> dict:
-    storage = config.launcher.k8s.storage
+def azure_file_csi(k8s: K8sOptions) -> dict:
+    storage = k8s.storage
     uid = RUN_AS_USER
     return {
         "driver": "file.csi.azure.com",
@@ -375,8 +380,8 @@ def azure_file_csi(config: Config) -> dict:
     }
 
 
-def volume_mounts(config: Config, with_config: bool = True) -> list[dict]:
-    storage = config.launcher.k8s.storage
+def volume_mounts(k8s: K8sOptions, with_config: bool = True) -> list[dict]:
+    storage = k8s.storage
     found = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}] if with_config else []
     found.append({"name": "scratch", "mountPath": SCRATCH_DIR})
     if storage.azure_file_share:

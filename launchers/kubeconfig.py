@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import yaml
 
-from disttrain.config import Config
 from launchers import LauncherError
+from launchers.k8s_options import K8sOptions
 
 
 def load_cluster_config(context: str | None) -> str:
@@ -62,14 +62,11 @@ def default_namespace(context: str | None) -> str:
     return ((active or {}).get("context") or {}).get("namespace") or "default"
 
 
-def with_namespace(config: Config, context: str | None) -> Config:
-    """`config` with launcher.k8s.namespace filled in when it is empty (kubectl's default)."""
-    k8s = config.launcher.k8s
+def with_namespace(k8s: K8sOptions) -> K8sOptions:
+    """`k8s` with its namespace filled in when it is empty (kubectl's default)."""
     if k8s.namespace:
-        return config
-    namespace = default_namespace(k8s.context or context)
-    launcher = replace(config.launcher, k8s=replace(k8s, namespace=namespace))
-    return replace(config, launcher=launcher)
+        return k8s
+    return replace(k8s, namespace=default_namespace(k8s.context or None))
 
 
 def _kubeconfig_path() -> str:

@@ -27,10 +27,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from disttrain.config import Config, ConfigError
-from launchers import Launcher, LauncherError
+from launchers import Launcher, LauncherError, Plan
 from launchers.k8s_objects import (
     APP,
     CSI_SECRET_KEYS,
@@ -43,6 +44,7 @@ from launchers.k8s_objects import (
     storage_secret,
     to_yaml,
 )
+from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import load_cluster_config, with_namespace
 from launchers.pod_security import restricted_violations
 from launchers.prepare import check_cluster_run_dir
@@ -64,42 +66,56 @@ _APIS = {
 }
 
 
-def warn_unrestricted(objects: list[dict]) -> None:
+def unrestricted_warnings(objects: list[dict]) -> list[str]:
     """A configured hostPath scratch is the one opt-in way out of the restricted standard."""
-    for problem in sorted({p for obj in objects for p in restricted_violations(obj)}):
-        print(f'WARNING: not "restricted" Pod Security: {problem}', file=sys.stderr)
+    problems = sorted({p for obj in objects for p in restricted_violations(obj)})
+    return [f'not "restricted" Pod Security: {problem}' for problem in problems]
 
 
-def dry_run_yaml(config: Config) -> str:
-    objects = job_objects(config)
-    warn_unrestricted(objects)
-    header = (
-        f"# job {config.name} in namespace {config.launcher.k8s.namespace}: "
-        f"{len(objects)} objects. `disttrain train --launcher k8s` sends exactly these and adds\n"
-        f"# ownerReferences to Job/{config.name} (uid known once it is created). "
-        "No secret values: the storage Secret is referenced by name.\n"
-    )
-    return header + to_yaml(objects)
+@dataclass
+class K8sPlan(Plan):
+    """The job's objects, in creation order (the chief's Job, the owner, first)."""
+
+    config: Config = field(default_factory=Config)
+    k8s: K8sOptions = field(default_factory=K8sOptions)
+    objects: list[dict] = field(default_factory=list)
+
+    def render(self) -> str:
+        header = (
+            f"# job {self.name} in namespace {self.k8s.namespace}: {len(self.objects)} "
+            "objects. `disttrain train --launcher k8s` sends exactly these and adds\n"
+            f"# ownerReferences to Job/{self.name} (uid known once it is created). "
+            "No secret values: the storage Secret is referenced by name.\n"
+        )
+        return header + to_yaml(self.objects)
+
+
+def plan_job(config: Config, k8s: K8sOptions) -> K8sPlan:
+    """Every object of the job, validated (nothing is sent on bad input), with the
+    namespace resolved as kubectl would."""
+    k8s = with_namespace(k8s)
+    objects = job_objects(config, k8s)
+    return K8sPlan(config.name, unrestricted_warnings(objects), config, k8s, objects)
 
 
 class KubernetesLauncher(Launcher):
     name = "k8s"
-    option_names = ("namespace", "context")
+    sections = {"k8s": K8sOptions}
 
-    def __init__(self, namespace: str | None = None, context: str | None = None):
-        self.namespace, self.context = namespace, context
+    @property
+    def k8s(self) -> K8sOptions:
+        return self.options["k8s"]
 
     # ------------------------------------------------------------ submit and wait
 
-    def dry_run(self, config: Config) -> str:
-        return dry_run_yaml(with_namespace(config, self.context))
+    def plan(self, config: Config) -> K8sPlan:
+        return plan_job(config, self.k8s)
 
-    def submit(self, config: Config, wait: bool = False, follow: bool = False) -> int:
-        config = with_namespace(config, self.context)
-        objects = job_objects(config)  # validates: nothing is sent on bad input
-        warn_unrestricted(objects)
-        check_cluster_run_dir(config, print)  # a wrong key fails here, not in the chief
-        cluster = self._cluster_of(config)
+    def submit(self, plan: Plan, wait: bool = False, follow: bool = False) -> int:
+        assert isinstance(plan, K8sPlan)
+        config, objects = plan.config, plan.objects
+        check_cluster_run_dir(config, plan.k8s, print)  # a wrong key fails here, not in the chief
+        cluster = Cluster(plan.k8s.context, plan.k8s.namespace)
         cluster.refuse_if_present(config.name)
         owner = cluster.create(objects[0])
         reference = owner_reference(objects[0], owner.metadata.uid)
@@ -139,11 +155,7 @@ class KubernetesLauncher(Launcher):
         return self._cluster().jobs_table()
 
     def _cluster(self) -> Cluster:
-        return Cluster(self.context, self.namespace)
-
-    def _cluster_of(self, config: Config) -> Cluster:
-        k8s = config.launcher.k8s
-        return Cluster(k8s.context or self.context, k8s.namespace)
+        return Cluster(self.k8s.context or None, self.k8s.namespace or None)
 
 
 def create_storage_secret(

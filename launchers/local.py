@@ -29,8 +29,9 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 from disttrain.cluster import (
     CHIEF,
@@ -43,9 +44,9 @@ from disttrain.cluster import (
     tasks_of,
     tf_config_json,
 )
-from disttrain.config import Config, dump_config
+from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
-from launchers import Launcher, LauncherError
+from launchers import Launcher, LauncherError, Plan
 from launchers.prepare import final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
@@ -67,6 +68,19 @@ def default_state_dir() -> Path:
 
 
 @dataclass
+class LocalOptions:
+    """The `launcher.local` section. Each job's state and logs live under
+    $DISTTRAIN_HOME/local/<name> (~/.disttrain)."""
+
+    # The address in every task's TF_CONFIG (TensorFlow's servers listen on every interface).
+    host: str = "127.0.0.1"
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
+    }
+
+
+@dataclass
 class TaskPlan:
     task: Task
     command: list[str]
@@ -75,18 +89,29 @@ class TaskPlan:
 
 
 @dataclass
-class LocalPlan:
-    name: str
-    state_dir: str
-    config_path: str
-    tasks: list[TaskPlan]
+class LocalPlan(Plan):
+    config: Config = field(default_factory=Config)
+    state_dir: str = ""
+    config_path: str = ""
+    tasks: list[TaskPlan] = field(default_factory=list)
+
+    def render(self) -> str:
+        """Each task's environment and command: exactly what `submit` starts, ports included."""
+        lines = [f"# job {self.name}: {len(self.tasks)} local processes; config {self.config_path}"]
+        for t in self.tasks:
+            lines.append(f"[{t.task.name}]")
+            lines += [f"  {key}={value}" for key, value in t.env.items()]
+            lines.append("  " + " ".join(t.command))
+        return "\n".join(lines)
 
 
-def plan(config: Config) -> LocalPlan:
-    """Ports, commands and environments of every task; pure apart from picking free ports."""
+def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
+    """Ports, commands and environments of every task. The ports are picked here, free now:
+    a plan rendered and then submitted starts the TF_CONFIG it showed."""
+    config = prepare_config(config)
     state_dir = default_state_dir() / config.name
     shape = ClusterShape.of(config)
-    host = config.launcher.local.host
+    host = options.host
     every_task = tasks_of(shape)
     ports = {(t.role, t.index): p for t, p in zip(every_task, free_ports(len(every_task)))}
 
@@ -103,7 +128,7 @@ def plan(config: Config) -> LocalPlan:
         }
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
         tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
-    return LocalPlan(config.name, str(state_dir), config_path, tasks)
+    return LocalPlan(config.name, [], config, str(state_dir), config_path, tasks)
 
 
 def free_ports(count: int) -> list[int]:
@@ -150,19 +175,14 @@ def _ephemeral_port_range() -> tuple[int, int]:
 
 class LocalLauncher(Launcher):
     name = "local"
+    sections = {"local": LocalOptions}
 
-    def dry_run(self, config: Config) -> str:
-        job = plan(prepare_config(config))
-        lines = [f"# job {job.name}: {len(job.tasks)} local processes; config {job.config_path}"]
-        for t in job.tasks:
-            lines.append(f"[{t.task.name}]")
-            lines += [f"  {key}={value}" for key, value in t.env.items()]
-            lines.append("  " + " ".join(t.command))
-        return "\n".join(lines)
+    def plan(self, config: Config) -> LocalPlan:
+        return plan_job(config, self.options["local"])
 
-    def submit(self, config: Config, wait: bool = True, follow: bool = True) -> int:
-        config = prepare_config(config)
-        job = plan(config)
+    def submit(self, plan: Plan, wait: bool = True, follow: bool = True) -> int:
+        assert isinstance(plan, LocalPlan)
+        job, config = plan, plan.config
         _refuse_if_running(Path(job.state_dir))
         prepare_run_dir(config, print)
         Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
@@ -227,8 +247,6 @@ class LocalLauncher(Launcher):
 
 def prepare_config(config: Config) -> Config:
     """A local run dir becomes absolute: every task resolves it the same way."""
-    from dataclasses import replace
-
     # A plain path, decided without opening storage: a dry run needs no credentials.
     if "://" not in config.run_dir:
         config = replace(config, run_dir=os.path.abspath(config.run_dir))

@@ -22,6 +22,7 @@ from disttrain.storage import (
     preflight,
     protocol_of,
 )
+from launchers.k8s_options import K8sOptions
 
 # Credentials this machine may hold for a remote run dir (the account name alone is none).
 LOCAL_CREDENTIALS = (
@@ -81,7 +82,7 @@ def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
         raise ConfigError(f"run_dir: {exc}") from None
 
 
-def check_cluster_run_dir(config: Config, log: Callable[[str], None]) -> None:
+def check_cluster_run_dir(config: Config, k8s: K8sOptions, log: Callable[[str], None]) -> None:
     """The run dir preflight for a job submitted to a cluster, when this machine can do it.
 
     The pods are what must reach the run dir, with their own credentials; this machine can
@@ -90,15 +91,14 @@ def check_cluster_run_dir(config: Config, log: Callable[[str], None]) -> None:
     as a chief crash in the cluster); without any, or for a path on the pods' mounted share,
     one line says why it was skipped and the job is submitted anyway.
     """
-    reason = _why_not_checked_here(config)
+    reason = _why_not_checked_here(config, k8s)
     if reason:
         log(f"storage | preflight skipped | {config.run_dir} | {reason}")
         return
     check_run_dir(config, log)
 
 
-def _why_not_checked_here(config: Config) -> str | None:
-    k8s = config.launcher.k8s
+def _why_not_checked_here(config: Config, k8s: K8sOptions) -> str | None:
     if protocol_of(config.run_dir) == "file":
         return "a path on the pods' mounted Azure Files share, not visible from this machine"
     if protocol_of(config.run_dir) not in AZURE_PROTOCOLS:

@@ -1,19 +1,18 @@
 """Config loading, overrides and the errors a user sees for bad input."""
 
-import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from disttrain.config import DEFAULT_CONFIG, ConfigError, dump_config, load_config
+from launchers import load_job
 
 
 def test_default_config_loads_with_the_documented_shape():
     config = load_config()
     assert (config.cluster.workers, config.cluster.ps, config.eval.enabled) == (2, 1, True)
     assert config.data.source == "builtin"
-    assert config.launcher.name == "local"
 
 
 def test_overrides_parse_values_as_yaml():
@@ -58,7 +57,7 @@ def test_a_bad_value_in_a_file_names_the_file_and_one_from_set_does_not(tmp_path
         "launcher.k8s.chief.node_selector.pool=has space",  # a rule on the map holding it
     ):
         with pytest.raises(ConfigError) as error:
-            load_config(None, [override])
+            load_job(None, [override])
         assert "config file" not in str(error.value)
 
 
@@ -157,52 +156,3 @@ def test_a_sas_token_in_a_url_is_refused_without_being_echoed():
         load_config(None, ["run_dir=az://c/run?sv=2022&sig=PLANTEDSECRET"])
     assert "PLANTEDSECRET" not in str(error.value)
     assert str(error.value).startswith("run_dir: got az://c/run?<query hidden>")
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        (
-            "launcher.k8s.worker.cpu=two",
-            "launcher.k8s.worker.cpu: got 'two'; accepted: a Kubernetes quantity",
-        ),
-        ("launcher.k8s.ps.memory=8GB", "launcher.k8s.ps.memory: got '8GB'"),
-        ("launcher.k8s.storage.scratch_size_limit=lots", "scratch_size_limit: got 'lots'"),
-        (
-            "launcher.k8s.worker.node_selector={pool: gpu nodes}",
-            "node_selector: got {'pool': 'gpu nodes'}",
-        ),
-        ("launcher.k8s.chief.node_selector={'bad key!': x}", "chief.node_selector: got"),
-        (
-            "launcher.k8s.worker.tolerations=[{key: spot, operator: Exists, value: x}]",
-            "tolerations: got [{'key': 'spot', 'operator': 'Exists', 'value': 'x', 'effect': ''}]",
-        ),
-        ("launcher.k8s.worker.tolerations=[{key: 'a b', value: x}]", "worker.tolerations: got"),
-        ("launcher.k8s.worker.tolerations=[{value: x}]", "worker.tolerations: got"),
-        ("launcher.k8s.image_pull_secrets=[ACR_Pull]", "image_pull_secrets: got ['ACR_Pull']"),
-    ],
-)
-def test_values_kubernetes_would_refuse_are_refused_with_their_key(override, message):
-    with pytest.raises(ConfigError, match=re.escape(message)):
-        load_config(None, [override])
-
-
-def test_values_kubernetes_accepts_are_accepted():
-    config = load_config(
-        None,
-        [
-            "launcher.k8s.worker.cpu=500m",
-            "launcher.k8s.worker.memory=1.5Gi",
-            "launcher.k8s.storage.scratch_size_limit=100Gi",
-            "launcher.k8s.worker.node_selector={kubernetes.io/os: linux, agentpool: gpu_1, x: ''}",
-            "launcher.k8s.worker.tolerations=[{key: spot, operator: Exists}, {operator: Exists}]",
-        ],
-    )
-    assert config.launcher.k8s.worker.node_selector["kubernetes.io/os"] == "linux"
-
-
-def test_a_refused_list_item_is_one_problem_not_two():
-    with pytest.raises(ConfigError) as error:
-        load_config(None, ["launcher.k8s.worker.tolerations=[{key: spot, operator: Exist}]"])
-    assert str(error.value).startswith("launcher.k8s.worker.tolerations[0].operator: got 'Exist'")
-    assert "\n" not in str(error.value)

@@ -17,9 +17,11 @@ import pytest
 import yaml
 from kubernetes_validate.utils import validate
 
-from disttrain.config import config_from_dict, load_config
-from launchers.helm import CHARTS_DIR, helm_binary, render, values_from_config
+from disttrain.config import Config, config_from_dict
+from launchers import load_job
+from launchers.helm import CHARTS_DIR, HelmOptions, helm_binary, plan_job, values_from_config
 from launchers.k8s_objects import job_objects
+from launchers.k8s_options import K8sOptions
 from launchers.pod_security import restricted_violations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,8 +81,15 @@ def by_key(objects: list[dict]) -> dict[tuple[str, str], dict]:
     return {(o["kind"], o["metadata"]["name"]): o for o in objects}
 
 
-def config_for(shape: str, evaluator: bool):
-    return load_config(None, [*BASE, *SHAPES[shape], f"eval.enabled={str(evaluator).lower()}"])
+def config_for(shape: str, evaluator: bool) -> tuple[Config, K8sOptions]:
+    overrides = [*BASE, *SHAPES[shape], f"eval.enabled={str(evaluator).lower()}"]
+    config, launcher = load_job(None, overrides, "helm")
+    return config, launcher.options["k8s"]
+
+
+def render(config: Config, k8s: K8sOptions) -> str:
+    """What `train -l helm --dry-run` prints for this job: `helm template` of its releases."""
+    return plan_job(config, k8s, HelmOptions()).render()
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +97,8 @@ def rendered() -> dict[tuple[str, bool], tuple[list[dict], list[dict]]]:
     """(Python launcher objects, helm template objects) for every parity case, rendered once."""
     found = {}
     for shape, evaluator in CASES:
-        config = config_for(shape, evaluator)
-        found[(shape, evaluator)] = (job_objects(config), documents(render(config)))
+        config, k8s = config_for(shape, evaluator)
+        found[(shape, evaluator)] = (job_objects(config, k8s), documents(render(config, k8s)))
     return found
 
 
@@ -153,8 +162,8 @@ def _same_config_map(pod: dict) -> dict:
 
 
 def test_the_charts_config_map_holds_the_same_resolved_config():
-    config = config_for("2w1ps", True)
-    objects = by_key(documents(render(config)))
+    config, k8s = config_for("2w1ps", True)
+    objects = by_key(documents(render(config, k8s)))
     for name in ("mnist-config", "mnist-eval-config"):
         text = objects[("ConfigMap", name)]["data"]["config.yaml"]
         assert config_from_dict(yaml.safe_load(text)) == config
@@ -329,13 +338,13 @@ def test_a_chart_without_a_run_dir_says_what_is_missing():
 
 def test_helm_launcher_values_are_what_the_schema_accepts(tmp_path):
     path = tmp_path / "values.yaml"
-    path.write_text(yaml.safe_dump(values_from_config(config_for("4w2ps", True))))
+    path.write_text(yaml.safe_dump(values_from_config(*config_for("4w2ps", True))))
     for chart in CHARTS:
         helm("lint", "--strict", str(CHARTS_DIR / chart), "-f", str(path))
 
 
 def test_the_chart_schema_and_the_config_accept_the_same_quantities():
-    from disttrain.kube_syntax import is_quantity
+    from launchers.kube_syntax import is_quantity
 
     schema = json.loads((CHARTS_DIR / "distrib-tensorflow" / "values.schema.json").read_text())
     pattern = re.compile(schema["properties"]["worker"]["properties"]["memory"]["pattern"])

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from disttrain.config import PS_IMAGE, WORKER_IMAGE
 from launchers.k8s_objects import RUN_AS_USER, TASK_COMMAND
+from launchers.k8s_options import PS_IMAGE, WORKER_IMAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = {

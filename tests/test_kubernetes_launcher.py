@@ -18,8 +18,8 @@ import yaml
 from kubernetes_validate.utils import validate
 
 from disttrain.cluster import ClusterShape, Task, tasks_of, tf_config_json
-from disttrain.config import ConfigError, load_config
-from launchers import get_launcher
+from disttrain.config import Config, ConfigError
+from launchers import get_launcher, load_job
 from launchers.k8s_objects import (
     address_of,
     job_objects,
@@ -28,8 +28,9 @@ from launchers.k8s_objects import (
     storage_secret,
     to_yaml,
 )
+from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
-from launchers.kubernetes import KubernetesLauncher, dry_run_yaml
+from launchers.kubernetes import KubernetesLauncher, plan_job
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
@@ -54,11 +55,13 @@ IDENTITY = [
 ]
 
 
-def k8s_config(*overrides: str):
-    """A job for the k8s launcher in namespace `default`, as if the kubeconfig said so."""
-    return load_config(
+def k8s_job(*overrides: str) -> tuple[Config, K8sOptions]:
+    """A job for the k8s launcher in namespace `default`, as if the kubeconfig said so: the
+    trainer's config and the launcher's options."""
+    config, launcher = load_job(
         None, [*SHARE, "launcher.name=k8s", "launcher.k8s.namespace=default", *overrides]
     )
+    return config, launcher.options["k8s"]
 
 
 SHAPES = {
@@ -92,7 +95,7 @@ SHAPES = {
 
 @pytest.fixture(params=sorted(SHAPES))
 def objects(request):
-    return job_objects(k8s_config(*SHAPES[request.param]))
+    return job_objects(*k8s_job(*SHAPES[request.param]))
 
 
 def jobs_by_task(objs: list[dict]) -> dict[Task, dict]:
@@ -124,17 +127,16 @@ def test_every_pod_meets_the_restricted_pod_security_standard(objects):
 
 
 def test_restricted_check_catches_a_host_path_scratch():
-    objs = job_objects(k8s_config("launcher.k8s.storage.scratch_host_path=/mnt"))
+    objs = job_objects(*k8s_job("launcher.k8s.storage.scratch_host_path=/mnt"))
     problems = [p for obj in objs for p in restricted_violations(obj)]
     assert problems and all("hostPath" in p for p in problems)
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_each_task_gets_the_tf_config_of_the_cluster_contract(shape):
-    config = k8s_config(*SHAPES[shape])
+    config, k8s = k8s_job(*SHAPES[shape])
     cluster_shape = ClusterShape.of(config)
-    k8s = config.launcher.k8s
-    jobs = jobs_by_task(job_objects(config))
+    jobs = jobs_by_task(job_objects(config, k8s))
     assert set(jobs) == set(tasks_of(cluster_shape))
     for task, job in jobs.items():
         tf_config = env_of(job)["TF_CONFIG"]
@@ -153,8 +155,8 @@ def test_each_task_gets_the_tf_config_of_the_cluster_contract(shape):
 
 
 def test_addresses_are_the_pods_stable_dns_names_behind_the_headless_service():
-    config = k8s_config(*SHAPES["4w2ps-gpu"])
-    objs = job_objects(config)
+    config, k8s = k8s_job(*SHAPES["4w2ps-gpu"])
+    objs = job_objects(config, k8s)
     (service,) = [o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "default"]
     assert service["spec"]["clusterIP"] == "None"
     assert service["spec"]["publishNotReadyAddresses"] is True
@@ -176,8 +178,8 @@ def _selects(service: dict, pod_template: dict) -> bool:
 
 
 def test_two_jobs_share_a_namespace_without_sharing_objects_or_pods():
-    first = job_objects(k8s_config("name=alpha"))
-    second = job_objects(k8s_config("name=beta"))
+    first = job_objects(*k8s_job("name=alpha"))
+    second = job_objects(*k8s_job("name=beta"))
     names = lambda objs: {(o["kind"], o["metadata"]["name"]) for o in objs}  # noqa: E731
     assert not names(first) & names(second)
     for service in (o for o in first if o["kind"] == "Service"):
@@ -203,8 +205,8 @@ def test_labels_name_the_app_instance_component_role_and_index(objects):
 
 
 def test_restart_policies_and_budget_follow_the_failure_semantics():
-    config = k8s_config(*SHAPES["blob-board-deadline"], "cluster.max_restarts=5")
-    objs = job_objects(config)
+    config, k8s = k8s_job(*SHAPES["blob-board-deadline"], "cluster.max_restarts=5")
+    objs = job_objects(config, k8s)
     for task, job in jobs_by_task(objs).items():
         assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
         assert job["spec"]["backoffLimit"] == 5
@@ -215,7 +217,7 @@ def test_restart_policies_and_budget_follow_the_failure_semantics():
 
 
 def test_workers_get_gpus_with_the_matching_toleration_and_ps_do_not():
-    jobs = jobs_by_task(job_objects(k8s_config(*SHAPES["4w2ps-gpu"])))
+    jobs = jobs_by_task(job_objects(*k8s_job(*SHAPES["4w2ps-gpu"])))
     worker, ps = jobs[Task("worker", 3)], jobs[Task("ps", 1)]
     assert container_of(worker)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in worker[
@@ -229,7 +231,7 @@ def test_workers_get_gpus_with_the_matching_toleration_and_ps_do_not():
 
 
 def test_storage_mounts_share_scratch_and_config_and_credentials_by_reference():
-    objs = job_objects(k8s_config(*SHAPES["blob-board-deadline"]))
+    objs = job_objects(*k8s_job(*SHAPES["blob-board-deadline"]))
     for obj in objs:
         if "template" not in obj.get("spec", {}):
             continue
@@ -244,7 +246,7 @@ def test_storage_mounts_share_scratch_and_config_and_credentials_by_reference():
                 "optional": True,
             }
         }
-    share_job = job_objects(k8s_config())[0]
+    share_job = job_objects(*k8s_job())[0]
     (share,) = [v for v in share_job["spec"]["template"]["spec"]["volumes"] if "csi" in v]
     assert share["csi"]["driver"] == "file.csi.azure.com"
     assert {"name": "azure-share", "mountPath": "/azure/tfshare"} in container_of(share_job)[
@@ -255,8 +257,8 @@ def test_storage_mounts_share_scratch_and_config_and_credentials_by_reference():
 def test_no_secret_value_reaches_a_manifest_or_the_dry_run(monkeypatch):
     for name in ("AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_CONNECTION_STRING"):
         monkeypatch.setenv(name, f"AccountName=x;AccountKey={PLANTED_KEY}")
-    config = k8s_config(*SHAPES["blob-board-deadline"])
-    rendered = dry_run_yaml(config)
+    config, k8s = k8s_job(*SHAPES["blob-board-deadline"])
+    rendered = plan_job(config, k8s).render()
     assert PLANTED_KEY not in rendered
     cli = subprocess.run(
         [sys.executable, "-m", "disttrain", "train", "--config", "configs/azure.yaml", "--dry-run"],
@@ -279,9 +281,9 @@ def test_submit_preflight_skips_with_a_note_what_only_the_pods_can_reach(monkeyp
         monkeypatch.delenv(name, raising=False)
     identity = ["launcher.k8s.storage.secret=", "launcher.k8s.service_account=trainer"]
     notes = []
-    check_cluster_run_dir(k8s_config(), notes.append)
-    check_cluster_run_dir(k8s_config("run_dir=az://runs/a", *BLOB), notes.append)
-    check_cluster_run_dir(k8s_config("run_dir=az://runs/b", *BLOB, *identity), notes.append)
+    check_cluster_run_dir(*k8s_job(), notes.append)
+    check_cluster_run_dir(*k8s_job("run_dir=az://runs/a", *BLOB), notes.append)
+    check_cluster_run_dir(*k8s_job("run_dir=az://runs/b", *BLOB, *identity), notes.append)
     missing = ", ".join(LOCAL_CREDENTIALS)
     assert notes == [
         "storage | preflight skipped | /azure/tfshare/runs/mnist | a path on the pods' "
@@ -298,10 +300,10 @@ def test_submit_preflight_reaches_azure_without_importing_tensorflow(azurite):
     code = (
         "import sys\n"
         "import launchers.helm, launchers.kubernetes\n"
-        "from disttrain.config import load_config\n"
+        "from launchers import load_job\n"
         "from launchers.prepare import check_cluster_run_dir\n"
-        f"config = load_config(None, {[*SHARE, *BLOB, f'run_dir={url}']!r})\n"
-        "check_cluster_run_dir(config, print)\n"
+        f"config, k8s = load_job(None, {[*SHARE, *BLOB, f'run_dir={url}']!r}, 'k8s')\n"
+        "check_cluster_run_dir(config, k8s.options['k8s'], print)\n"
         "sys.exit(3 if 'tensorflow' in sys.modules else 0)\n"
     )
     env = {**os.environ, **azurite.env()}
@@ -312,9 +314,9 @@ def test_submit_preflight_reaches_azure_without_importing_tensorflow(azurite):
 
 
 def test_dry_run_prints_exactly_the_objects_submit_sends():
-    config = k8s_config(*SHAPES["2w1ps"])
-    printed = [doc for doc in yaml.safe_load_all(dry_run_yaml(config)) if doc]
-    planned = job_objects(config)
+    config, k8s = k8s_job(*SHAPES["2w1ps"])
+    printed = [doc for doc in yaml.safe_load_all(plan_job(config, k8s).render()) if doc]
+    planned = job_objects(config, k8s)
     assert printed == planned
     reference = owner_reference(planned[0], "0f6a3c1e-uid")
     owned = [owned_by(obj, reference) for obj in planned[1:]]
@@ -327,7 +329,7 @@ def test_dry_run_prints_exactly_the_objects_submit_sends():
 
 
 def test_dry_run_yaml_is_plain_multi_document_yaml():
-    text = to_yaml(job_objects(k8s_config()))
+    text = to_yaml(job_objects(*k8s_job()))
     assert "&id" not in text and "*id" not in text  # no anchors/aliases
     assert "config.yaml: |" in text
 
@@ -364,7 +366,8 @@ def test_bad_input_fails_clearly_before_anything_is_sent(overrides, message, mon
     # No cluster is reachable at all: the error must come from the check, not from a connection.
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     with pytest.raises(ConfigError, match=re.escape(message)):
-        KubernetesLauncher().submit(k8s_config(*overrides))
+        config, launcher = load_job(None, [*SHARE, *overrides], "k8s")
+        launcher.submit(launcher.plan(config))
 
 
 def test_cli_reports_bad_input_with_the_key_and_exit_code_2():
@@ -401,9 +404,10 @@ def test_verbs_without_a_cluster_say_so(monkeypatch, tmp_path):
 
 
 def test_launcher_options_are_declared_per_launcher():
-    assert isinstance(get_launcher("k8s", namespace="ml", context=None), KubernetesLauncher)
+    launcher = get_launcher("k8s", {"namespace": "ml", "context": None})
+    assert isinstance(launcher, KubernetesLauncher) and launcher.k8s.namespace == "ml"
     with pytest.raises(ConfigError, match="--namespace does not apply to launcher 'local'"):
-        get_launcher("local", namespace="ml")
+        get_launcher("local", {"namespace": "ml"})
 
 
 def test_the_launcher_module_imports_without_the_kubernetes_client():
@@ -415,9 +419,10 @@ def test_the_launcher_module_imports_without_the_kubernetes_client():
 
 
 def test_azure_example_config_renders_the_2017_sample_cluster():
-    config = with_namespace(load_config("configs/azure.yaml"), None)
-    assert config.launcher.k8s.namespace == "default"  # no kubeconfig in the test environment
-    objs = job_objects(config)
+    config, launcher = load_job("configs/azure.yaml", [])
+    k8s = with_namespace(launcher.options["k8s"])
+    assert k8s.namespace == "default"  # no kubeconfig in the test environment
+    objs = job_objects(config, k8s)
     jobs = jobs_by_task(objs)
     assert config.run_dir.startswith("/azure/")
     assert jobs[Task("worker", 0)]["spec"]["template"]["spec"]["nodeSelector"] == {
@@ -492,7 +497,7 @@ def test_a_secret_from_a_connection_string_alone_can_mount_the_share():
 
 
 def test_workload_identity_pods_get_the_account_and_the_webhook_label():
-    for obj in job_objects(k8s_config(*IDENTITY, "launcher.k8s.tensorboard.enabled=true")):
+    for obj in job_objects(*k8s_job(*IDENTITY, "launcher.k8s.tensorboard.enabled=true")):
         if obj["kind"] not in ("Job", "Deployment"):
             continue
         template = obj["spec"]["template"]
@@ -503,7 +508,7 @@ def test_workload_identity_pods_get_the_account_and_the_webhook_label():
         assert azure_env == [{"name": "AZURE_STORAGE_ACCOUNT_NAME", "value": "mystorage"}]
     # The account may instead be in the URL.
     in_url = "run_dir=abfs://runs@acct.dfs.core.windows.net/x"
-    objs = job_objects(k8s_config(*IDENTITY, "launcher.k8s.storage.account_name=", in_url))
+    objs = job_objects(*k8s_job(*IDENTITY, "launcher.k8s.storage.account_name=", in_url))
     assert not [e for e in container_of(objs[-1])["env"] if e["name"].startswith("AZURE_")]
 
 
@@ -522,25 +527,25 @@ def test_workload_identity_pods_get_the_account_and_the_webhook_label():
 )
 def test_an_account_name_that_could_pair_with_another_accounts_key_is_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        job_objects(k8s_config(*IDENTITY, *overrides))
+        job_objects(*k8s_job(*IDENTITY, *overrides))
 
 
 def test_every_kubernetes_problem_is_reported_at_once():
-    config = k8s_config("name=Bad", "data.source=tfrecord", "data.root=./s", "run_dir=runs/x")
+    config, k8s = k8s_job("name=Bad", "data.source=tfrecord", "data.root=./s", "run_dir=runs/x")
     with pytest.raises(ConfigError) as error:
-        job_objects(config)
+        job_objects(config, k8s)
     lines = str(error.value).splitlines()
     assert lines[0] == "the config has 3 problems:"
     assert [line.split(":")[0].strip() for line in lines[1:]] == ["name", "run_dir", "data.root"]
 
 
 def test_image_pull_secrets_reach_every_pod_by_name():
-    config = k8s_config(
+    config, k8s = k8s_job(
         "launcher.k8s.image_pull_secrets=[acr-pull]", "launcher.k8s.tensorboard.enabled=true"
     )
     pods = [
         o["spec"]["template"]["spec"]
-        for o in job_objects(config)
+        for o in job_objects(config, k8s)
         if "template" in o.get("spec", {})
     ]
     assert len(pods) == 6  # chief, 2 workers, ps, evaluator, TensorBoard

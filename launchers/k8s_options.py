@@ -1,0 +1,144 @@
+"""The `launcher.k8s` section: where and how a job's pods run, for the k8s and helm launchers.
+
+The trainer never reads it: tasks see only the trainer's config. Each field's default is
+here, and so are the rules the API server would enforce (launchers/kube_syntax.py), so a
+typo fails at load with the key that holds it, not as a 422 from the cluster.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from disttrain.config import Rule
+from launchers import kube_syntax
+
+WORKER_IMAGE = "disttrain/worker:0.1.0"  # GPU TensorFlow + the whole trainer
+PS_IMAGE = "disttrain/ps:0.1.0"  # CPU-only TensorFlow, no data tooling: smaller
+ROLES = ("chief", "worker", "ps", "evaluator", "tensorboard")
+
+
+def is_pinned_image(image: str) -> bool:
+    """`repo[:port]/name:tag` or `...@sha256:<hex>`: never an implicit `latest`."""
+    name, _, digest = image.partition("@")
+    if digest:
+        return bool(re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) and bool(name.strip())
+    last = name.rsplit("/", 1)[-1]
+    repo, _, tag = last.partition(":")
+    return bool(repo) and bool(re.fullmatch(r"\w[\w.-]{0,127}", tag)) and " " not in name
+
+
+@dataclass
+class Toleration:
+    key: str = ""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
+@dataclass
+class RoleOptions:
+    """How the pods of one role run (the 2017 sample used nodeSelector `jobrole: ps|worker`)."""
+
+    image: str = WORKER_IMAGE
+    cpu: str = "1"  # requested; Kubernetes quantities ("500m", "2")
+    memory: str = "2Gi"  # requested and the limit
+    gpus: int = 0  # nvidia.com/gpu; > 0 also tolerates the nvidia.com/gpu taint
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[Toleration] = field(default_factory=list)
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "image": (
+            is_pinned_image,
+            "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
+        ),
+        "cpu": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
+        "memory": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
+        "gpus": (lambda v: v >= 0, "an integer >= 0"),
+        "node_selector": (kube_syntax.are_labels, kube_syntax.LABELS_ACCEPTED),
+        "tolerations": (kube_syntax.are_tolerations, kube_syntax.TOLERATIONS_ACCEPTED),
+    }
+
+
+@dataclass
+class PsOptions(RoleOptions):
+    image: str = PS_IMAGE
+
+
+@dataclass
+class BoardOptions(RoleOptions):
+    enabled: bool = False
+    image: str = PS_IMAGE  # TensorBoard needs no GPU and no data tooling
+    memory: str = "1Gi"
+
+
+@dataclass
+class StorageOptions:
+    # Secret holding AZURE_STORAGE_* keys (`disttrain secret create` makes it from the local
+    # environment); pods get the values by reference, never through a manifest.
+    secret: str = ""
+    # The storage account of an az:// location, as AZURE_STORAGE_ACCOUNT_NAME in the pods:
+    # needed when they authenticate with workload identity (service_account) and no Secret.
+    account_name: str = ""
+    # Azure Files share mounted at /azure/<share> (file.csi.azure.com, inline with `secret`,
+    # or through an existing PersistentVolumeClaim when azure_file_claim is set).
+    azure_file_share: str = ""
+    azure_file_claim: str = ""
+    # Scratch at /mnt for staging data: an emptyDir (optional size limit), or a folder of the
+    # node (the sample's ephemeral SSD) when host_path is set; hostPath breaks the
+    # "restricted" Pod Security Standard, so it is opt-in.
+    scratch_size_limit: str = ""
+    scratch_host_path: str = ""
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "account_name": (
+            lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
+            "an Azure storage account name: 3 to 24 lower-case letters and digits",
+        ),
+        "scratch_size_limit": (
+            lambda v: v == "" or kube_syntax.is_quantity(v),
+            f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",
+        ),
+    }
+
+
+@dataclass
+class K8sOptions:
+    # Empty: as kubectl does, the kubeconfig context's namespace, else "default".
+    namespace: str = field(default="", metadata={"flag": "namespace"})
+    # The kubeconfig context; empty: the current one (or in-cluster).
+    context: str = field(default="", metadata={"flag": "context"})
+    service_account: str = ""
+    # Secrets of type kubernetes.io/dockerconfigjson for a private registry (none is needed
+    # for an ACR attached to the AKS cluster).
+    image_pull_secrets: list[str] = field(default_factory=list)
+    port: int = 2222
+    chief: RoleOptions = field(default_factory=RoleOptions)
+    worker: RoleOptions = field(default_factory=RoleOptions)
+    # A section given in YAML is built from its class defaults: the ps default lives there.
+    ps: PsOptions = field(default_factory=PsOptions)
+    evaluator: RoleOptions = field(default_factory=RoleOptions)
+    tensorboard: BoardOptions = field(default_factory=BoardOptions)
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    active_deadline_seconds: int = 0  # 0: no deadline
+    ttl_seconds_after_finished: int = -1  # -1: keep the finished job's objects
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "namespace": (
+            lambda v: v == "" or kube_syntax.is_namespace(v),
+            "empty (kubectl's: the context's namespace) or a DNS label (lower-case letters, "
+            "digits and '-', at most 63 characters, not starting or ending with '-')",
+        ),
+        "port": (lambda v: 1 <= v <= 65535, "a port from 1 to 65535"),
+        "active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
+        "ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
+        "image_pull_secrets": (
+            kube_syntax.are_object_names,
+            "Secret names (lower-case letters, digits, '-' and '.')",
+        ),
+    }
+
+    def role(self, name: str) -> RoleOptions:
+        """The options of one role: chief, worker, ps, evaluator or tensorboard."""
+        return getattr(self, name)
