@@ -22,7 +22,8 @@ import tensorflow as tf
 
 from disttrain.checkpoints import fetch_checkpoint, latest_manifest, published_steps
 from disttrain.config import Config
-from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.data.pipeline import eval_dataset, prepare_on_device
+from disttrain.data.sources import list_split
 from disttrain.done import is_done
 from disttrain.models import build_model
 from disttrain.progress import log

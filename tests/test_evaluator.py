@@ -20,7 +20,8 @@ from disttrain.checkpoints import (
     staged_prefix,
 )
 from disttrain.config import Config, load_config
-from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.data.pipeline import eval_dataset, prepare_on_device
+from disttrain.data.sources import list_split
 from disttrain.done import write_done
 from disttrain.evaluator import (
     SERVING_SIGNATURE,

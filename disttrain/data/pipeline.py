@@ -32,12 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from disttrain.config import DataConfig
-from disttrain.data.sources import (  # noqa: F401  (re-exported: callers import from here)
-    DataError,
-    Split,
-    describe_split,
-    list_split,
-)
+from disttrain.data.split import Split
 from disttrain.failures import BAD_FILE_MESSAGE
 
 AUTOTUNE = tf.data.AUTOTUNE

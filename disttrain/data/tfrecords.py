@@ -23,11 +23,11 @@ import tensorflow as tf
 
 from disttrain.data.sources import (
     CLASSES_FILE,
-    DataError,
     is_visible_folder,
     list_image_folder,
     require_folder,
 )
+from disttrain.data.split import DataError
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
