@@ -151,11 +151,11 @@ def _folder_split(config: DataConfig, split: str) -> Split:
             f"({', '.join(IMAGE_SUFFIXES)}) under class folders"
         )
     return Split(
-        config.source, split, class_names, len(files), files, labels, _image_shape(files[0])
+        config.source, split, class_names, len(files), files, labels, first_file_shape(files[0])
     )
 
 
-def _image_shape(path: str) -> str:
+def first_file_shape(path: str) -> str:
     """The first file's shape, e.g. "32x32x3 (first file)"; never fails the listing."""
     try:
         with Image.open(path) as image:
