@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from disttrain.checkpoints import (
     BackgroundPublisher,
+    awaiting_evaluation,
     fetch_checkpoint,
     publish_checkpoint,
     staged_prefix,
@@ -31,7 +32,6 @@ from disttrain.data.pipeline import decodes_once, train_dataset, worker_index_on
 from disttrain.data.sources import describe_split, list_split
 from disttrain.data.split import Split
 from disttrain.done import write_done
-from disttrain.evaluator import awaiting_evaluation
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
