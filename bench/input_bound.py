@@ -18,7 +18,8 @@ import time
 import tensorflow as tf
 
 from disttrain.config import DataConfig, ModelConfig, TrainConfig
-from disttrain.data.pipeline import decodes_once, list_split, train_dataset
+from disttrain.data.pipeline import decodes_once, train_dataset
+from disttrain.data.sources import list_split
 from disttrain.models import build_model
 from disttrain.steps import make_optimizer, make_train_chunk
 

@@ -32,7 +32,9 @@ import tensorflow as tf
 from PIL import Image
 
 from disttrain.config import DataConfig
-from disttrain.data.pipeline import CROP_ASPECT, list_split, resize_uint8, train_dataset
+from disttrain.data.decode import CROP_ASPECT, resize_uint8
+from disttrain.data.pipeline import train_dataset
+from disttrain.data.sources import list_split
 
 IMAGE_SIZE = 224
 BATCH = 64

@@ -5,6 +5,8 @@ its files to `checkpoints/ckpt-<step>/`, then that folder's MANIFEST.json, then
 `checkpoints/LATEST` last: a reader that trusts LATEST never sees a half-uploaded
 checkpoint. `fetch_checkpoint` verifies sizes and sha256 and falls back to the previous
 good checkpoint when the newest is incomplete or corrupt (keras' BackupAndRestore idea).
+Retention deletes old checkpoints but keeps what LATEST and the best export point to and,
+up to a limit, those the evaluator has not reached yet (`awaiting_evaluation`).
 
 No TensorFlow here: the caller writes and reads the TF files.
 """
@@ -24,6 +26,7 @@ from disttrain.storage import (
     BEST_METRICS,
     BEST_NEXT_METRICS,
     CHECKPOINTS_DIR,
+    EVAL_RESULTS,
     LATEST_FILE,
     RunDir,
     describe,
@@ -140,6 +143,21 @@ def referenced_steps(run_dir: RunDir) -> set[int]:
         except FileNotFoundError:
             continue
     return referenced
+
+
+def evaluated_steps(run_dir: RunDir) -> set[int]:
+    """Steps that `eval/results.jsonl` records as evaluated."""
+    if not run_dir.exists(EVAL_RESULTS):
+        return set()
+    lines = run_dir.read_text(EVAL_RESULTS).splitlines()
+    return {json.loads(line)["step"] for line in lines if line.strip()}
+
+
+def awaiting_evaluation(run_dir: RunDir) -> set[int]:
+    """Published checkpoints newer than the last evaluated one: retention must keep them,
+    or an evaluator that fell behind would find them deleted and skip them."""
+    last = max(evaluated_steps(run_dir), default=-1)
+    return {step for step in published_steps(run_dir) if step > last}
 
 
 def apply_retention(

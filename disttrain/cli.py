@@ -352,7 +352,8 @@ def data_convert(
     """
     from pathlib import Path
 
-    from disttrain.data.sources import DataError, is_remote, scratch_dir_for
+    from disttrain.data.sources import is_remote, scratch_dir_for
+    from disttrain.data.split import DataError
 
     if on_bad_file not in ("skip", "fail"):
         _fail(f"--on-bad-file: got {on_bad_file!r}, accepted: skip, fail")

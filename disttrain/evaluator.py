@@ -20,9 +20,15 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from disttrain.checkpoints import fetch_checkpoint, latest_manifest, published_steps
+from disttrain.checkpoints import (
+    evaluated_steps,
+    fetch_checkpoint,
+    latest_manifest,
+    published_steps,
+)
 from disttrain.config import Config
-from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.data.pipeline import eval_dataset, prepare_on_device
+from disttrain.data.sources import list_split
 from disttrain.done import is_done
 from disttrain.models import build_model
 from disttrain.progress import log
@@ -182,21 +188,6 @@ class Evaluator:
         export_saved_model(self.model, self.config.data.image_size, local)
         publish_export(self.run_dir, local, metrics)
         log(f"eval | best export | ckpt-{result['step']} | {metric}: {result[metric]:.4f}")
-
-
-def evaluated_steps(run_dir: RunDir) -> set[int]:
-    """Steps that `eval/results.jsonl` records as evaluated."""
-    if not run_dir.exists(EVAL_RESULTS):
-        return set()
-    lines = run_dir.read_text(EVAL_RESULTS).splitlines()
-    return {json.loads(line)["step"] for line in lines if line.strip()}
-
-
-def awaiting_evaluation(run_dir: RunDir) -> set[int]:
-    """Published checkpoints newer than the last evaluated one: retention must keep them,
-    or an evaluator that fell behind would find them deleted and skip them."""
-    last = max(evaluated_steps(run_dir), default=-1)
-    return {step for step in published_steps(run_dir) if step > last}
 
 
 def best_metrics(run_dir: RunDir) -> dict | None:

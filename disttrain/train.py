@@ -21,22 +21,17 @@ import tensorflow as tf
 
 from disttrain.checkpoints import (
     BackgroundPublisher,
+    awaiting_evaluation,
     fetch_checkpoint,
     publish_checkpoint,
     staged_prefix,
 )
 from disttrain.cluster import CHIEF, ClusterShape, Task
 from disttrain.config import Config, dump_config
-from disttrain.data.pipeline import (
-    Split,
-    decodes_once,
-    describe_split,
-    list_split,
-    train_dataset,
-    worker_index_on_worker,
-)
+from disttrain.data.pipeline import decodes_once, train_dataset, worker_index_on_worker
+from disttrain.data.sources import describe_split, list_split
+from disttrain.data.split import Split
 from disttrain.done import write_done
-from disttrain.evaluator import awaiting_evaluation
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log

@@ -39,7 +39,8 @@ def check_data(config: Config) -> None:
     remote image folder is staged to scratch here, once, before any task starts (the tasks
     then reuse the copy). TFDS is left to the tasks: opening it would import TensorFlow.
     """
-    from disttrain.data.sources import DataError, check_data_source
+    from disttrain.data.sources import check_data_source
+    from disttrain.data.split import DataError
 
     if config.data.source == "tfds":
         return

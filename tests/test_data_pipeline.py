@@ -241,7 +241,7 @@ def test_tfds_by_name_through_mock_data(tmp_path):
 
 
 def test_unknown_tfds_name_is_a_clear_error():
-    from disttrain.data.sources import DataError
+    from disttrain.data.split import DataError
 
     with pytest.raises(DataError, match="data.tfds_name: 'no_such_dataset_xyz'"):
         list_split(DataConfig(source="tfds", tfds_name="no_such_dataset_xyz"), "train")

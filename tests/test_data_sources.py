@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from disttrain.config import DataConfig
-from disttrain.data.sources import DataError, check_data_source, describe_split, list_split
+from disttrain.data.sources import check_data_source, describe_split, list_split
+from disttrain.data.split import DataError
 from disttrain.data.staging import MANIFEST, stage_folder, staged_path
 
 

@@ -20,7 +20,8 @@ from disttrain.checkpoints import (
     staged_prefix,
 )
 from disttrain.config import Config, load_config
-from disttrain.data.pipeline import eval_dataset, list_split, prepare_on_device
+from disttrain.data.pipeline import eval_dataset, prepare_on_device
+from disttrain.data.sources import list_split
 from disttrain.done import write_done
 from disttrain.evaluator import (
     SERVING_SIGNATURE,
@@ -179,8 +180,7 @@ def test_a_restarted_evaluator_does_not_evaluate_a_checkpoint_twice(builtin_data
 def test_retention_keeps_checkpoints_the_evaluator_has_not_reached(tmp_path):
     from functools import partial
 
-    from disttrain.checkpoints import publish_checkpoint, published_steps
-    from disttrain.evaluator import awaiting_evaluation
+    from disttrain.checkpoints import awaiting_evaluation, publish_checkpoint, published_steps
     from disttrain.storage import EVAL_RESULTS, RunDir
 
     run_dir = RunDir(str(tmp_path / "run"))
@@ -208,7 +208,7 @@ def staged_checkpoint(tmp_path: Path, step: int) -> Path:
 
 
 def test_retention_holds_at_most_max_unevaluated_checkpoints_for_a_dead_evaluator(tmp_path):
-    from disttrain.evaluator import awaiting_evaluation
+    from disttrain.checkpoints import awaiting_evaluation
 
     run_dir = RunDir(str(tmp_path / "run"))
     run_dir.write_text(EVAL_RESULTS, '{"step": 100}\n')  # then the evaluator died

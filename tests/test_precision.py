@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from disttrain.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
-from disttrain.data.pipeline import list_split, train_dataset
+from disttrain.data.pipeline import train_dataset
+from disttrain.data.sources import list_split
 from disttrain.models import build_model
 from disttrain.steps import make_optimizer, make_train_chunk
 

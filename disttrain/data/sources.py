@@ -17,38 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from disttrain.config import DataConfig
+from disttrain.data.builtin import ensure_builtin_dataset
+from disttrain.data.split import DataError, Split
+from disttrain.data.staging import stage_folder
+from disttrain.data.tfds_source import tfds_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CLASSES_FILE = "classes.json"  # beside TFRecord shards: class names and per-shard counts
 SYNTHETIC_EXAMPLES = {"train": 4096, "test": 1024}
-
-
-class DataError(ValueError):
-    """The data cannot be used; the message names the source, folder or file."""
-
-
-@dataclass(frozen=True)
-class Split:
-    """One split of a source, as the input pipeline reads it.
-
-    `files` are image files (with `labels`) for folder sources and TFRecord shards (with
-    `shard_counts`, examples per shard) for tfrecord; tfds and synthetic need neither.
-    """
-
-    source: str
-    name: str
-    class_names: list[str]
-    num_examples: int  # -1: unknown (a TFDS split without metadata)
-    files: list[str]
-    labels: list[int]
-    image_shape: str  # what the stored images look like, for the start-up report
-    shard_counts: list[int] = ()
-    tfds_name: str = ""
-    tfds_data_dir: str = ""
 
 
 def list_split(config: DataConfig, split: str) -> Split:
@@ -58,8 +39,6 @@ def list_split(config: DataConfig, split: str) -> Split:
     if config.source == "tfrecord":
         return _tfrecord_split(config, split)
     if config.source == "tfds":
-        from disttrain.data.tfds_source import tfds_split
-
         return tfds_split(config, split)
     return _synthetic_split(config, split)
 
@@ -92,14 +71,10 @@ def folder_root(config: DataConfig) -> Path:
     A remote URL is staged to `data.scratch_dir` first (reused when already complete).
     """
     if config.source == "builtin":
-        from disttrain.data.builtin import ensure_builtin_dataset
-
         return ensure_builtin_dataset(config.root or None)
     if not config.root:
         raise DataError("data.root: empty; accepted: a folder laid out as <root>/<split>/<class>/*")
     if is_remote(config.root):
-        from disttrain.data.staging import stage_folder
-
         return stage_folder(config.root, scratch_dir(config))
     root = Path(config.root.removeprefix("file://"))
     if not root.is_dir():
@@ -176,14 +151,12 @@ def _folder_split(config: DataConfig, split: str) -> Split:
             f"({', '.join(IMAGE_SUFFIXES)}) under class folders"
         )
     return Split(
-        config.source, split, class_names, len(files), files, labels, _image_shape(files[0])
+        config.source, split, class_names, len(files), files, labels, first_file_shape(files[0])
     )
 
 
-def _image_shape(path: str) -> str:
+def first_file_shape(path: str) -> str:
     """The first file's shape, e.g. "32x32x3 (first file)"; never fails the listing."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             channels = len(image.getbands())
@@ -207,8 +180,6 @@ def read_classes_file(root: Path) -> dict:
 def _tfrecord_split(config: DataConfig, split: str) -> Split:
     root = Path(config.root.removeprefix("file://"))
     if is_remote(config.root):
-        from disttrain.data.staging import stage_folder
-
         root = stage_folder(config.root, scratch_dir(config))
     meta = read_classes_file(root)
     shards = meta["splits"].get(split)

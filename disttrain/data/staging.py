@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from disttrain.data.sources import DataError
+from disttrain.data.split import DataError
 from disttrain.progress import log as default_log
 from disttrain.storage import RunDir, redact, with_retries
 

@@ -4,18 +4,22 @@ Nothing is downloaded here: the data must already be prepared (`tfds build`, or
 `tfds.builder(name).download_and_prepare()` on a machine with network). The images are
 read still encoded (`SkipDecoding`), so they go through the same cropping decoder as every
 other source.
+
+TensorFlow and tensorflow_datasets are imported inside the functions: sources.py imports
+this module, and listing any other source (the launcher's check before submit) must not
+load them.
 """
 
 from __future__ import annotations
 
 from disttrain.config import DataConfig
-from disttrain.data.sources import DataError, Split
+from disttrain.data.split import DataError, Split
 
 IMAGE_KEY, LABEL_KEY = "image", "label"
 
 
 def _builder(name: str, data_dir: str):
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # here, not at the top: see the module docstring
 
     if not name:
         raise DataError("data.tfds_name: empty; accepted: a TensorFlow Datasets name")
@@ -66,7 +70,7 @@ def _split_size(builder, split: str) -> int:
 
 def tfds_records(split: Split):
     """(encoded image, int32 label) for every example of the split, in stored order."""
-    import tensorflow as tf
+    import tensorflow as tf  # here, not at the top: see the module docstring
     import tensorflow_datasets as tfds
 
     builder = _builder(split.tfds_name, split.tfds_data_dir)

@@ -21,13 +21,15 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from disttrain.data.decode import find_undecodable
 from disttrain.data.sources import (
     CLASSES_FILE,
-    DataError,
+    first_file_shape,
     is_visible_folder,
     list_image_folder,
     require_folder,
 )
+from disttrain.data.split import DataError
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -65,8 +67,6 @@ def convert_image_folder(
 
 def _checked_examples(root: Path, splits: list[str], on_bad_file: str, log):
     """Class names, then (path, label) pairs and skipped-file counts per split."""
-    from disttrain.data.pipeline import find_undecodable
-
     examples_of, skipped_of, class_names = {}, {}, None
     for split in splits:
         files, labels, names = list_image_folder(root / split)
@@ -117,10 +117,10 @@ def _example(path: str, label: int) -> tf.train.Example:
 
 
 def _first_shape(root: Path, split: str) -> str:
-    from disttrain.data.sources import _image_shape
-
     files, _, _ = list_image_folder(root / split)
-    return _image_shape(files[0]).replace(" (first file)", " (first image)") if files else "unknown"
+    if not files:
+        return "unknown"
+    return first_file_shape(files[0]).replace(" (first file)", " (first image)")
 
 
 def tfrecord_records(files: list[str], num_shards, shard_index) -> tf.data.Dataset:
