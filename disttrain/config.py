@@ -20,7 +20,7 @@ import yaml
 
 from disttrain import kube_syntax
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"  # package data
 
 
 class ConfigError(ValueError):
