@@ -46,7 +46,7 @@ from disttrain.cluster import (
 from disttrain.config import Config, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher, LauncherError
-from launchers.prepare import final_report, prepare_run_dir
+from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
@@ -161,6 +161,7 @@ class LocalLauncher(Launcher):
         return "\n".join(lines)
 
     def submit(self, config: Config, wait: bool = True, follow: bool = True) -> int:
+        check_training_installed()
         config = prepare_config(config)
         job = plan(config)
         _refuse_if_running(Path(job.state_dir))
