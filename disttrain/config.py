@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"  # package data
 
 
 class ConfigError(ValueError):

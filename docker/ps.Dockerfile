@@ -15,9 +15,9 @@ COPY disttrain disttrain
 COPY launchers launchers
 COPY configs configs
 
-# pyproject's dependencies at their own version ranges (tensorflow-cpu~=2.21.0 included),
-# minus the data tooling a ps never uses; then the package itself without dependencies.
-RUN python docker/requirements.py --extra azure --without tensorflow-datasets pillow \
+# pyproject's dependencies and train extra at their own version ranges (tensorflow-cpu~=2.21.0
+# included), minus the data tooling a ps never uses; then the package itself without dependencies.
+RUN python docker/requirements.py --extra train --extra azure --without tensorflow-datasets pillow \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip install --no-cache-dir --no-deps . \

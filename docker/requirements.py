@@ -2,7 +2,7 @@
 
 The images install exactly the version ranges pyproject.toml declares, so an image and
 a `pip install .` never drift apart. Standard library only, Python 3.10+ (runs before anything is
-installed): `python docker/requirements.py --extra azure --without pillow`.
+installed): `python docker/requirements.py --extra train --extra azure --without pillow`.
 """
 
 import argparse

@@ -18,9 +18,10 @@ COPY launchers launchers
 COPY configs configs
 
 # The base image brings GPU TensorFlow: install pyproject's other dependencies (and the
-# azure extra) at its own version ranges, leaving out tensorflow-cpu, which would shadow
-# the GPU build; then the package itself without dependencies.
-RUN python docker/requirements.py --extra azure --without tensorflow-cpu > /tmp/requirements.txt \
+# train and azure extras) at its own version ranges, leaving out tensorflow-cpu, which would
+# shadow the GPU build; then the package itself without dependencies.
+RUN python docker/requirements.py --extra train --extra azure --without tensorflow-cpu \
+        > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt \
     && pip install --no-cache-dir --no-deps . \
     && rm /tmp/requirements.txt

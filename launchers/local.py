@@ -47,7 +47,7 @@ from disttrain.cluster import (
 from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher, LauncherError, Plan
-from launchers.prepare import final_report, prepare_run_dir
+from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
@@ -182,6 +182,7 @@ class LocalLauncher(Launcher):
 
     def submit(self, plan: Plan, wait: bool = True, follow: bool = True) -> int:
         assert isinstance(plan, LocalPlan)
+        check_training_installed()
         job, config = plan, plan.config
         _refuse_if_running(Path(job.state_dir))
         prepare_run_dir(config, print)

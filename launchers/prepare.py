@@ -5,6 +5,7 @@ Pure Python (fsspec, no TensorFlow): bad input fails here, before any process st
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Callable
@@ -24,12 +25,26 @@ from disttrain.storage import (
 )
 from launchers.k8s_options import K8sOptions
 
+# What a task imports to train: pyproject's `train` extra brings them (or, in the GPU image,
+# `tensorflow[and-cuda]`, so the check is by module, not by distribution name).
+TRAINING_MODULES = ("tensorflow", "numpy", "PIL")
 # Credentials this machine may hold for a remote run dir (the account name alone is none).
 LOCAL_CREDENTIALS = (
     "AZURE_STORAGE_CONNECTION_STRING",
     "AZURE_STORAGE_ACCOUNT_KEY",
     "AZURE_STORAGE_SAS_TOKEN",
 )
+
+
+def check_training_installed() -> None:
+    """Tasks started on this machine train here: say what to install before any starts."""
+    missing = [name for name in TRAINING_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"launcher local trains on this machine, which has no {', '.join(missing)}: "
+            "install disttrain[train] (pip install '.[train]' in a clone); "
+            "-l k8s and -l helm need none of it"
+        )
 
 
 def check_data(config: Config) -> None:

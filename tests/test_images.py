@@ -116,7 +116,9 @@ def test_user_step_adds_uid_1000_or_keeps_the_base_images_one(image, tmp_path):
 
 
 def test_worker_image_is_gpu_tensorflow_of_the_version_pyproject_pins():
-    (tf_cpu,) = [d for d in image_requirements() if d.startswith("tensorflow-cpu")]
+    (tf_cpu,) = [
+        d for d in image_requirements("--extra", "train") if d.startswith("tensorflow-cpu")
+    ]
     version = tf_cpu.split("~=")[1]  # 2.21.0
     (base,) = [args for keyword, args in instructions(DOCKERFILES["worker"]) if keyword == "FROM"]
     assert base == f"tensorflow/tensorflow:{version}-gpu"
@@ -142,7 +144,8 @@ def test_worker_image_installs_everything_but_the_cpu_build():
     # What pyproject.toml declares, read by a real TOML parser where there is one (3.11+).
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads(PYPROJECT_TEXT)["project"]
-    declared = project["dependencies"] + project["optional-dependencies"]["azure"]
+    extras = project["optional-dependencies"]
+    declared = project["dependencies"] + extras["train"] + extras["azure"]
     assert sorted(requirements) == sorted(d for d in declared if not d.startswith("tensorflow-cpu"))
 
 
