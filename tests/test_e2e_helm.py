@@ -197,3 +197,23 @@ def test_the_samples_three_chart_workflow_trains_and_serves_tensorboard(k8s, pod
     for release in ("sample-tensorboard", "sample-eval", "sample"):
         cluster.helm("uninstall", release, "-n", namespace, "--wait")
     cluster.wait_for("every pod to be gone", lambda: not cluster.list("Pod", namespace), timeout=60)
+
+
+def test_helm_installs_exactly_what_its_dry_run_printed(k8s):
+    cluster, namespace, env = k8s
+    args = job_args(namespace, "planned", workers=1, evaluator=True)
+    dry = cli("train", "--launcher", "helm", "--dry-run", *args, env=env, check=True).stdout
+    printed = [doc for doc in yaml.safe_load_all(dry) if doc]
+    try:
+        cli("train", "--launcher", "helm", *args, env=env, check=True)
+        installed = [
+            doc
+            for release in ("planned", "planned-eval")
+            for doc in yaml.safe_load_all(
+                cluster.helm("get", "manifest", release, "-n", namespace).stdout
+            )
+            if doc
+        ]
+        assert installed == printed
+    finally:
+        cli("stop", "--launcher", "helm", "--name", "planned", "--namespace", namespace, env=env)

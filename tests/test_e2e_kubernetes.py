@@ -25,6 +25,7 @@ from kubecluster.disttrain_jobs import (
     assert_trained,
     blob_job_args,
     chief_result,
+    holds,
     job_args,
     objects_of_jobs,
     pod_logs,
@@ -330,3 +331,23 @@ def test_without_local_credentials_the_preflight_is_skipped_with_a_note_and_the_
     ]
     assert cluster.get("Job", namespace, "nokey", "batch/v1") is not None
     cli("stop", "--launcher", "k8s", "--name", "nokey", "--namespace", namespace, env=env)
+
+
+def test_submit_sends_exactly_the_objects_the_dry_run_printed(k8s):
+    cluster, namespace, env = k8s
+    args = job_args(namespace, "planned", workers=1, evaluator=False)
+    dry = cli("train", "--launcher", "k8s", "--dry-run", *args, env=env, check=True).stdout
+    printed = [doc for doc in yaml.safe_load_all(dry) if doc]
+    try:
+        cli("train", "--launcher", "k8s", *args, env=env, check=True)
+        created = cluster.list("Job", namespace, "app.kubernetes.io/instance=planned", "batch/v1")
+        assert len(created) == sum(doc["kind"] == "Job" for doc in printed)
+        for doc in printed:
+            kind, name = doc["kind"], doc["metadata"]["name"]
+            stored = cluster.get(kind, namespace, name, doc["apiVersion"])
+            assert stored is not None and holds(stored, doc), f"{kind}/{name}"
+            owners = stored["metadata"].get("ownerReferences", [])
+            the_owner = (kind, name) == ("Job", "planned")
+            assert [o["name"] for o in owners] == ([] if the_owner else ["planned"])
+    finally:
+        cli("stop", "--launcher", "k8s", "--name", "planned", "--namespace", namespace, env=env)

@@ -144,3 +144,19 @@ def assert_trained(cluster: KubeCluster, namespace: str, name: str, steps: int =
     assert (folder / "DONE").exists(), cluster.describe()
     latest = json.loads((folder / "checkpoints" / "LATEST").read_text())
     assert latest["step"] == steps
+
+
+def holds(stored, sent) -> bool:
+    """Whether the API server's object holds everything that was sent: the same value at
+    every key that was sent (the server adds its own: uid, status, defaults, ownership)."""
+    if isinstance(sent, dict):
+        return isinstance(stored, dict) and all(
+            key in stored and holds(stored[key], value) for key, value in sent.items()
+        )
+    if isinstance(sent, list):
+        return (
+            isinstance(stored, list)
+            and len(stored) == len(sent)
+            and all(holds(a, b) for a, b in zip(stored, sent))
+        )
+    return stored == sent
