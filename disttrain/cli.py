@@ -404,5 +404,8 @@ def main() -> None:
     except LauncherError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
+    except ConfigError as exc:  # bad input or a missing extra, found after the flags parsed
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -14,12 +14,14 @@ from dataclasses import replace
 
 import yaml
 
+from disttrain.extras import K8S_MODULES, require
 from launchers import LauncherError
 from launchers.k8s_options import K8sOptions
 
 
 def load_cluster_config(context: str | None) -> str:
     """Load the kubeconfig (or the in-cluster account); return its default namespace."""
+    require("k8s", K8S_MODULES, "the k8s and helm launchers")
     from kubernetes import config as kube_config
 
     if not _kubeconfig_exists() and not context:
@@ -42,6 +44,7 @@ def load_cluster_config(context: str | None) -> str:
 def default_namespace(context: str | None) -> str:
     """kubectl's default: the context's namespace (the current context's when `context` is
     empty), else the pod's own in a cluster, else "default". Reads files only."""
+    require("k8s", K8S_MODULES, "the k8s and helm launchers")
     from kubernetes import config as kube_config
 
     if not _kubeconfig_exists():

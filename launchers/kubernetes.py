@@ -201,9 +201,9 @@ class Cluster:
     """
 
     def __init__(self, context: str | None, namespace: str | None):
+        default_namespace = load_cluster_config(context)  # says so when the client is missing
         from kubernetes import client
 
-        default_namespace = load_cluster_config(context)
         self.namespace = namespace or default_namespace
         self.client = client
         configuration = client.Configuration.get_default_copy()

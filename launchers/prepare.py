@@ -5,13 +5,13 @@ Pure Python (fsspec, no TensorFlow): bad input fails here, before any process st
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Callable
 
 from disttrain.config import Config, ConfigError, dump_config
 from disttrain.done import done_step
+from disttrain.extras import TRAIN_MODULES, require
 from disttrain.storage import (
     AZURE_PROTOCOLS,
     CONFIG_FILE,
@@ -25,9 +25,6 @@ from disttrain.storage import (
 )
 from launchers.k8s_options import K8sOptions
 
-# What a task imports to train: pyproject's `train` extra brings them (or, in the GPU image,
-# `tensorflow[and-cuda]`, so the check is by module, not by distribution name).
-TRAINING_MODULES = ("tensorflow", "numpy", "PIL")
 # Credentials this machine may hold for a remote run dir (the account name alone is none).
 LOCAL_CREDENTIALS = (
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -38,13 +35,11 @@ LOCAL_CREDENTIALS = (
 
 def check_training_installed() -> None:
     """Tasks started on this machine train here: say what to install before any starts."""
-    missing = [name for name in TRAINING_MODULES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise ConfigError(
-            f"launcher local trains on this machine, which has no {', '.join(missing)}: "
-            "install disttrain[train] (pip install '.[train]' in a clone); "
-            "-l k8s and -l helm need none of it"
-        )
+    require(
+        "train",
+        TRAIN_MODULES,
+        "launcher local (it trains on this machine, unlike -l k8s and -l helm)",
+    )
 
 
 def check_data(config: Config) -> None:

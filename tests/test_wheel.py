@@ -83,6 +83,12 @@ def submitter(wheel, tmp_path_factory) -> Path:
     return install(wheel, ["k8s", "azure"], tmp_path_factory.mktemp("submitter-venv"))
 
 
+@pytest.fixture(scope="module")
+def bare(wheel, tmp_path_factory) -> Path:
+    """A venv with the wheel and no extra at all: the local launcher's dry run only."""
+    return install(wheel, [], tmp_path_factory.mktemp("bare-venv"))
+
+
 @pytest.fixture
 def workdir(tmp_path) -> Path:
     """A folder outside the checkout to run commands in, with its own HOME and DISTTRAIN_HOME."""
@@ -200,11 +206,22 @@ def test_local_training_without_tensorflow_fails_in_one_line_before_starting_any
 ):
     result = disttrain(submitter, workdir, "train", "-l", "local")
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.startswith("error: launcher local trains on this machine, which has no ")
+    assert result.stderr.startswith("error: launcher local (it trains on this machine, unlike ")
     assert "install disttrain[train]" in result.stderr
     assert result.stderr.count("\n") == 1 and result.stdout == ""
     assert not (workdir / "work" / "runs").exists()  # no run dir, no job state
     assert not (workdir / "home").exists()
+
+
+def test_without_the_kubernetes_client_the_cluster_launchers_say_what_to_install(bare, workdir):
+    assert disttrain(bare, workdir, "train", "--dry-run").returncode == 0
+    for command in (["train", "-l", "k8s", "--dry-run", *ON_A_SHARE], ["status", "-l", "k8s"]):
+        result = disttrain(bare, workdir, *command)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(
+            "error: the k8s and helm launchers: kubernetes not installed here"
+        ), command
+        assert "install disttrain[k8s]" in result.stderr and result.stderr.count("\n") == 1
 
 
 def assert_renders_the_default_job(manifests: str, namespace: str) -> None:
@@ -278,7 +295,7 @@ def install(wheel: Path, extras: list[str], venv: Path) -> Path:
     link_distributions(needed, Path(sysconfig.get_path("purelib")), deps)
     (site / "dependencies-from-dot-venv.pth").write_text(f"{deps}\n")
     # pip from .venv, running the new venv's interpreter (which has no pip of its own).
-    requirement = f"{wheel}[{','.join(extras)}]"
+    requirement = f"{wheel}[{','.join(extras)}]" if extras else str(wheel)
     run(
         [
             sys.executable,
