@@ -65,6 +65,66 @@ class Progress:
             f"eta: {format_duration(eta)}"
         )
 
-    def _bar(self, step: int, width: int = 20) -> str:
-        filled = int(width * step / self.total) if self.total else width
-        return "[" + "#" * filled + "." * (width - filled) + "]"
+    def _bar(self, step: int) -> str:
+        return _bar(step, self.total)
+
+
+class CountProgress:
+    """Work counted in items (files copied, images written): on a terminal a bar redrawn in
+    place with its ETA; elsewhere (pods, CI, a launcher's multiplexed output) the same
+    fields as one grep-friendly line every `every_seconds`. `finish` always logs a line.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        total: int,
+        unit: str,
+        log_line=log,
+        stream=None,
+        every_seconds: float = 2.0,
+    ):
+        self.what, self.total, self.unit = what, total, unit
+        self.log_line, self.every = log_line, every_seconds
+        self.stream = stream or sys.stdout
+        self.is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.done, self.bytes = 0, 0
+        self.started = self.last = time.monotonic()
+
+    def add(self, items: int = 1, size: int = 0) -> None:
+        self.done += items
+        self.bytes += size
+        now = time.monotonic()
+        if now - self.last < (0.2 if self.is_tty else self.every):
+            return
+        self.last = now
+        if self.is_tty:
+            self.stream.write(f"\r{self.what} | {_bar(self.done, self.total)} {self.line(now)}")
+            self.stream.flush()
+        else:
+            self.log_line(f"{self.what} | {self.line(now)}")
+
+    def finish(self) -> None:
+        if self.is_tty:
+            self.stream.write("\r\033[K")  # the bar gives way to the final line
+        self.log_line(f"{self.what} | done | {self.line(time.monotonic())}")
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-6)
+        percent = 100 * self.done / max(self.total, 1)
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        found = f"{self.done}/{self.total} {self.unit} ({percent:.0f}%)"
+        if self.bytes:
+            found += f" | {_mb(self.bytes)} | {_mb(self.bytes / elapsed)}/s"
+        else:
+            found += f" | {self.done / elapsed:.1f} {self.unit}/s"
+        return found + f" | eta: {format_duration(eta)}"
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+def _mb(count: float) -> str:
+    return f"{count / 1e6:.1f} MB"

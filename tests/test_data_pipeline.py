@@ -187,6 +187,8 @@ def test_tfrecord_convert_then_read_keeps_classes_and_every_image(tmp_path):
     assert meta["classes"] == ["class0", "class1"]
     assert sum(meta["splits"]["train"]["counts"]) == COUNT
     assert {f"data convert | bad image file skipped | {p}" for p in bad} <= set(lines)
+    done = [line for line in lines if " | done | " in line]  # each split's progress ends
+    assert [line.split(" | ")[1] for line in done] == sorted({"test", "train"})
 
     config = DataConfig(source="tfrecord", root=str(tmp_path / "shards"), image_size=8)
     split = list_split(config, "test")

@@ -2,7 +2,7 @@
 
 import io
 
-from disttrain.progress import Progress, format_duration
+from disttrain.progress import CountProgress, Progress, format_duration
 
 
 class Terminal(io.StringIO):
@@ -37,3 +37,35 @@ def test_eta_scales_with_the_remaining_steps():
 def test_durations_read_as_clock_times():
     assert format_duration(59) == "0:59"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_counted_work_logs_a_line_per_interval_and_one_at_the_end():
+    lines: list[str] = []
+    progress = CountProgress("stage", 4, "files", lines.append, stream=io.StringIO())
+    progress.every = 0.0
+    progress.add(size=2_000_000)
+    assert lines[0].startswith("stage | 1/4 files (25%) | 2.0 MB | ")
+    assert "| eta: " in lines[0]
+    for _ in range(3):
+        progress.add(size=1_000_000)
+    progress.finish()
+    assert lines[-1].startswith("stage | done | 4/4 files (100%) | 5.0 MB | ")
+    assert lines[-1].endswith("eta: 0:00")
+
+
+def test_counted_work_on_a_terminal_draws_a_bar_with_its_eta():
+    out, lines = Terminal(), []
+    progress = CountProgress("data convert | train", 10, "images", lines.append, stream=out)
+    progress.last -= 1  # past the redraw interval
+    progress.add(5)
+    assert out.getvalue().startswith("\rdata convert | train | [##########..........] 5/10 images")
+    assert "images/s | eta: " in out.getvalue()
+    assert lines == []  # the bar, not log lines, until the end
+    progress.finish()
+    assert lines[0].startswith("data convert | train | done | 5/10 images (50%)")
+
+
+def test_counted_work_estimates_what_remains_from_the_rate_so_far():
+    progress = CountProgress("stage", 400, "files", stream=io.StringIO())
+    progress.done = 100
+    assert progress.line(progress.started + 30).endswith("eta: 1:30")

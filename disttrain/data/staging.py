@@ -15,12 +15,12 @@ import hashlib
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from disttrain.data.split import DataError
+from disttrain.progress import CountProgress
 from disttrain.progress import log as default_log
 from disttrain.storage import RunDir, redact, with_retries
 
@@ -77,11 +77,11 @@ def _copy_missing(
         f"({_mb(sum(missing.values()))}) to {target}"
         + (f" | resuming: {kept} already here" if kept else "")
     )
-    progress = _CopyProgress(len(missing), log)
+    progress = CountProgress("stage", len(missing), "files", log)
     with ThreadPoolExecutor(threads) as pool:
         futures = [pool.submit(_copy_one, remote, name, target / name) for name in sorted(missing)]
         for future in as_completed(futures):
-            progress.add(future.result())
+            progress.add(size=future.result())
     progress.finish()
 
 
@@ -98,33 +98,6 @@ def _copy_one(remote: RunDir, name: str, local: Path) -> int:
     size = partial.stat().st_size
     os.replace(partial, local)
     return size
-
-
-class _CopyProgress:
-    """A progress line every few seconds: files, bytes and rate (grep-friendly)."""
-
-    def __init__(self, total: int, log: Callable[[str], None], every_seconds: float = 2.0):
-        self.total, self.log, self.every = total, log, every_seconds
-        self.files, self.bytes = 0, 0
-        self.start = self.last = time.monotonic()
-
-    def add(self, size: int) -> None:
-        self.files += 1
-        self.bytes += size
-        if time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            self.log(f"stage | {self._line()}")
-
-    def finish(self) -> None:
-        self.log(f"stage | done | {self._line()}")
-
-    def _line(self) -> str:
-        elapsed = max(time.monotonic() - self.start, 1e-6)
-        percent = 100 * self.files / max(self.total, 1)
-        return (
-            f"{self.files}/{self.total} files ({percent:.0f}%) | {_mb(self.bytes)} | "
-            f"{_mb(self.bytes / elapsed)}/s"
-        )
 
 
 def _mb(count: float) -> str:

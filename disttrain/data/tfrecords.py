@@ -30,6 +30,7 @@ from disttrain.data.sources import (
     require_folder,
 )
 from disttrain.data.split import DataError
+from disttrain.progress import CountProgress
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -55,7 +56,9 @@ def convert_image_folder(
     out_dir.mkdir(parents=True, exist_ok=True)
     meta: dict = {"classes": class_names, "splits": {}, "image_shape": "unknown"}
     for split, examples in examples_of.items():
-        meta["splits"][split] = write_shards(examples, out_dir, split, shards)
+        progress = CountProgress(f"data convert | {split}", len(examples), "images", log)
+        meta["splits"][split] = write_shards(examples, out_dir, split, shards, progress.add)
+        progress.finish()
         log(
             f"data convert | {split} | {len(examples)} images ({skipped_of[split]} skipped) | "
             f"shard files: {len(meta['splits'][split]['files'])} | {out_dir}"
@@ -88,8 +91,15 @@ def _checked_examples(root: Path, splits: list[str], on_bad_file: str, log):
     return class_names, examples_of, skipped_of
 
 
-def write_shards(examples: list[tuple[str, int]], out_dir: Path, split: str, shards: int) -> dict:
-    """Write the examples round-robin into at most `shards` files; their names and counts."""
+def write_shards(
+    examples: list[tuple[str, int]],
+    out_dir: Path,
+    split: str,
+    shards: int,
+    written: Callable[[], None] = lambda: None,
+) -> dict:
+    """Write the examples round-robin into at most `shards` files; their names and counts.
+    `written` is called after each example (progress)."""
     examples = list(examples)
     random.Random(0).shuffle(examples)
     shards = max(1, min(shards, len(examples)))
@@ -100,6 +110,7 @@ def write_shards(examples: list[tuple[str, int]], out_dir: Path, split: str, sha
         for i, (path, label) in enumerate(examples):
             writers[i % shards].write(_example(path, label).SerializeToString())
             counts[i % shards] += 1
+            written()
     finally:
         for writer in writers:
             writer.close()
