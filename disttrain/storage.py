@@ -29,7 +29,7 @@ from fsspec.core import url_to_fs
 
 T = TypeVar("T")
 
-# The public layout of a run directory (see DESIGN.md, "The run directory").
+# The public layout of a run directory (docs/architecture.md, "The run directory").
 CONFIG_FILE = "config.yaml"
 CLASS_NAMES_FILE = "class_names.json"  # the classes a run trains on, in label order
 DONE_FILE = "DONE"
