@@ -61,6 +61,33 @@ STARTUP_BANNERS = (
     b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     b"] oneDNN custom operations are on.",
 )
+# Library noise that repeats without telling a user anything: the coordinator's clean-up
+# RPCs to servers that already stopped (four lines each, dozens at the end of every job)
+# and TensorFlow's retracing advice. The task logs keep them.
+CONSOLE_NOISE = (
+    *STARTUP_BANNERS,
+    b"Failed to remove function remotely",
+    b"triggered tf.function retracing",
+)
+# The lines gRPC adds below a noisy one: hidden only right after it, so the same words in
+# a real error's traceback still reach the console.
+NOISE_CONTINUATIONS = (
+    b"Additional GRPC error information from remote target",
+    b":UNKNOWN:Error received from peer",
+    b"This could happen if the remote target has been disconnected from the client.",
+)
+
+
+class ConsoleFilter:
+    """Which of a task's output lines the console shows (its log file gets every line)."""
+
+    def __init__(self) -> None:
+        self.in_noise = False
+
+    def shows(self, line: bytes) -> bool:
+        continued = self.in_noise and any(c in line for c in NOISE_CONTINUATIONS)
+        self.in_noise = continued or any(noise in line for noise in CONSOLE_NOISE)
+        return not self.in_noise
 
 
 def default_state_dir() -> Path:
@@ -401,12 +428,12 @@ class Supervisor:
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] ".encode()
-        echo = True
+        echo, console = True, ConsoleFilter()
         with log_file:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()
-                if not echo or any(banner in line for banner in STARTUP_BANNERS):
+                if not console.shows(line) or not echo:
                     continue
                 try:
                     with self.lock:
