@@ -47,6 +47,7 @@ from disttrain.cluster import (
 from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher, LauncherError, Plan
+from launchers.console import JobConsole, NoiseFilter
 from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
@@ -55,39 +56,6 @@ STOP_GRACE_SECONDS = 10.0
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
 FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
-# Lines every TensorFlow process prints twice at start-up, whatever TF_CPP_MIN_LOG_LEVEL says:
-# 4 per task, 20 on a laptop job's console before its first useful line. Logs keep them.
-STARTUP_BANNERS = (
-    b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
-    b"] oneDNN custom operations are on.",
-)
-# Library noise that repeats without telling a user anything: the coordinator's clean-up
-# RPCs to servers that already stopped (four lines each, dozens at the end of every job)
-# and TensorFlow's retracing advice. The task logs keep them.
-CONSOLE_NOISE = (
-    *STARTUP_BANNERS,
-    b"Failed to remove function remotely",
-    b"triggered tf.function retracing",
-)
-# The lines gRPC adds below a noisy one: hidden only right after it, so the same words in
-# a real error's traceback still reach the console.
-NOISE_CONTINUATIONS = (
-    b"Additional GRPC error information from remote target",
-    b":UNKNOWN:Error received from peer",
-    b"This could happen if the remote target has been disconnected from the client.",
-)
-
-
-class ConsoleFilter:
-    """Which of a task's output lines the console shows (its log file gets every line)."""
-
-    def __init__(self) -> None:
-        self.in_noise = False
-
-    def shows(self, line: bytes) -> bool:
-        continued = self.in_noise and any(c in line for c in NOISE_CONTINUATIONS)
-        self.in_noise = continued or any(noise in line for noise in CONSOLE_NOISE)
-        return not self.in_noise
 
 
 def default_state_dir() -> Path:
@@ -296,15 +264,14 @@ class Supervisor:
         self.used = 0
         self.result, self.reason = "running", ""
         self.lock = threading.Lock()
+        self.console = JobConsole(job.name)
         self.stopping = False
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for task in self.by_task:
-                self._start(task)
-            self._save_state()
-            return self._supervise()
+            with self.console:
+                return self._start_and_supervise()
         except KeyboardInterrupt:
             self._stop_all()
             self._end("stopped", "interrupted")
@@ -313,6 +280,12 @@ class Supervisor:
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _start_and_supervise(self) -> int:
+        for task in self.by_task:
+            self._start(task)
+        self._save_state()
+        return self._supervise()
 
     def _on_signal(self, signum, _frame) -> None:
         raise KeyboardInterrupt
@@ -427,18 +400,17 @@ class Supervisor:
         self.relays[task] = relay
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
-        prefix = f"[{task.name}] ".encode()
-        echo, console = True, ConsoleFilter()
+        prefix = f"[{task.name}] "
+        echo, noise = True, NoiseFilter()
         with log_file:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()
-                if not console.shows(line) or not echo:
+                if not noise.shows(line) or not echo:
                     continue
                 try:
                     with self.lock:
-                        sys.stdout.buffer.write(prefix + line)
-                        sys.stdout.flush()
+                        self.console.show(prefix, line)
                 except OSError:  # a closed terminal or `| head`: keep draining to the log,
                     echo = False  # or the task would block on a full pipe
 

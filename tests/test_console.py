@@ -1,6 +1,8 @@
 """What the local launcher's console shows of a task's output: everything but the noise."""
 
-from launchers.local import ConsoleFilter
+import io
+
+from launchers.console import JobConsole, JobLine, NoiseFilter
 
 # Lines as TensorFlow and gRPC print them (from a chief's log at the end of a job).
 REMOVE_FAILED = (
@@ -18,11 +20,15 @@ RETRACING = (
     b"WARNING:tensorflow:5 out of the last 5 calls to <function MultiDeviceSaver.save> "
     b"triggered tf.function retracing. Tracing is expensive and ...\n"
 )
-PROGRESS = b"train | step:   1500/1500 | loss: 0.5930 | accuracy: 0.7900\n"
+PROGRESS = (
+    b"train | step:    600/1500 | loss: 0.5930 | accuracy: 0.7900 | examples/s:    812.5 | "
+    b"eta: 0:41\n"
+)
+EVAL = b"eval | step:    300 | loss: 0.9100 | accuracy: 0.6533 | examples: 600\n"
 
 
 def shown(lines: list[bytes]) -> list[bytes]:
-    console = ConsoleFilter()
+    console = NoiseFilter()
     return [line for line in lines if console.shows(line)]
 
 
@@ -34,3 +40,31 @@ def test_the_coordinators_clean_up_noise_and_retracing_advice_stay_off_the_conso
 def test_grpc_details_of_a_real_error_still_reach_the_console():
     error = b"tensorflow.python.framework.errors_impl.UnavailableError: ps-0 is gone\n"
     assert shown([error, *GRPC_DETAILS]) == [error, *GRPC_DETAILS]
+
+
+def test_the_job_line_follows_the_chiefs_progress_and_the_last_evaluation():
+    job = JobLine("mnist")
+    assert job.render() == "job mnist | starting"
+    for line in (PROGRESS, EVAL, b"worker-0 | something else\n"):
+        job.read(line.decode())
+    assert job.render() == (
+        "job mnist | step 600/1500 | 812.5 ex/s | eta 0:41 | eval acc 0.6533 @300"
+    )
+
+
+def test_without_a_terminal_lines_pass_through_as_they_came():
+    out = io.StringIO()
+    with JobConsole("mnist", stream=out) as console:
+        console.show("[chief-0] ", PROGRESS)
+    assert out.getvalue() == "[chief-0] " + PROGRESS.decode()
+
+
+def test_on_a_terminal_the_job_line_stays_below_the_task_lines():
+    out = io.StringIO()
+    with JobConsole("mnist", stream=out, live=True) as console:
+        console.show("[chief-0] ", PROGRESS)
+        console.show("[evaluator-0] ", EVAL)
+        drawn = out.getvalue()
+    assert "[chief-0] train | step:    600/1500" in drawn
+    assert drawn.rindex("[evaluator-0] eval | step:") < drawn.rindex("eval acc 0.6533")
+    assert "job mnist | step 600/1500 | 812.5 ex/s | eta 0:41" in drawn
