@@ -1,14 +1,51 @@
-"""Progress on the chief: a live bar on a terminal, one grep-friendly line elsewhere."""
+"""Log lines and progress: every task's lines go through the `disttrain` logger (a time,
+a level, then `area | what | ...`); long work shows a bar on a terminal, one grep-friendly
+line every few seconds elsewhere."""
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 
+LOGGER = logging.getLogger("disttrain")
+# The level, set by the CLI's -v/-q and inherited by the tasks a local launcher starts.
+LEVEL_ENV = "DISTTRAIN_LOG_LEVEL"
+LINE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a test may swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def configure_logging(level: str | None = None) -> None:
+    """One handler on stdout, at `level` (else $DISTTRAIN_LOG_LEVEL, else INFO)."""
+    level = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
+    if not LOGGER.handlers:
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter(LINE_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+        LOGGER.addHandler(handler)
+        LOGGER.propagate = False
+    known = isinstance(logging.getLevelName(level), int)  # a name such as DEBUG or WARNING
+    LOGGER.setLevel(level if known else "INFO")
+
 
 def log(message: str) -> None:
-    """One log line, flushed at once (task output is multiplexed by the launcher)."""
-    print(message, file=sys.stdout, flush=True)
+    """One log line, flushed at once (task output is multiplexed by the launcher). A line
+    that says `area | WARNING | ...` is logged at WARNING, so -q keeps it."""
+    if not LOGGER.handlers:
+        configure_logging()
+    level = logging.WARNING if " | WARNING | " in message else logging.INFO
+    LOGGER.log(level, message)
 
 
 def format_duration(seconds: float) -> str:

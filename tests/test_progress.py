@@ -1,6 +1,7 @@
 """The chief's progress output: a redrawn bar on a terminal, log lines elsewhere."""
 
 import io
+import re
 
 from disttrain.progress import CountProgress, Progress, format_duration
 
@@ -69,3 +70,22 @@ def test_counted_work_estimates_what_remains_from_the_rate_so_far():
     progress = CountProgress("stage", 400, "files", stream=io.StringIO())
     progress.done = 100
     assert progress.line(progress.started + 30).endswith("eta: 1:30")
+
+
+def test_log_lines_carry_a_time_and_a_level_and_follow_the_configured_level(capsys):
+    from disttrain.progress import configure_logging, log
+
+    try:
+        configure_logging("WARNING")
+        log("train | hidden at WARNING")
+        log("server | WARNING | shown")
+        configure_logging("INFO")
+        log("train | shown at INFO")
+    finally:
+        configure_logging("INFO")
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d WARNING server \| WARNING \| shown", lines[0]
+    )
+    assert lines[1].endswith(" INFO train | shown at INFO")
