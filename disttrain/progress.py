@@ -83,9 +83,11 @@ class Progress:
             self.stream.write("\r" + self._bar(step) + " " + line)
             if force:
                 self.stream.write("\n")
+            self.stream.flush()
+        elif self.stream is sys.stdout:
+            log(line)
         else:
             self.stream.write(line + "\n")
-        self.stream.flush()
         return line
 
     def rate(self, now: float | None = None) -> float:
