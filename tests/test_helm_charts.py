@@ -112,10 +112,16 @@ def test_charts_pass_helm_lint_strict(chart):
     assert "0 chart(s) failed" in result.stdout
 
 
-def test_charts_share_one_helper_file_values_and_schema():
-    for name in ("templates/_disttrain.tpl", "values.yaml", "values.schema.json"):
-        texts = {(CHARTS_DIR / chart / name).read_text() for chart in CHARTS}
-        assert len(texts) == 1, f"{name} differs between the charts"
+def test_charts_link_the_one_shared_helper_values_and_schema():
+    """One copy in launchers/charts/_shared, a relative link in each chart (it survives a
+    clone anywhere); `_shared` has no Chart.yaml, so nothing takes it for a chart."""
+    shared = CHARTS_DIR / "_shared"
+    assert not (shared / "Chart.yaml").exists()
+    for chart in CHARTS:
+        for name in ("templates/_disttrain.tpl", "values.yaml", "values.schema.json"):
+            link = CHARTS_DIR / chart / name
+            assert link.is_symlink() and not os.path.isabs(os.readlink(link)), link
+            assert link.resolve() == (shared / Path(name).name).resolve(), link
 
 
 @pytest.mark.parametrize(("shape", "evaluator"), CASES)
