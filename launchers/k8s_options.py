@@ -35,6 +35,19 @@ class Toleration:
     operator: Literal["Equal", "Exists"] = "Equal"
     value: str = ""
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    # With effect NoExecute: how long the pod stays on a node that gets the taint; None: ever.
+    toleration_seconds: int | None = None
+
+    def manifest(self) -> dict:
+        """The toleration as a Pod spells it: empty value and effect, and no seconds, left out."""
+        found: dict = {"key": self.key, "operator": self.operator}
+        if self.value:
+            found["value"] = self.value
+        if self.effect:
+            found["effect"] = self.effect
+        if self.toleration_seconds is not None:
+            found["tolerationSeconds"] = self.toleration_seconds
+        return found
 
 
 @dataclass

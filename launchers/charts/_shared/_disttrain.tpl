@@ -95,7 +95,7 @@ labels:
 
 {{/*
 TF_CONFIG, spelled exactly as disttrain.cluster.tf_config_json (Python's json.dumps with
-sorted keys and ", "/": " separators): the parity test compares the strings. The evaluator
+sorted keys and ", "/": " separators): the differential test compares them. The evaluator
 gets its own task only; one task alone gets an empty cluster.
 */}}
 {{- define "disttrain.tfConfig" -}}
