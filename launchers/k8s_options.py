@@ -7,26 +7,24 @@ typo fails at load with the key that holds it, not as a 422 from the cluster.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from disttrain.config import Rule
 from launchers import kube_syntax
+from launchers.kube_syntax import Syntax
 
 WORKER_IMAGE = "disttrain/worker:0.1.0"  # GPU TensorFlow + the whole trainer
 PS_IMAGE = "disttrain/ps:0.1.0"  # CPU-only TensorFlow, no data tooling: smaller
 ROLES = ("chief", "worker", "ps", "evaluator", "tensorboard")
+SHARE_NAME = Syntax("[-a-z0-9]*")  # also the 2017 sample's storage.sharename
 
 
-def is_pinned_image(image: str) -> bool:
-    """`repo[:port]/name:tag` or `...@sha256:<hex>`: never an implicit `latest`."""
-    name, _, digest = image.partition("@")
-    if digest:
-        return bool(re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) and bool(name.strip())
-    last = name.rsplit("/", 1)[-1]
-    repo, _, tag = last.partition(":")
-    return bool(repo) and bool(re.fullmatch(r"\w[\w.-]{0,127}", tag)) and " " not in name
+# `[registry[:port]/]path/name:tag`, `...:tag@sha256:<hex>` or `...@sha256:<hex>`: never an
+# implicit `latest`, and no whitespace anywhere.
+PINNED_IMAGE = Syntax(
+    r"(\S+/)?[^\s/:@]+(:\w[\w.-]{0,127}(@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})"
+)
 
 
 @dataclass
@@ -63,12 +61,12 @@ class RoleOptions:
 
     RULES: ClassVar[dict[str, Rule]] = {
         "image": (
-            is_pinned_image,
+            PINNED_IMAGE,
             "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
         ),
-        "cpu": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
-        "memory": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
-        "gpus": (lambda v: v >= 0, "an integer >= 0"),
+        "cpu": (kube_syntax.QUANTITY, kube_syntax.QUANTITY_ACCEPTED),
+        "memory": (kube_syntax.QUANTITY, kube_syntax.QUANTITY_ACCEPTED),
+        "gpus": (Syntax(minimum=0), "an integer >= 0 (nvidia.com/gpu per pod)"),
         "node_selector": (kube_syntax.are_labels, kube_syntax.LABELS_ACCEPTED),
         "tolerations": (kube_syntax.are_tolerations, kube_syntax.TOLERATIONS_ACCEPTED),
     }
@@ -106,13 +104,18 @@ class StorageOptions:
 
     RULES: ClassVar[dict[str, Rule]] = {
         "account_name": (
-            lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
+            Syntax(r"([a-z0-9]{3,24})?"),
             "an Azure storage account name: 3 to 24 lower-case letters and digits",
         ),
+        "azure_file_share": (
+            SHARE_NAME,
+            "empty or an Azure Files share name: lower-case letters, digits and '-'",
+        ),
         "scratch_size_limit": (
-            lambda v: v == "" or kube_syntax.is_quantity(v),
+            Syntax(f"({kube_syntax.QUANTITY_PATTERN})?"),
             f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",
         ),
+        "scratch_host_path": (Syntax("(/.*)?"), "empty or an absolute path on the node"),
     }
 
 
@@ -143,11 +146,15 @@ class K8sOptions:
             "empty (kubectl's: the context's namespace) or a DNS label (lower-case letters, "
             "digits and '-', at most 63 characters, not starting or ending with '-')",
         ),
-        "port": (lambda v: 1 <= v <= 65535, "a port from 1 to 65535"),
-        "active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
-        "ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
+        "service_account": (
+            Syntax(f"({kube_syntax.DNS_SUBDOMAIN_PATTERN})?", max_length=253),
+            "empty or a ServiceAccount name (lower-case letters, digits, '-' and '.')",
+        ),
+        "port": (Syntax(minimum=1, maximum=65535), "a port from 1 to 65535"),
+        "active_deadline_seconds": (Syntax(minimum=0), "an integer >= 0 (0: none)"),
+        "ttl_seconds_after_finished": (Syntax(minimum=-1), "an integer >= -1 (-1: keep)"),
         "image_pull_secrets": (
-            kube_syntax.are_object_names,
+            kube_syntax.OBJECT_NAMES,
             "Secret names (lower-case letters, digits, '-' and '.')",
         ),
     }
