@@ -18,8 +18,10 @@ import pytest
 import yaml
 from kubernetes_validate.utils import validate
 
-from disttrain.config import Config, config_from_dict
+from disttrain.config import Config, ConfigError, config_from_dict
 from launchers import load_job
+from launchers.chart_schema import main as chart_schema_main
+from launchers.chart_schema import schema_text
 from launchers.chart_values import RELEASE_SUFFIX, values_from_config
 from launchers.helm import CHARTS_DIR, HelmOptions, helm_binary, plan_job
 from launchers.k8s_objects import job_objects, objects_from_values
@@ -427,6 +429,39 @@ def test_helm_launcher_values_are_what_the_schema_accepts(tmp_path):
     path.write_text(yaml.safe_dump(values_from_config(*config_for("4w2ps", True))))
     for chart in CHARTS:
         helm("lint", "--strict", str(CHARTS_DIR / chart), "-f", str(path))
+
+
+def test_the_committed_values_schema_is_what_make_charts_generates():
+    assert (CHARTS_DIR / "_shared" / "values.schema.json").read_text() == schema_text()
+    assert chart_schema_main(["--check"]) == 0
+
+
+def test_the_schema_refuses_what_the_options_rules_refuse():
+    """The derived part: each Syntax rule of launcher.k8s is the schema's check, in Helm too."""
+    cases = {
+        "storage.scratchSizeLimit=10GB": "at '/storage/scratchSizeLimit'",
+        "storage.scratchHostPath=mnt": "at '/storage/scratchHostPath'",
+        "serviceAccount=-sa": "at '/serviceAccount'",
+        "cluster.port=70000": "at '/cluster/port'",
+        "ttlSecondsAfterFinished=-2": "at '/ttlSecondsAfterFinished'",
+        "imagePullSecrets[0]=ACR": "at '/imagePullSecrets/0'",
+    }
+    for value, message in cases.items():
+        args = ["template", "m", str(CHARTS_DIR / "distrib-tensorflow"), "-f", str(EXAMPLE_VALUES)]
+        result = helm(*args, "--set", value, check=False)
+        assert result.returncode != 0 and message in result.stderr, value
+        key, _, raw = value.partition("=")
+        override = {
+            "storage.scratchSizeLimit": "launcher.k8s.storage.scratch_size_limit",
+            "storage.scratchHostPath": "launcher.k8s.storage.scratch_host_path",
+            "serviceAccount": "launcher.k8s.service_account",
+            "cluster.port": "launcher.k8s.port",
+            "ttlSecondsAfterFinished": "launcher.k8s.ttl_seconds_after_finished",
+            "imagePullSecrets[0]": "launcher.k8s.image_pull_secrets",
+        }[key]
+        raw = f"[{raw}]" if key.endswith("[0]") else raw
+        with pytest.raises(ConfigError, match=re.escape(override)):
+            load_job(None, [f"{override}={raw}"], "helm")
 
 
 def test_the_chart_schema_and_the_config_accept_the_same_quantities():
