@@ -3,6 +3,14 @@
 The trainer never reads it: tasks see only the trainer's config. Each field's default is
 here, and so are the rules the API server would enforce (launchers/kube_syntax.py), so a
 typo fails at load with the key that holds it, not as a 422 from the cluster.
+
+The Helm charts read the same settings from their values file (camelCase keys,
+launchers/chart_values.py), and their values.schema.json is generated from these classes:
+a rule that is a `kube_syntax.Syntax` is also the schema's check (`make charts`,
+launchers/chart_schema.py). A field added here becomes a required key of that schema, so
+the charts refuse every values file until values.yaml gives its default; and the charts'
+test renders the same values through the charts and through launchers/k8s_objects.py and
+compares the objects.
 """
 
 from __future__ import annotations
