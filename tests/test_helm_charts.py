@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes_validate.utils import validate
+from test_e2e_helm import sample_values
 
 from disttrain.config import Config, ConfigError, config_from_dict
 from launchers import load_job
@@ -235,13 +236,20 @@ def example_values(**changes) -> dict:
 
 @pytest.mark.parametrize(
     ("case", "release"),
-    [("example", "mnist"), ("example-eval-once", "mnist"), ("2017-sample", "sample")],
+    [
+        ("example", "mnist"),
+        ("example-eval-once", "mnist"),
+        ("2017-sample", "sample"),
+        ("e2e-sample", "sample"),
+    ],
 )
 def test_the_charts_render_values_files_as_the_python_builders_do(case, release, tmp_path):
     values = {
         "example": example_values(),
         "example-eval-once": example_values(eval={"once": True}),
         "2017-sample": yaml.safe_load(legacy_values(tmp_path).read_text()),
+        # What the test cluster installs by hand (tests/test_e2e_helm.py), rendered here too.
+        "e2e-sample": sample_values("ml", "sample"),
     }[case]
     python = objects_from_values(values, "ml", release)
     assert_same_objects(
