@@ -17,7 +17,14 @@ import dataclasses
 import typing
 from typing import Any
 
-from disttrain.config import Config, ConfigError, build_section, config_from_dict, config_to_dict
+from disttrain.config import (
+    ClusterConfig,
+    Config,
+    ConfigError,
+    build_section,
+    config_from_dict,
+    config_to_dict,
+)
 from launchers.k8s_options import K8sOptions, Toleration
 
 TRAIN_CHART, EVAL_CHART, BOARD_CHART = "distrib-tensorflow", "eval-tensorflow", "tensorboard"
@@ -30,6 +37,8 @@ NOT_VALUES = frozenset({"namespace", "context", "tensorboard.enabled"})
 MOVED = {"port": ("cluster", "port")}
 # The release suffix of each chart (helm.releases): the job's name is the release's without it.
 RELEASE_SUFFIX = {TRAIN_CHART: "", EVAL_CHART: "-eval", BOARD_CHART: "-tensorboard"}
+# The trainer's cluster keys that the values hold under `cluster` (camelCase).
+CLUSTER_KEYS = ("workers", "ps", "max_restarts")
 NAME_MAX = 40  # the charts' `disttrain.name` truncates here (the config's name rule: 40)
 
 
@@ -51,12 +60,8 @@ def values_from_config(config: Config, k8s: K8sOptions) -> dict:
     options = _to_values(k8s)
     for field_name, (section, key) in MOVED.items():
         options.setdefault(section, {})[key] = options.pop(camel(field_name))
-    cluster = {
-        "workers": config.cluster.workers,
-        "ps": config.cluster.ps,
-        **options.pop("cluster"),
-        "maxRestarts": config.cluster.max_restarts,
-    }
+    cluster = {camel(key): getattr(config.cluster, key) for key in CLUSTER_KEYS}
+    cluster.update(options.pop("cluster"))
     return {
         "name": config.name,
         "runDir": config.run_dir,
@@ -101,14 +106,12 @@ def job_from_values(values: dict, namespace: str, release: str = "") -> tuple[Co
     config_raw = dict(values.get("config") or {})
     config_raw["name"] = _job_name(values, release)
     config_raw["run_dir"] = values.get("runDir", "")
+    # The chart lays its cluster keys over the config's, from values.yaml when the values
+    # leave them out: those defaults are the trainer's (as the differential test checks).
+    defaults = ClusterConfig()
     config_raw["cluster"] = {
         **(config_raw.get("cluster") or {}),
-        # The chart lays its own keys over the config's; its defaults are the trainer's.
-        **{
-            key: cluster[camel(key)]
-            for key in ("workers", "ps", "max_restarts")
-            if camel(key) in cluster
-        },
+        **{key: cluster.get(camel(key), getattr(defaults, key)) for key in CLUSTER_KEYS},
     }
     return config_from_dict(config_raw), k8s
 

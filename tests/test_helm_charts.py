@@ -241,6 +241,7 @@ def example_values(**changes) -> dict:
         ("example-eval-once", "mnist"),
         ("2017-sample", "sample"),
         ("e2e-sample", "sample"),
+        ("cluster-left-out", "mnist"),
     ],
 )
 def test_the_charts_render_values_files_as_the_python_builders_do(case, release, tmp_path):
@@ -250,6 +251,11 @@ def test_the_charts_render_values_files_as_the_python_builders_do(case, release,
         "2017-sample": yaml.safe_load(legacy_values(tmp_path).read_text()),
         # What the test cluster installs by hand (tests/test_e2e_helm.py), rendered here too.
         "e2e-sample": sample_values("ml", "sample"),
+        # The chart's cluster keys (values.yaml's defaults) win over the config's.
+        "cluster-left-out": {
+            **{k: v for k, v in example_values().items() if k != "cluster"},
+            "config": {"cluster": {"workers": 4, "ps": 2, "max_restarts": 7}},
+        },
     }[case]
     python = objects_from_values(values, "ml", release)
     assert_same_objects(
