@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format install clean bench azurite tools images netns-tools
+.PHONY: run test lint format install clean bench azurite tools images netns-tools charts
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/disttrain train --config configs/default.yaml
+
+# The charts' values.schema.json (launchers/charts/_shared), generated from the launcher.k8s
+# options (launchers/chart_schema.py); a test fails while the committed file is stale.
+charts: $(STAMP)
+	$(BIN)/python -m launchers.chart_schema
 
 # Azurite (the Azure Blob emulator) for the storage tests, from npm into .tools/.
 azurite:

@@ -2,9 +2,11 @@
 
 The charts keep the 2017 sample's names and workflow: `distrib-tensorflow` (chief, workers,
 ps), `eval-tensorflow` (the evaluator) and `tensorboard`, all driven by one values file.
-The plan is the values file (`values_from_config`) and one command per chart: submit runs
-`helm upgrade --install` with them, and `--dry-run` runs `helm template` with the same
-values and flags, so it prints what submit installs. Releases are NAME,
+The plan is the values file (`values_from_config`, launchers/chart_values.py) and one
+command per chart: submit runs `helm upgrade --install` with them, and `--dry-run` runs
+`helm template` with the same values and flags, so it prints what submit installs. The
+charts share one helper, values.yaml and values.schema.json (launchers/charts/_shared,
+linked into each chart). Releases are NAME,
 NAME-eval and NAME-tensorboard; the objects inside are named from `values.name` (= NAME),
 exactly as the Kubernetes launcher names them, which is why status, logs and list work
 the same way (labels select the job) and only submit/stop differ.
@@ -25,16 +27,16 @@ from pathlib import Path
 
 import yaml
 
-from disttrain.config import Config, ConfigError, config_to_dict
+from disttrain.config import Config, ConfigError
 from launchers import LauncherError, Plan
-from launchers.k8s_objects import job_objects, user_tolerations
-from launchers.k8s_options import ROLES, K8sOptions, RoleOptions
+from launchers.chart_values import BOARD_CHART, EVAL_CHART, TRAIN_CHART, values_from_config
+from launchers.k8s_objects import job_objects
+from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
 from launchers.kubernetes import Cluster, KubernetesLauncher, unrestricted_warnings
 from launchers.prepare import check_cluster_run_dir
 
 CHARTS_DIR = Path(__file__).resolve().parent / "charts"
-TRAIN_CHART, EVAL_CHART, BOARD_CHART = "distrib-tensorflow", "eval-tensorflow", "tensorboard"
 
 
 @dataclass
@@ -63,47 +65,6 @@ def helm_binary(options: HelmOptions | None = None) -> str:
         "helm: not found; run scripts/install-tools.sh (installs .tools/bin/helm), "
         "put helm on PATH or set DISTTRAIN_HELM"
     )
-
-
-def values_from_config(config: Config, k8s: K8sOptions) -> dict:
-    """The charts' values for this config: the file a user would write by hand."""
-    storage = k8s.storage
-    return {
-        "name": config.name,
-        "runDir": config.run_dir,
-        "cluster": {
-            "workers": config.cluster.workers,
-            "ps": config.cluster.ps,
-            "port": k8s.port,
-            "maxRestarts": config.cluster.max_restarts,
-        },
-        **{role: _role_values(getattr(k8s, role)) for role in ROLES},
-        "eval": {"once": False},
-        "serviceAccount": k8s.service_account,
-        "imagePullSecrets": list(k8s.image_pull_secrets),
-        "activeDeadlineSeconds": k8s.active_deadline_seconds,
-        "ttlSecondsAfterFinished": k8s.ttl_seconds_after_finished,
-        "storage": {
-            "secret": storage.secret,
-            "accountName": storage.account_name,
-            "azureFileShare": storage.azure_file_share,
-            "azureFileClaim": storage.azure_file_claim,
-            "scratchSizeLimit": storage.scratch_size_limit,
-            "scratchHostPath": storage.scratch_host_path,
-        },
-        "config": config_to_dict(config),
-    }
-
-
-def _role_values(role: RoleOptions) -> dict:
-    return {
-        "image": role.image,
-        "cpu": role.cpu,
-        "memory": role.memory,
-        "gpus": role.gpus,
-        "nodeSelector": dict(role.node_selector),
-        "tolerations": user_tolerations(role),
-    }
 
 
 def releases(config: Config, k8s: K8sOptions) -> list[tuple[str, str]]:

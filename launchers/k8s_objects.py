@@ -2,7 +2,9 @@
 (launchers/k8s_options.py) to plain manifest dicts.
 
 Nothing here talks to a cluster or imports the `kubernetes` package: `launchers/kubernetes.py`
-sends these objects, `--dry-run` prints them, and the Helm charts are tested against them.
+sends these objects (`job_objects`) and `--dry-run` prints them. The Helm charts render the
+same objects from a values file; `objects_from_values` is that entry here, and
+tests/test_helm_charts.py gives both the same values and compares the whole objects.
 
 The objects of a job NAME in namespace NS (every name is scoped by NAME, so jobs share a
 namespace):
@@ -19,7 +21,7 @@ namespace):
 
 Why one Job per task rather than an Indexed Job per role: each pod's TF_CONFIG is then the
 literal string `disttrain.cluster.tf_config_json` gives for that task (no runtime
-`$(JOB_COMPLETION_INDEX)` substitution inside JSON that a manifest reader, the parity test
+`$(JOB_COMPLETION_INDEX)` substitution inside JSON that a manifest reader, the charts' test
 and the trainer's index regex would otherwise see differently); each task has its own
 restart budget (`backoffLimit`, where an Indexed Job needs `backoffLimitPerIndex`, only GA in
 Kubernetes 1.33 while we support 1.25); and a worker's restarts never count against the chief.
@@ -35,6 +37,7 @@ cluster.max_restarts` ends a task that keeps failing; the job fails when its chi
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 import yaml
 
@@ -48,6 +51,14 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, dump_config
+from launchers.chart_values import (
+    BOARD_CHART,
+    CHARTS,
+    EVAL_CHART,
+    TRAIN_CHART,
+    job_from_values,
+    legacy_secret_name,
+)
 from launchers.k8s_checks import AZURE_ROOT, check_k8s_config
 from launchers.k8s_options import K8sOptions, RoleOptions
 
@@ -59,6 +70,7 @@ BOARD_PORT = 6006
 # The images' non-root user (docker/*.Dockerfile); the "restricted" standard needs non-root.
 RUN_AS_USER = 1000
 TASK_COMMAND = ["disttrain", "task", "--config", CONFIG_PATH]
+EVAL_ONCE_COMMAND = ["disttrain", "eval", "--config", CONFIG_PATH, "--once"]
 # Keys of the storage Secret, handed to the pods by reference (storage.py reads them).
 SECRET_ENV = (
     "AZURE_STORAGE_CONNECTION_STRING",
@@ -73,6 +85,7 @@ CSI_SECRET_KEYS = {
     "AZURE_STORAGE_ACCOUNT_KEY": "azurestorageaccountkey",
 }
 GPU_RESOURCE = "nvidia.com/gpu"
+COMPONENT_LABEL = "app.kubernetes.io/component"
 ROLE_LABEL = "disttrain.io/role"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 INDEX_LABEL = "disttrain.io/index"
@@ -85,7 +98,7 @@ def labels(name: str, component: str, task: Task | None = None) -> dict[str, str
     found = {
         "app.kubernetes.io/name": APP,
         "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/component": component,
+        COMPONENT_LABEL: component,
     }
     if task is not None:
         found[ROLE_LABEL] = task.role
@@ -129,7 +142,39 @@ def _metadata(k8s: K8sOptions, name: str, labels_: dict[str, str]) -> dict:
 def job_objects(config: Config, k8s: K8sOptions) -> list[dict]:
     """Every object of the job in creation order; the chief's Job (the owner) comes first."""
     check_k8s_config(config, k8s)
-    shape = ClusterShape.of(config)
+    return _objects(config, k8s, ClusterShape.of(config), k8s.tensorboard.enabled)
+
+
+def objects_from_values(
+    values: dict, namespace: str, release: str = "", charts: Collection[str] = CHARTS
+) -> list[dict]:
+    """What `charts` render from a values file into `namespace`: the charts' behaviour in
+    Python, which tests/test_helm_charts.py compares with `helm template` on the same input.
+
+    A thin adapter: the values are read back into a Config and `launcher.k8s` options
+    (launchers/chart_values.py) and built as `job_objects` builds them; `release` names the
+    job when the values do not. What only a values file can ask for is added here: the
+    evaluator and TensorBoard follow the charts installed (not `eval.enabled` and
+    `tensorboard.enabled`), `eval.once`, and the Secret the training chart makes from the
+    2017 sample's base64 keys.
+    """
+    config, k8s = job_from_values(values, namespace, release)
+    check_k8s_config(config, k8s)
+    shape = ClusterShape(config.cluster.workers, config.cluster.ps, EVAL_CHART in charts)
+    once = bool((values.get("eval") or {}).get("once"))
+    objects = _objects(config, k8s, shape, BOARD_CHART in charts, eval_once=once)
+    if TRAIN_CHART not in charts:  # the training chart's objects go with it (its config stays)
+        kept = {"evaluator", "config"} if EVAL_CHART in charts else set()
+        kept |= {"tensorboard"} if BOARD_CHART in charts else set()
+        objects = [o for o in objects if o["metadata"]["labels"][COMPONENT_LABEL] in kept]
+    elif secret := legacy_secret_name(values, release):
+        objects.append(legacy_secret(k8s.namespace, config.name, secret, values["storage"]))
+    return objects
+
+
+def _objects(
+    config: Config, k8s: K8sOptions, shape: ClusterShape, board: bool, eval_once: bool = False
+) -> list[dict]:
     tasks = tasks_of(shape)
     chief = next(t for t in tasks if t.role == CHIEF)
     objects = [
@@ -137,8 +182,8 @@ def job_objects(config: Config, k8s: K8sOptions) -> list[dict]:
         config_map(config, k8s),
         headless_service(config, k8s),
     ]
-    objects += [task_job(config, k8s, shape, t) for t in tasks if t.role != CHIEF]
-    if k8s.tensorboard.enabled:
+    objects += [task_job(config, k8s, shape, t, eval_once) for t in tasks if t.role != CHIEF]
+    if board:
         objects += [board_deployment(config, k8s), board_service(config, k8s)]
     return objects
 
@@ -171,13 +216,18 @@ def headless_service(config: Config, k8s: K8sOptions) -> dict:
     }
 
 
-def task_job(config: Config, k8s: K8sOptions, shape: ClusterShape, task: Task) -> dict:
+def task_job(
+    config: Config, k8s: K8sOptions, shape: ClusterShape, task: Task, eval_once: bool = False
+) -> dict:
+    """The Job of one task; `eval_once` (the eval chart's `eval.once`): an evaluator that
+    evaluates the latest checkpoint once and exits."""
     component = "evaluator" if task.role == EVALUATOR else "trainer"
     task_labels = labels(config.name, component, task)
     tf_config = tf_config_json(shape, address_of(config.name, k8s.namespace, k8s.port), task)
     env = [{"name": "TF_CONFIG", "value": tf_config}]
     env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
-    container = _container(k8s, k8s.role(task.role), TASK_COMMAND, env)
+    command = EVAL_ONCE_COMMAND if task.role == EVALUATOR and eval_once else TASK_COMMAND
+    container = _container(k8s, k8s.role(task.role), command, env)
     if task.role != EVALUATOR:
         container["ports"] = [{"name": "grpc", "containerPort": k8s.port}]
     pod = _pod_spec(config, k8s, k8s.role(task.role), container, "OnFailure")
@@ -271,20 +321,8 @@ def resources(role: RoleOptions) -> dict:
     return {"requests": requests, "limits": limits}
 
 
-def user_tolerations(role: RoleOptions) -> list[dict]:
-    found = []
-    for toleration in role.tolerations:
-        entry = {"key": toleration.key, "operator": toleration.operator}
-        if toleration.value:
-            entry["value"] = toleration.value
-        if toleration.effect:
-            entry["effect"] = toleration.effect
-        found.append(entry)
-    return found
-
-
 def tolerations(role: RoleOptions) -> list[dict]:
-    found = user_tolerations(role)
+    found = [toleration.manifest() for toleration in role.tolerations]
     if role.gpus:  # GPU node pools carry this taint so that only GPU pods land there
         found.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
     return found
@@ -431,6 +469,24 @@ def storage_secret(name: str, namespace: str, values: dict[str, str]) -> dict:
         },
         "type": "Opaque",
         "stringData": data,
+    }
+
+
+def legacy_secret(namespace: str, name: str, secret: str, storage: dict) -> dict:
+    """The Secret the training chart makes from a 2017-sample values file's base64 account
+    and key (`storage.accountbase64/keybase64`), under the env and the CSI driver's names."""
+    account, key = storage.get("accountbase64", ""), storage.get("keybase64", "")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": secret, "namespace": namespace, "labels": labels(name, "storage")},
+        "type": "Opaque",
+        "data": {
+            CSI_SECRET_KEYS[ACCOUNT_ENV]: account,
+            CSI_SECRET_KEYS["AZURE_STORAGE_ACCOUNT_KEY"]: key,
+            ACCOUNT_ENV: account,
+            "AZURE_STORAGE_ACCOUNT_KEY": key,
+        },
     }
 
 

@@ -3,30 +3,36 @@
 The trainer never reads it: tasks see only the trainer's config. Each field's default is
 here, and so are the rules the API server would enforce (launchers/kube_syntax.py), so a
 typo fails at load with the key that holds it, not as a 422 from the cluster.
+
+The Helm charts read the same settings from their values file (camelCase keys,
+launchers/chart_values.py), and their values.schema.json is generated from these classes:
+a rule that is a `kube_syntax.Syntax` is also the schema's check (`make charts`,
+launchers/chart_schema.py). A field added here becomes a required key of that schema, so
+the charts refuse every values file until values.yaml gives its default; and the charts'
+test renders the same values through the charts and through launchers/k8s_objects.py and
+compares the objects.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from disttrain.config import Rule
 from launchers import kube_syntax
+from launchers.kube_syntax import Syntax
 
 WORKER_IMAGE = "disttrain/worker:0.1.0"  # GPU TensorFlow + the whole trainer
 PS_IMAGE = "disttrain/ps:0.1.0"  # CPU-only TensorFlow, no data tooling: smaller
 ROLES = ("chief", "worker", "ps", "evaluator", "tensorboard")
+SHARE_NAME = Syntax("[-a-z0-9]*")  # also the 2017 sample's storage.sharename
 
 
-def is_pinned_image(image: str) -> bool:
-    """`repo[:port]/name:tag` or `...@sha256:<hex>`: never an implicit `latest`."""
-    name, _, digest = image.partition("@")
-    if digest:
-        return bool(re.fullmatch(r"sha256:[0-9a-f]{64}", digest)) and bool(name.strip())
-    last = name.rsplit("/", 1)[-1]
-    repo, _, tag = last.partition(":")
-    return bool(repo) and bool(re.fullmatch(r"\w[\w.-]{0,127}", tag)) and " " not in name
+# `[registry[:port]/]path/name:tag`, `...:tag@sha256:<hex>` or `...@sha256:<hex>`: never an
+# implicit `latest`, and no whitespace anywhere.
+PINNED_IMAGE = Syntax(
+    r"(\S+/)?[^\s/:@]+(:\w[\w.-]{0,127}(@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})"
+)
 
 
 @dataclass
@@ -35,6 +41,19 @@ class Toleration:
     operator: Literal["Equal", "Exists"] = "Equal"
     value: str = ""
     effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+    # With effect NoExecute: how long the pod stays on a node that gets the taint; None: ever.
+    toleration_seconds: int | None = None
+
+    def manifest(self) -> dict:
+        """The toleration as a Pod spells it: empty value and effect, and no seconds, left out."""
+        found: dict = {"key": self.key, "operator": self.operator}
+        if self.value:
+            found["value"] = self.value
+        if self.effect:
+            found["effect"] = self.effect
+        if self.toleration_seconds is not None:
+            found["tolerationSeconds"] = self.toleration_seconds
+        return found
 
 
 @dataclass
@@ -50,12 +69,12 @@ class RoleOptions:
 
     RULES: ClassVar[dict[str, Rule]] = {
         "image": (
-            is_pinned_image,
+            PINNED_IMAGE,
             "an image reference with a tag or digest, e.g. disttrain/worker:0.1.0",
         ),
-        "cpu": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
-        "memory": (kube_syntax.is_quantity, kube_syntax.QUANTITY_ACCEPTED),
-        "gpus": (lambda v: v >= 0, "an integer >= 0"),
+        "cpu": (kube_syntax.QUANTITY, kube_syntax.QUANTITY_ACCEPTED),
+        "memory": (kube_syntax.QUANTITY, kube_syntax.QUANTITY_ACCEPTED),
+        "gpus": (Syntax(minimum=0), "an integer >= 0 (nvidia.com/gpu per pod)"),
         "node_selector": (kube_syntax.are_labels, kube_syntax.LABELS_ACCEPTED),
         "tolerations": (kube_syntax.are_tolerations, kube_syntax.TOLERATIONS_ACCEPTED),
     }
@@ -93,13 +112,18 @@ class StorageOptions:
 
     RULES: ClassVar[dict[str, Rule]] = {
         "account_name": (
-            lambda v: bool(re.fullmatch(r"([a-z0-9]{3,24})?", v)),
+            Syntax(r"([a-z0-9]{3,24})?"),
             "an Azure storage account name: 3 to 24 lower-case letters and digits",
         ),
+        "azure_file_share": (
+            SHARE_NAME,
+            "empty or an Azure Files share name: lower-case letters, digits and '-'",
+        ),
         "scratch_size_limit": (
-            lambda v: v == "" or kube_syntax.is_quantity(v),
+            Syntax(f"({kube_syntax.QUANTITY_PATTERN})?"),
             f"empty (no limit) or {kube_syntax.QUANTITY_ACCEPTED}",
         ),
+        "scratch_host_path": (Syntax("(/.*)?"), "empty or an absolute path on the node"),
     }
 
 
@@ -130,11 +154,15 @@ class K8sOptions:
             "empty (kubectl's: the context's namespace) or a DNS label (lower-case letters, "
             "digits and '-', at most 63 characters, not starting or ending with '-')",
         ),
-        "port": (lambda v: 1 <= v <= 65535, "a port from 1 to 65535"),
-        "active_deadline_seconds": (lambda v: v >= 0, "an integer >= 0 (0: none)"),
-        "ttl_seconds_after_finished": (lambda v: v >= -1, "an integer >= -1 (-1: keep)"),
+        "service_account": (
+            Syntax(f"({kube_syntax.DNS_SUBDOMAIN_PATTERN})?", max_length=253),
+            "empty or a ServiceAccount name (lower-case letters, digits, '-' and '.')",
+        ),
+        "port": (Syntax(minimum=1, maximum=65535), "a port from 1 to 65535"),
+        "active_deadline_seconds": (Syntax(minimum=0), "an integer >= 0 (0: none)"),
+        "ttl_seconds_after_finished": (Syntax(minimum=-1), "an integer >= -1 (-1: keep)"),
         "image_pull_secrets": (
-            kube_syntax.are_object_names,
+            kube_syntax.OBJECT_NAMES,
             "Secret names (lower-case letters, digits, '-' and '.')",
         ),
     }

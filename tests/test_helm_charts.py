@@ -1,4 +1,5 @@
-"""The Helm charts: `helm lint --strict`, strict schemas, and parity with the Python launcher.
+"""The Helm charts: `helm lint --strict`, strict schemas, and the same objects as the Python
+builders from the same values (a differential test: one input, both renderers, whole objects).
 
 Uses the real helm 4 binary that `make test` installs into .tools/bin (scripts/install-tools.sh).
 """
@@ -16,11 +17,15 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes_validate.utils import validate
+from test_e2e_helm import sample_values
 
-from disttrain.config import Config, config_from_dict
+from disttrain.config import Config, ConfigError, config_from_dict
 from launchers import load_job
-from launchers.helm import CHARTS_DIR, HelmOptions, helm_binary, plan_job, values_from_config
-from launchers.k8s_objects import job_objects
+from launchers.chart_schema import main as chart_schema_main
+from launchers.chart_schema import schema_text
+from launchers.chart_values import RELEASE_SUFFIX, values_from_config
+from launchers.helm import CHARTS_DIR, HelmOptions, helm_binary, plan_job
+from launchers.k8s_objects import job_objects, objects_from_values
 from launchers.k8s_options import K8sOptions
 from launchers.pod_security import restricted_violations
 
@@ -82,7 +87,8 @@ def by_key(objects: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def config_for(shape: str, evaluator: bool) -> tuple[Config, K8sOptions]:
-    overrides = [*BASE, *SHAPES[shape], f"eval.enabled={str(evaluator).lower()}"]
+    shapes = {**SHAPES, **SHAPES_BEYOND_RESTRICTED}
+    overrides = [*BASE, *shapes[shape], f"eval.enabled={str(evaluator).lower()}"]
     config, launcher = load_job(None, overrides, "helm")
     return config, launcher.options["k8s"]
 
@@ -93,13 +99,9 @@ def render(config: Config, k8s: K8sOptions) -> str:
 
 
 @pytest.fixture(scope="module")
-def rendered() -> dict[tuple[str, bool], tuple[list[dict], list[dict]]]:
-    """(Python launcher objects, helm template objects) for every parity case, rendered once."""
-    found = {}
-    for shape, evaluator in CASES:
-        config, k8s = config_for(shape, evaluator)
-        found[(shape, evaluator)] = (job_objects(config, k8s), documents(render(config, k8s)))
-    return found
+def rendered() -> dict[tuple[str, bool], list[dict]]:
+    """helm template objects for every launcher case the restricted standard admits."""
+    return {case: documents(render(*config_for(*case))) for case in CASES}
 
 
 def test_install_tools_gives_helm_4():
@@ -112,53 +114,153 @@ def test_charts_pass_helm_lint_strict(chart):
     assert "0 chart(s) failed" in result.stdout
 
 
-def test_charts_share_one_helper_file_values_and_schema():
-    for name in ("templates/_disttrain.tpl", "values.yaml", "values.schema.json"):
-        texts = {(CHARTS_DIR / chart / name).read_text() for chart in CHARTS}
-        assert len(texts) == 1, f"{name} differs between the charts"
+def test_charts_link_the_one_shared_helper_values_and_schema():
+    """One copy in launchers/charts/_shared, a relative link in each chart (it survives a
+    clone anywhere); `_shared` has no Chart.yaml, so nothing takes it for a chart."""
+    shared = CHARTS_DIR / "_shared"
+    assert not (shared / "Chart.yaml").exists()
+    for chart in CHARTS:
+        for name in ("templates/_disttrain.tpl", "values.yaml", "values.schema.json"):
+            link = CHARTS_DIR / chart / name
+            assert link.is_symlink() and not os.path.isabs(os.readlink(link)), link
+            assert link.resolve() == (shared / Path(name).name).resolve(), link
 
 
-@pytest.mark.parametrize(("shape", "evaluator"), CASES)
-def test_helm_and_python_launcher_render_the_same_tasks(rendered, shape, evaluator):
-    python_objects, helm_objects = rendered[(shape, evaluator)]
-    python, charts = by_key(python_objects), by_key(helm_objects)
-    python_pods = {k: o for k, o in python.items() if k[0] in ("Job", "Deployment")}
-    helm_pods = {k: o for k, o in charts.items() if k[0] in ("Job", "Deployment")}
-    assert sorted(python_pods) == sorted(helm_pods)
-    for key, python_obj in python_pods.items():
-        py_pod = python_obj["spec"]["template"]["spec"]
-        helm_pod = helm_pods[key]["spec"]["template"]["spec"]
-        (py_c,), (helm_c,) = py_pod["containers"], helm_pod["containers"]
-        assert _env(helm_c).get("TF_CONFIG") == _env(py_c).get("TF_CONFIG"), key
-        assert helm_c["command"] == py_c["command"]
-        assert [e["name"] for e in helm_c["env"]] == [e["name"] for e in py_c["env"]]
-        assert helm_c["image"] == py_c["image"]
-        pod_labels = [
-            o["spec"]["template"]["metadata"]["labels"] for o in (helm_pods[key], python_obj)
-        ]
-        assert pod_labels[0] == pod_labels[1], key
-        assert helm_c["resources"] == py_c["resources"]
-        assert helm_c["volumeMounts"] == py_c["volumeMounts"]
-        # Beyond the contract: the whole pod spec matches, but for the evaluator's own
-        # ConfigMap (the eval chart installs on its own, so it carries its config).
-        assert _same_config_map(helm_pod) == _same_config_map(py_pod), key
-        assert helm_pods[key]["spec"].get("backoffLimit") == python_obj["spec"].get("backoffLimit")
-        for field in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
-            assert helm_pods[key]["spec"].get(field) == python_obj["spec"].get(field)
-    for key in [k for k in python if k[0] == "Service"]:
-        assert charts[key]["spec"] == python[key]["spec"]
+# ---------------------------------------------------------------- one input, two renderers
+#
+# Every values file the charts are given here is rendered by `helm template` and by the
+# Python builders (`objects_from_values`), and the two must give the same objects. Only what
+# legitimately differs is normalised, in `comparable`.
 
 
-def _env(container: dict) -> dict:
-    return {e["name"]: e.get("value") for e in container["env"]}
+def comparable(objects: list[dict], name: str) -> dict[tuple[str, str], dict]:
+    """Objects by (kind, name), normalised where Helm and the Python builders may differ:
+    helm template lists them by kind per chart, Python in creation order, so they are
+    compared as a mapping, whole, but for these three things:"""
+    found = {}
+    for obj in json.loads(json.dumps(objects)):
+        labels = obj["metadata"]["labels"]
+        # 1. Helm's bookkeeping labels on each chart-made object (not on the pods): who
+        #    installed it and from which chart version. Python's objects are not Helm's.
+        if labels.pop("app.kubernetes.io/managed-by", "Helm") != "Helm":
+            raise AssertionError(f"{obj['metadata']['name']}: not managed by Helm")
+        labels.pop("helm.sh/chart", None)
+        # 2. The eval chart installs on its own, so it carries its own copy of the config,
+        #    NAME-eval-config; the k8s launcher's evaluator mounts the job's NAME-config.
+        #    Both copies must hold the same config: a second one must equal the first.
+        _rename_config_map(obj, f"{name}-eval-config", f"{name}-config")
+        # 3. The config as the tasks load it, not as text: the chart writes `values.config`
+        #    as given (toYaml sorts keys) with its own keys laid over it, Python dumps the
+        #    resolved config; the tasks read either through the same loader.
+        if obj["kind"] == "ConfigMap":
+            obj["data"]["config.yaml"] = config_from_dict(
+                yaml.safe_load(obj["data"]["config.yaml"])
+            )
+        key = (obj["kind"], obj["metadata"]["name"])
+        assert found.setdefault(key, obj) == obj, f"two different {key}"
+    return found
 
 
-def _same_config_map(pod: dict) -> dict:
-    pod = json.loads(json.dumps(pod))
-    for volume in pod["volumes"]:
-        if "configMap" in volume:
-            volume["configMap"]["name"] = "<config>"
-    return pod
+def _rename_config_map(obj: dict, old: str, new: str) -> None:
+    if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == old:
+        obj["metadata"]["name"] = new
+    for volume in obj.get("spec", {}).get("template", {}).get("spec", {}).get("volumes", []):
+        if volume.get("configMap", {}).get("name") == old:
+            volume["configMap"]["name"] = new
+
+
+def assert_same_objects(helm_objects: list[dict], python_objects: list[dict], name: str) -> None:
+    charts, python = comparable(helm_objects, name), comparable(python_objects, name)
+    assert sorted(charts) == sorted(python)
+    for key, obj in python.items():
+        assert charts[key] == obj, key
+
+
+# The launcher's cases, plus storage the restricted standard refuses (hostPath scratch) and a
+# claim instead of an inline share, with a NoExecute toleration that has seconds.
+LAUNCHER_CASES = {
+    **{
+        f"{shape}-{'eval' if evaluator else 'noeval'}": (shape, evaluator)
+        for shape, evaluator in CASES
+    },
+    "claim-hostpath": ("claim-hostpath", True),
+}
+SHAPES_BEYOND_RESTRICTED = {
+    "claim-hostpath": [
+        "cluster.workers=1",
+        "cluster.ps=1",
+        "launcher.k8s.storage.azure_file_claim=tf-share-claim",
+        "launcher.k8s.storage.scratch_host_path=/mnt/scratch",
+        "launcher.k8s.ps.tolerations=[{key: spot, operator: Exists, effect: NoExecute, "
+        "toleration_seconds: 30}]",
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(LAUNCHER_CASES))
+def test_the_charts_render_the_launchers_values_as_the_python_builders_do(case):
+    config, k8s = config_for(*LAUNCHER_CASES[case])
+    plan = plan_job(config, k8s, HelmOptions())
+    charts = [chart for _, chart in plan.releases]
+    python = objects_from_values(plan.values, plan.k8s.namespace, charts=charts)
+    # The values file carries the whole job: read back, it builds what the k8s launcher sends.
+    assert python == job_objects(config, plan.k8s)
+    assert_same_objects(documents(plan.render()), python, config.name)
+
+
+def test_the_azure_example_config_renders_the_same_through_both():
+    config, launcher = load_job("configs/azure.yaml", ["launcher.k8s.namespace=ml"], "helm")
+    plan = plan_job(config, launcher.options["k8s"], HelmOptions())
+    charts = [chart for _, chart in plan.releases]
+    python = objects_from_values(plan.values, "ml", charts=charts)
+    assert_same_objects(documents(plan.render()), python, config.name)
+
+
+def helm_template(values: dict, release: str, tmp_path: Path) -> list[dict]:
+    """The three charts installed by hand, as the 2017 sample's README does: releases
+    RELEASE, RELEASE-eval and RELEASE-tensorboard, with one values file."""
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    found = []
+    for chart in CHARTS:
+        release_ = release + RELEASE_SUFFIX[chart]
+        target = ["--namespace", "ml", "-f", str(path)]
+        found += documents(helm("template", release_, str(CHARTS_DIR / chart), *target).stdout)
+    return found
+
+
+def example_values(**changes) -> dict:
+    values = yaml.safe_load(EXAMPLE_VALUES.read_text())
+    return {**values, **changes}
+
+
+@pytest.mark.parametrize(
+    ("case", "release"),
+    [
+        ("example", "mnist"),
+        ("example-eval-once", "mnist"),
+        ("2017-sample", "sample"),
+        ("e2e-sample", "sample"),
+        ("cluster-left-out", "mnist"),
+    ],
+)
+def test_the_charts_render_values_files_as_the_python_builders_do(case, release, tmp_path):
+    values = {
+        "example": example_values(),
+        "example-eval-once": example_values(eval={"once": True}),
+        "2017-sample": yaml.safe_load(legacy_values(tmp_path).read_text()),
+        # What the test cluster installs by hand (tests/test_e2e_helm.py), rendered here too.
+        "e2e-sample": sample_values("ml", "sample"),
+        # The chart's cluster keys (values.yaml's defaults) win over the config's.
+        "cluster-left-out": {
+            **{k: v for k, v in example_values().items() if k != "cluster"},
+            "config": {"cluster": {"workers": 4, "ps": 2, "max_restarts": 7}},
+        },
+    }[case]
+    python = objects_from_values(values, "ml", release)
+    assert_same_objects(
+        helm_template(values, release, tmp_path), python, python[0]["metadata"]["name"]
+    )
 
 
 def test_the_charts_config_map_holds_the_same_resolved_config():
@@ -171,7 +273,7 @@ def test_the_charts_config_map_holds_the_same_resolved_config():
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_chart_object_validates_strictly_and_meets_restricted(rendered, version):
-    for _, helm_objects in rendered.values():
+    for helm_objects in rendered.values():
         for obj in helm_objects:
             validate(obj, version, strict=True)
             assert restricted_violations(obj) == []
@@ -341,6 +443,39 @@ def test_helm_launcher_values_are_what_the_schema_accepts(tmp_path):
     path.write_text(yaml.safe_dump(values_from_config(*config_for("4w2ps", True))))
     for chart in CHARTS:
         helm("lint", "--strict", str(CHARTS_DIR / chart), "-f", str(path))
+
+
+def test_the_committed_values_schema_is_what_make_charts_generates():
+    assert (CHARTS_DIR / "_shared" / "values.schema.json").read_text() == schema_text()
+    assert chart_schema_main(["--check"]) == 0
+
+
+def test_the_schema_refuses_what_the_options_rules_refuse():
+    """The derived part: each Syntax rule of launcher.k8s is the schema's check, in Helm too."""
+    cases = {
+        "storage.scratchSizeLimit=10GB": "at '/storage/scratchSizeLimit'",
+        "storage.scratchHostPath=mnt": "at '/storage/scratchHostPath'",
+        "serviceAccount=-sa": "at '/serviceAccount'",
+        "cluster.port=70000": "at '/cluster/port'",
+        "ttlSecondsAfterFinished=-2": "at '/ttlSecondsAfterFinished'",
+        "imagePullSecrets[0]=ACR": "at '/imagePullSecrets/0'",
+    }
+    for value, message in cases.items():
+        args = ["template", "m", str(CHARTS_DIR / "distrib-tensorflow"), "-f", str(EXAMPLE_VALUES)]
+        result = helm(*args, "--set", value, check=False)
+        assert result.returncode != 0 and message in result.stderr, value
+        key, _, raw = value.partition("=")
+        override = {
+            "storage.scratchSizeLimit": "launcher.k8s.storage.scratch_size_limit",
+            "storage.scratchHostPath": "launcher.k8s.storage.scratch_host_path",
+            "serviceAccount": "launcher.k8s.service_account",
+            "cluster.port": "launcher.k8s.port",
+            "ttlSecondsAfterFinished": "launcher.k8s.ttl_seconds_after_finished",
+            "imagePullSecrets[0]": "launcher.k8s.image_pull_secrets",
+        }[key]
+        raw = f"[{raw}]" if key.endswith("[0]") else raw
+        with pytest.raises(ConfigError, match=re.escape(override)):
+            load_job(None, [f"{override}={raw}"], "helm")
 
 
 def test_the_chart_schema_and_the_config_accept_the_same_quantities():

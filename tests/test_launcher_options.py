@@ -79,7 +79,8 @@ def test_the_trainer_imports_no_launcher_options():
         ("launcher.k8s.chief.node_selector={'bad key!': x}", "chief.node_selector: got"),
         (
             "launcher.k8s.worker.tolerations=[{key: spot, operator: Exists, value: x}]",
-            "tolerations: got [{'key': 'spot', 'operator': 'Exists', 'value': 'x', 'effect': ''}]",
+            "tolerations: got [{'key': 'spot', 'operator': 'Exists', 'value': 'x', 'effect': '', "
+            "'toleration_seconds': None}]",
         ),
         ("launcher.k8s.worker.tolerations=[{key: 'a b', value: x}]", "worker.tolerations: got"),
         ("launcher.k8s.worker.tolerations=[{value: x}]", "worker.tolerations: got"),
