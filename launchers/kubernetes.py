@@ -130,7 +130,7 @@ class KubernetesLauncher(Launcher):
             f"{cluster.namespace} (chief, {config.cluster.workers} workers, {config.cluster.ps} ps"
             + (", evaluator" if config.eval.enabled else "")
             + ")\n"
-            + f"  status: disttrain status -l k8s -n {config.name} --namespace {cluster.namespace}"
+            + f"  status: disttrain status {config.name} -l k8s -n {cluster.namespace}"
         )
         if follow:
             cluster.follow_chief(config.name)
@@ -275,7 +275,8 @@ class Cluster:
         if self.exists("Job", name):
             raise LauncherError(
                 f"job {name!r} already exists in namespace {self.namespace} "
-                f"(`disttrain status -l k8s -n {name}`); `disttrain stop -l k8s -n {name}` first, "
+                f"(`disttrain status {name} -l k8s -n {self.namespace}`); "
+                f"`disttrain stop {name} -l k8s -n {self.namespace}` first, "
                 "or choose another name with --set name=..."
             )
 
@@ -301,7 +302,7 @@ class Cluster:
         if job is None:
             raise LauncherError(
                 f"no job {name!r} in namespace {self.namespace} "
-                f"(`disttrain list -l k8s --namespace {self.namespace}` lists the jobs there)"
+                f"(`disttrain list -l k8s -n {self.namespace}` lists the jobs there)"
             )
         return _result_of(job)
 

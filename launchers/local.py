@@ -517,7 +517,7 @@ def _refuse_if_running(state_dir: Path) -> None:
         if state.get("result") == "running" and _pid_alive(state.get("launcher_pid")):
             raise LauncherError(
                 f"job {state_dir.name!r} is already running (launcher pid "
-                f"{state['launcher_pid']}); `disttrain stop -n {state_dir.name}` "
+                f"{state['launcher_pid']}); `disttrain stop {state_dir.name}` "
                 "or choose another name with --set name=..."
             )
 

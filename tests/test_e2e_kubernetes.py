@@ -73,10 +73,9 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     status = cli(
         "status",
+        "mnist",
         "--launcher",
         "k8s",
-        "--name",
-        "mnist",
         "--namespace",
         namespace,
         env=env,
@@ -87,14 +86,13 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     logs = cli(
         "logs",
-        "--launcher",
-        "k8s",
-        "--name",
         "mnist",
-        "--namespace",
-        namespace,
         "worker",
         "1",
+        "--launcher",
+        "k8s",
+        "--namespace",
+        namespace,
         env=env,
         check=True,
     ).stdout
@@ -103,10 +101,9 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     stopped = cli(
         "stop",
+        "mnist",
         "--launcher",
         "k8s",
-        "--name",
-        "mnist",
         "--namespace",
         namespace,
         env=env,
@@ -204,9 +201,7 @@ def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_wh
     result = cli("train", "--launcher", "k8s", "--wait", *args, env=env, timeout=300)
     assert result.returncode != 0
     assert chief_result(cluster, namespace, "broken") == "Failed"
-    status = cli(
-        "status", "--launcher", "k8s", "--name", "broken", "--namespace", namespace, env=env
-    ).stdout
+    status = cli("status", "broken", "--launcher", "k8s", "--namespace", namespace, env=env).stdout
     first = status.splitlines()[0]
     assert "failed" in first and "BackoffLimitExceeded" in first, status
     chief_row = next(line for line in status.splitlines() if line.startswith("chief-0"))
@@ -329,4 +324,4 @@ def test_without_local_credentials_the_preflight_is_skipped_with_a_note_and_the_
         f"is set here (the pods use the Secret {SECRET!r})"
     ]
     assert cluster.get("Job", namespace, "nokey", "batch/v1") is not None
-    cli("stop", "--launcher", "k8s", "--name", "nokey", "--namespace", namespace, env=env)
+    cli("stop", "nokey", "--launcher", "k8s", "--namespace", namespace, env=env)

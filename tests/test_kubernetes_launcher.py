@@ -394,7 +394,7 @@ def test_cli_reports_bad_input_with_the_key_and_exit_code_2():
 def test_verbs_without_a_cluster_say_so(monkeypatch, tmp_path):
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "disttrain", "status", "-l", "k8s", "-n", "mnist"],
+        [sys.executable, "-m", "disttrain", "status", "mnist", "-l", "k8s"],
         capture_output=True,
         text=True,
         env=env,
