@@ -74,6 +74,10 @@ NamespaceOption = Annotated[
         "kubeconfig context's, else default: where kubectl would look).",
     ),
 ]
+OutputOption = Annotated[
+    Literal["table", "json", "yaml"],
+    typer.Option("--output", "-o", help="A table to read, or JSON or YAML for scripts."),
+]
 ContextOption = Annotated[
     str | None,
     typer.Option("--context", help="k8s/helm: the kubeconfig context (default: the current one)."),
@@ -289,11 +293,17 @@ def status(
     launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    output: OutputOption = "table",
     legacy_name: LegacyNameOption = None,
 ) -> None:
-    """Show every task of a job (state, restarts) and the job's result."""
+    """Show a job's result, every task (state, restarts) and its progress: the last step,
+    examples/s and ETA (from the chief's log), the last checkpoint and evaluation."""
     name = _job_name(name, legacy_name)
-    typer.echo(_launcher(launcher, namespace=namespace, context=context).status(name))
+    backend = _launcher(launcher, namespace=namespace, context=context)
+    if output == "table":
+        typer.echo(backend.status(name))  # helm adds its releases' status
+    else:
+        typer.echo(_formatted(backend.job_status(name).to_dict(), output))
 
 
 @app.command()
@@ -340,12 +350,15 @@ def list_(
     launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    output: OutputOption = "table",
 ) -> None:
-    """List the jobs a launcher can see (k8s: in the namespace) with their results."""
+    """List the jobs a launcher can see (local: this machine's; k8s: in the namespace)
+    with their results."""
     try:
-        typer.echo(_launcher(launcher, namespace=namespace, context=context).list_jobs())
+        jobs = _launcher(launcher, namespace=namespace, context=context).list_jobs()
     except ConfigError as exc:
         _fail(str(exc))
+    typer.echo(jobs.render() if output == "table" else _formatted(jobs.jobs, output))
 
 
 secret_app = typer.Typer(help="The storage Secret Kubernetes pods read Azure credentials from.")
@@ -423,6 +436,16 @@ def data_convert(
         convert_image_folder(root, Path(out_dir), shards, on_bad_file, log)
     except DataError as exc:
         _fail(str(exc))
+
+
+def _formatted(data, output: str) -> str:
+    if output == "json":
+        import json
+
+        return json.dumps(data, indent=2)
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
 def _launcher(name: str, **flags: str | None):

@@ -47,6 +47,7 @@ from disttrain.cluster import (
 from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher, LauncherError, Plan
+from launchers.job_status import JobList, JobStatus, training_progress
 from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
@@ -194,21 +195,42 @@ class LocalLauncher(Launcher):
             print(final_report(config))
         return code
 
-    def status(self, name: str) -> str:
+    def job_status(self, name: str) -> JobStatus:
         state = _read_state(default_state_dir() / name)
-        lines = [
-            f"job {name}: {state['result']}"
-            + (f" ({state['reason']})" if state.get("reason") else ""),
-            f"{'TASK':<12} {'STATE':<10} {'PID':>8} {'RESTARTS':>8}  LOG",
+        tasks = [
+            {
+                "task": task_name,
+                "state": "running" if _pid_alive(info.get("pid")) else info.get("state", "exited"),
+                "pid": info.get("pid"),
+                "restarts": info.get("restarts", 0),
+                "log": info["log"],
+            }
+            for task_name, info in state["tasks"].items()
         ]
-        for task_name, info in state["tasks"].items():
-            alive = _pid_alive(info.get("pid"))
-            phase = "running" if alive else info.get("state", "exited")
-            lines.append(
-                f"{task_name:<12} {phase:<10} {info.get('pid') or '-':>8} "
-                f"{info.get('restarts', 0):>8}  {info['log']}"
+        chief = state["tasks"].get(f"{CHIEF}-0")
+        progress = training_progress(
+            _tail(Path(chief["log"])) if chief else "",
+            running=state["result"] == "running",
+            run_dir=state.get("run_dir"),
+        )
+        return JobStatus(name, state["result"], state.get("reason", ""), None, tasks, progress)
+
+    def list_jobs(self) -> JobList:
+        root = default_state_dir()
+        jobs = []
+        for path in sorted(root.glob("*/job.json")):
+            state = json.loads(path.read_text())
+            updated = time.localtime(path.stat().st_mtime)
+            jobs.append(
+                {
+                    "name": path.parent.name,
+                    "result": state["result"],
+                    "tasks": len(state["tasks"]),
+                    "updated": time.strftime("%Y-%m-%d %H:%M", updated),
+                    "run_dir": state.get("run_dir"),
+                }
             )
-        return "\n".join(lines)
+        return JobList(jobs, f"no local jobs in {root}")
 
     def logs(
         self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
@@ -509,6 +531,16 @@ def _read_state(state_dir: Path) -> dict:
             f"known jobs: {', '.join(known) or 'none'}"
         )
     return json.loads(path.read_text())
+
+
+def _tail(path: Path, size: int = 65536) -> str:
+    """The end of a log: its last lines, for the last progress line."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(log.seek(0, os.SEEK_END) - size, 0))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _refuse_if_running(state_dir: Path) -> None:

@@ -30,6 +30,7 @@ def write_job_state(home: Path, name: str, run_dir: Path, result: str = "succeed
     (state_dir / "logs").mkdir(parents=True)
     saved = {}
     for task, (state, restarts, log, *last_exit) in tasks.items():
+        task = task.replace("_", "-")  # chief_0=... names chief-0
         log_path = state_dir / "logs" / f"{task}.log"
         log_path.write_text(log)
         saved[task] = {
@@ -122,3 +123,137 @@ def test_shell_completion_offers_the_launchers_and_roles():
     assert complete("disttrain status -l ") == ["helm", "k8s", "local"]
     assert complete("disttrain logs t ") == ["chief", "worker", "ps", "evaluator"]
     assert "--install-completion" in cli("--help", env=WIDE, check=True).stdout
+
+
+# ------------------------------------------------------------------ status and list
+
+
+def make_run_dir(tmp_path: Path, checkpoint_step: int, evals: list[dict]) -> Path:
+    """A run dir written through the real helpers: a published checkpoint (LATEST) and
+    the evaluator's results.jsonl."""
+    from disttrain.checkpoints import publish_checkpoint
+    from disttrain.storage import EVAL_RESULTS, RunDir
+
+    staged = tmp_path / "staged" / f"ckpt-{checkpoint_step}"
+    staged.mkdir(parents=True)
+    (staged / "ckpt.index").write_bytes(b"index")
+    run_dir = RunDir(str(tmp_path / "run"))
+    publish_checkpoint(run_dir, staged, checkpoint_step, keep=3, log=lambda _: None)
+    for result in evals:
+        run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
+    return tmp_path / "run"
+
+
+def chief_log_with_progress(step: int, total: int) -> str:
+    """The chief's output: progress lines as disttrain.progress prints them, among others."""
+    from disttrain.progress import Progress
+
+    progress = Progress(start_step=0, total_steps=total, every_seconds=1)
+    progress.examples = 64 * step
+    lines = [progress.line(s, 0.5, 0.75, now=progress.started + s) for s in (step // 2, step)]
+    return "\n".join(["chief-0 | starting", *lines, f"checkpoint | published | ckpt-{step}"])
+
+
+EVALS = [
+    {"step": 50, "accuracy": 0.5, "loss": 0.9, "examples": 512},
+    {"step": 100, "accuracy": 0.8125, "loss": 0.4567, "examples": 512},
+]
+
+
+def running_job(tmp_path: Path, home: Path) -> dict:
+    run_dir = make_run_dir(tmp_path, 100, EVALS)
+    return write_job_state(
+        home,
+        "t",
+        run_dir,
+        result="running",
+        chief_0=("running", 0, chief_log_with_progress(120, 500)),
+        worker_0=("running", 2, "worker-0 | serving\n"),
+        evaluator_0=("running", 0, ""),
+    )
+
+
+def test_status_shows_the_last_step_rate_eta_checkpoint_and_evaluation(tmp_path, disttrain_home):
+    running_job(tmp_path, disttrain_home)
+    lines = cli("status", "t", check=True).stdout.splitlines()
+    assert lines[0] == "job t: running"
+    assert lines[1].split() == ["TASK", "STATE", "RESTARTS", "LOG"]  # no pid: no PID column
+    assert lines[3].split()[:3] == ["worker-0", "running", "2"]
+    # 120 steps in 120 s: 380 to go take 6:20; 64 examples per step.
+    assert "progress: step 120/500 | examples/s 64.0 | eta 6:20 | checkpoint 100" in lines
+    assert "last eval: step 100 | accuracy 0.8125 | loss 0.4567" in lines
+
+
+def test_status_of_an_ended_job_shows_no_eta(tmp_path, disttrain_home):
+    state = running_job(tmp_path, disttrain_home)
+    state["result"] = "succeeded"
+    (disttrain_home / "local" / "t" / "job.json").write_text(json.dumps(state))
+    out = cli("status", "t", check=True).stdout
+    assert "progress: step 120/500 | examples/s 64.0 | checkpoint 100" in out
+
+
+def test_status_as_json_and_yaml_holds_the_same_fields(tmp_path, disttrain_home):
+    import yaml
+
+    running_job(tmp_path, disttrain_home)
+    as_json = json.loads(cli("status", "t", "-o", "json", check=True).stdout)
+    assert as_json["name"] == "t" and as_json["result"] == "running"
+    assert [t["task"] for t in as_json["tasks"]] == ["chief-0", "worker-0", "evaluator-0"]
+    assert as_json["tasks"][1]["restarts"] == 2
+    assert as_json["progress"] == {
+        "step": 120,
+        "total_steps": 500,
+        "examples_per_second": 64.0,
+        "eta": "6:20",
+        "checkpoint_step": 100,
+        "last_eval": {"step": 100, "accuracy": 0.8125, "loss": 0.4567},
+    }
+    as_yaml = yaml.safe_load(cli("status", "t", "--output", "yaml", check=True).stdout)
+    assert as_yaml == as_json
+
+
+def test_status_of_a_job_that_has_not_trained_yet_shows_no_progress(tmp_path, disttrain_home):
+    write_job_state(
+        disttrain_home, "t", tmp_path / "none", result="running", chief_0=("running", 0, "")
+    )
+    out = cli("status", "t", check=True).stdout
+    assert "progress:" not in out and "last eval:" not in out
+    assert json.loads(cli("status", "t", "-o", "json", check=True).stdout)["progress"] == {
+        "checkpoint_step": None,
+        "last_eval": None,
+    }
+
+
+def test_list_without_a_launcher_lists_the_local_jobs(tmp_path, disttrain_home):
+    assert cli("list", check=True).stdout.strip() == (
+        f"no local jobs in {disttrain_home / 'local'}"
+    )
+    write_job_state(disttrain_home, "exp-b", tmp_path / "b", chief_0=("exited 0", 0, ""))
+    write_job_state(
+        disttrain_home, "a", tmp_path / "a", result="failed", chief_0=("stopped", 0, "")
+    )
+    lines = cli("list", check=True).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "RESULT", "TASKS", "UPDATED", "RUN", "DIR"]
+    assert lines[1].split()[:3] == ["a", "failed", "1"] and lines[1].endswith(str(tmp_path / "a"))
+    assert lines[2].split()[:3] == ["exp-b", "succeeded", "1"]
+    jobs = json.loads(cli("list", "-o", "json", check=True).stdout)
+    assert [(j["name"], j["result"], j["run_dir"]) for j in jobs] == [
+        ("a", "failed", str(tmp_path / "a")),
+        ("exp-b", "succeeded", str(tmp_path / "b")),
+    ]
+
+
+def test_columns_fit_their_longest_value_and_empty_columns_are_left_out():
+    from launchers.job_status import format_table
+
+    table = format_table(
+        [
+            {"task": "chief-0", "phase": "CrashLoopBackOff", "pod": None},
+            {"task": "worker-10", "phase": "Running", "pod": None},
+        ]
+    )
+    assert table.splitlines() == [
+        "TASK       PHASE",
+        "chief-0    CrashLoopBackOff",
+        "worker-10  Running",
+    ]

@@ -20,6 +20,7 @@ from kubernetes_validate.utils import validate
 from disttrain.cluster import ClusterShape, Task, tasks_of, tf_config_json
 from disttrain.config import Config, ConfigError
 from launchers import get_launcher, load_job
+from launchers.job_status import format_table
 from launchers.k8s_objects import (
     address_of,
     job_objects,
@@ -30,7 +31,7 @@ from launchers.k8s_objects import (
 )
 from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
-from launchers.kubernetes import KubernetesLauncher, plan_job
+from launchers.kubernetes import KubernetesLauncher, _task_row, plan_job
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
@@ -550,3 +551,35 @@ def test_image_pull_secrets_reach_every_pod_by_name():
     ]
     assert len(pods) == 6  # chief, 2 workers, ps, evaluator, TensorBoard
     assert all(pod["imagePullSecrets"] == [{"name": "acr-pull"}] for pod in pods)
+
+
+def test_a_crash_looping_task_shows_its_whole_phase_in_status():
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    waiting = client.V1ContainerStateWaiting(reason="CrashLoopBackOff")
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name="mnist-worker-1-abcde", creation_timestamp=datetime.now(timezone.utc)
+        ),
+        status=client.V1PodStatus(
+            phase="Running",
+            container_statuses=[
+                client.V1ContainerStatus(
+                    name="task",
+                    image="i",
+                    image_id="",
+                    ready=False,
+                    restart_count=3,
+                    state=client.V1ContainerState(waiting=waiting),
+                )
+            ],
+        ),
+    )
+    job = client.V1Job(status=client.V1JobStatus(), metadata=pod.metadata)
+    row = _task_row("worker-1", job, pod)
+    assert row["phase"] == "CrashLoopBackOff"  # was cut to "CrashLoopB"
+    header, line = format_table([row]).splitlines()
+    assert line.split()[:3] == ["worker-1", "CrashLoopBackOff", "3"]
+    assert header.index("RESTARTS") == line.index("3")  # the column is as wide as the phase

@@ -2,7 +2,13 @@
 
 import io
 
-from disttrain.progress import Progress, format_duration
+from disttrain.progress import (
+    Progress,
+    eval_line,
+    format_duration,
+    parse_eval_line,
+    parse_train_line,
+)
 
 
 class Terminal(io.StringIO):
@@ -37,3 +43,24 @@ def test_eta_scales_with_the_remaining_steps():
 def test_durations_read_as_clock_times():
     assert format_duration(59) == "0:59"
     assert format_duration(3725) == "1:02:05"
+
+
+def test_a_progress_line_parses_back_into_its_fields_behind_a_prefix():
+    progress = Progress(start_step=0, total_steps=300, every_seconds=1, stream=io.StringIO())
+    progress.examples = 6000
+    line = progress.line(100, 0.3125, 0.875, now=progress.started + 60)
+    assert parse_train_line(f"[chief-0] {line}") == {
+        "step": 100,
+        "total_steps": 300,
+        "loss": 0.3125,
+        "accuracy": 0.875,
+        "examples_per_second": 100.0,
+        "eta": "2:00",
+    }
+    assert parse_train_line("checkpoint | published | ckpt-100") is None
+
+
+def test_an_eval_line_parses_back_into_its_fields():
+    result = {"step": 1200, "loss": 0.4567, "accuracy": 0.8125, "examples": 512}
+    assert parse_eval_line(eval_line(result)) == result
+    assert parse_eval_line("eval | skipped | ckpt-5 is gone or unusable") is None
