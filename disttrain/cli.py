@@ -345,6 +345,24 @@ def stop(
     typer.echo(_launcher(launcher, namespace=namespace, context=context).stop(name))
 
 
+@app.command()
+def describe(
+    name: NameArgument = DEFAULT_JOB_NAME,
+    launcher: JobLauncherOption = "local",
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    legacy_name: LegacyNameOption = None,
+) -> None:
+    """Show a job's tasks as planned (local: commands and environments; k8s: the objects),
+    their states and how they last ended (local: exit code and last log line; k8s: each
+    pod's phase and last termination reason)."""
+    name = _job_name(name, legacy_name)
+    try:
+        typer.echo(_launcher(launcher, namespace=namespace, context=context).describe(name))
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 @app.command("list")
 def list_(
     launcher: JobLauncherOption = "local",

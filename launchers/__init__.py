@@ -90,6 +90,11 @@ class Launcher(ABC):
     def stop(self, name: str) -> str:
         """Stop the job and everything it started; says what was stopped."""
 
+    def describe(self, name: str) -> str:
+        """The job's tasks as planned (commands or objects), their states and their last
+        exits."""
+        raise ConfigError(f"launcher {self.name} cannot describe jobs")
+
     def list_jobs(self) -> JobList:
         """The jobs this launcher can see."""
         raise ConfigError(f"launcher {self.name} cannot list jobs")

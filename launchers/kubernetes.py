@@ -154,6 +154,9 @@ class KubernetesLauncher(Launcher):
     def stop(self, name: str) -> str:
         return self._cluster().delete_job(name)
 
+    def describe(self, name: str) -> str:
+        return self._cluster().describe_job(name)
+
     def list_jobs(self) -> JobList:
         return self._cluster().list_jobs()
 
@@ -345,6 +348,24 @@ class Cluster:
         except LauncherError:  # a pod deleted meanwhile: status still shows the tasks
             return ""
 
+    def describe_job(self, name: str) -> str:
+        """The job's objects, then every pod (restarted tasks' older pods too): its phase,
+        restarts and how its container last ended."""
+        result, reason = self.job_result(name)
+        selector = self._selector(name)
+        objects = [
+            f"{kind}/{item.metadata.name}"
+            for kind in ("Job", "Deployment", "Service", "ConfigMap")
+            for item in self.call("list", kind, label_selector=selector).items
+        ]
+        lines = [
+            f"job {name} (namespace {self.namespace}): {result}"
+            + (f" ({reason})" if reason else ""),
+            "objects: " + (", ".join(objects) or "-"),
+            "pods:",
+        ]
+        return "\n".join(lines + [f"  {_pod_summary(pod)}" for pod in self.pods(name)])
+
     def task_jobs(self, name: str) -> list:
         jobs = self.call("list", "Job", label_selector=self._selector(name))
         return sorted(jobs.items, key=_task_name)
@@ -487,6 +508,22 @@ def _task_row(task: str, job, pod) -> dict:
         "pod": pod.metadata.name if pod is not None else None,
         "reason": failed,
     }
+
+
+def _pod_summary(pod) -> str:
+    """`pod (task): phase, restarts N, last termination: Reason (exit code C)`."""
+    statuses = pod.status.container_statuses or []
+    restarts = sum(s.restart_count for s in statuses)
+    line = f"{pod.metadata.name} ({_task_name(pod)}): {_phase(pod)}, restarts {restarts}"
+    for status in statuses:
+        now = status.state.terminated if status.state else None
+        before = status.last_state.terminated if status.last_state else None
+        ended = now or before
+        if ended:
+            return line + (
+                f", last termination: {ended.reason or 'unknown'} (exit code {ended.exit_code})"
+            )
+    return line
 
 
 def _name_of(body) -> str:

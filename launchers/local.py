@@ -215,6 +215,19 @@ class LocalLauncher(Launcher):
         )
         return JobStatus(name, state["result"], state.get("reason", ""), None, tasks, progress)
 
+    def describe(self, name: str) -> str:
+        state = _read_state(default_state_dir() / name)
+        launcher_pid = state.get("launcher_pid")
+        alive = "running" if _pid_alive(launcher_pid) else "gone"
+        lines = [
+            f"job {name}: {state['result']}" + (f" ({state['reason']})" if state["reason"] else ""),
+            f"run dir: {state.get('run_dir')}",
+            f"launcher: pid {launcher_pid} ({alive})",
+        ]
+        for task_name, info in state["tasks"].items():
+            lines += _describe_task(task_name, info)
+        return "\n".join(lines)
+
     def list_jobs(self) -> JobList:
         root = default_state_dir()
         jobs = []
@@ -286,6 +299,7 @@ class Supervisor:
         self.relays: dict[Task, threading.Thread] = {}
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
+        self.last_exit: dict[Task, int] = {}  # every exit seen, failures included
         self.budget = config.cluster.max_restarts
         self.strategy = ClusterShape.of(config).strategy
         self.used = 0
@@ -322,6 +336,7 @@ class Supervisor:
                 if code is None:
                     continue
                 del self.procs[task]
+                self.last_exit[task] = code
                 if code == 0 or (chief_done_at and task.role != CHIEF):
                     self.finished[task] = code
                     if task.role == CHIEF:
@@ -465,6 +480,7 @@ class Supervisor:
                 "pid": proc.pid if proc else None,
                 "state": state,
                 "restarts": self.restarts[task],
+                "last_exit": self.last_exit.get(task),
                 "log": plan_.log_path,
                 "command": plan_.command,
                 "env": plan_.env,
@@ -531,6 +547,24 @@ def _read_state(state_dir: Path) -> dict:
             f"known jobs: {', '.join(known) or 'none'}"
         )
     return json.loads(path.read_text())
+
+
+def _describe_task(task_name: str, info: dict) -> list[str]:
+    """A task's state, last exit code and last log line, then its environment and command."""
+    running = _pid_alive(info.get("pid"))
+    last_exit = info.get("last_exit")
+    lines = [f"[{task_name}]"]
+    lines.append(
+        f"  state: {'running' if running else info.get('state', 'exited')}"
+        + (f", pid {info['pid']}" if running else "")
+        + f", restarts {info.get('restarts', 0)}"
+        + f", last exit code {'-' if last_exit is None else last_exit}"
+    )
+    lines += [f"  env: {key}={value}" for key, value in info.get("env", {}).items()]
+    lines.append("  command: " + " ".join(info.get("command", [])))
+    last_line = next((ln for ln in reversed(_tail(Path(info["log"])).splitlines()) if ln), "")
+    lines += [f"  log: {info['log']}", f"  last log line: {last_line or '-'}"]
+    return lines
 
 
 def _tail(path: Path, size: int = 65536) -> str:

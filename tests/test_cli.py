@@ -257,3 +257,41 @@ def test_columns_fit_their_longest_value_and_empty_columns_are_left_out():
         "chief-0    CrashLoopBackOff",
         "worker-10  Running",
     ]
+
+
+# ------------------------------------------------------------------ describe
+
+
+def test_describe_shows_each_task_command_env_state_last_exit_and_last_log_line(
+    tmp_path, disttrain_home
+):
+    write_job_state(
+        disttrain_home,
+        "t",
+        tmp_path / "run",
+        result="failed",
+        chief_0=("stopped", 1, "chief-0 | starting\nerror: data.root is gone\n\n", 4),
+        worker_0=("exited 0", 0, "worker-0 | serving\n", 0),
+        ps_0=("stopped", 0, ""),
+    )
+    out = cli("describe", "t", check=True).stdout
+    lines = out.splitlines()
+    assert lines[0] == "job t: failed"
+    assert lines[1] == f"run dir: {tmp_path / 'run'}"
+    assert lines[2].startswith("launcher: pid ") and lines[2].endswith("(gone)")
+    chief = lines[lines.index("[chief-0]") : lines.index("[worker-0]")]
+    assert chief[1] == "  state: stopped, restarts 1, last exit code 4"
+    assert chief[2] == '  env: TF_CONFIG={"task": {"type": "chief"}}'
+    assert chief[3] == f"  command: {sys.executable} -m disttrain task --config c.yaml"
+    assert chief[-1] == "  last log line: error: data.root is gone"
+    worker = lines[lines.index("[worker-0]") : lines.index("[ps-0]")]
+    assert worker[1] == "  state: exited 0, restarts 0, last exit code 0"
+    assert lines[-1] == "  last log line: -"  # ps-0 printed nothing
+    assert "last exit code -" in lines[lines.index("[ps-0]") + 1]
+
+
+def test_describe_of_an_unknown_job_names_the_known_ones(tmp_path, disttrain_home):
+    write_job_state(disttrain_home, "t", tmp_path / "run", chief_0=("exited 0", 0, ""))
+    result = cli("describe", "nosuch")
+    assert result.returncode == 1
+    assert "no local job named 'nosuch'" in result.stderr and "known jobs: t" in result.stderr

@@ -31,7 +31,7 @@ from launchers.k8s_objects import (
 )
 from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
-from launchers.kubernetes import KubernetesLauncher, _task_row, plan_job
+from launchers.kubernetes import KubernetesLauncher, _pod_summary, _task_row, plan_job
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
@@ -583,3 +583,42 @@ def test_a_crash_looping_task_shows_its_whole_phase_in_status():
     header, line = format_table([row]).splitlines()
     assert line.split()[:3] == ["worker-1", "CrashLoopBackOff", "3"]
     assert header.index("RESTARTS") == line.index("3")  # the column is as wide as the phase
+
+
+def test_describe_names_a_pods_last_termination_reason_and_exit_code():
+    from kubernetes import client
+
+    def pod(state: client.V1ContainerState, last: client.V1ContainerState | None, restarts: int):
+        labels = {"disttrain.io/role": "worker", "disttrain.io/index": "1"}
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(name="mnist-worker-1-abcde", labels=labels),
+            status=client.V1PodStatus(
+                phase="Running",
+                container_statuses=[
+                    client.V1ContainerStatus(
+                        name="task",
+                        image="i",
+                        image_id="",
+                        ready=False,
+                        restart_count=restarts,
+                        state=state,
+                        last_state=last,
+                    )
+                ],
+            ),
+        )
+
+    waiting = client.V1ContainerState(
+        waiting=client.V1ContainerStateWaiting(reason="CrashLoopBackOff")
+    )
+    killed = client.V1ContainerState(
+        terminated=client.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
+    )
+    assert _pod_summary(pod(waiting, killed, 2)) == (
+        "mnist-worker-1-abcde (worker-1): CrashLoopBackOff, restarts 2, "
+        "last termination: OOMKilled (exit code 137)"
+    )
+    running = client.V1ContainerState(running=client.V1ContainerStateRunning())
+    assert _pod_summary(pod(running, None, 0)) == (
+        "mnist-worker-1-abcde (worker-1): Running, restarts 0"
+    )

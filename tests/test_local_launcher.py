@@ -91,6 +91,13 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
 
     status = cli("status", "t", check=True).stdout
     assert "job t: succeeded" in status and "worker-1" in status
+    progress = next(line for line in status.splitlines() if line.startswith("progress: "))
+    assert progress.startswith("progress: step 600/600 | examples/s ") and "eta" not in progress
+    assert progress.endswith("| checkpoint 600"), status
+    assert "last eval: step 600 | accuracy " in status
+    described = cli("describe", "t", check=True).stdout
+    assert described.count("last exit code 0") == 5, described
+    assert "  last log line: ps-0 | stopping | the chief wrote DONE" in described
     worker_log = cli("logs", "t", "worker", "1", check=True).stdout
     assert "worker-1 | serving" in worker_log and "[worker-0]" not in worker_log
     # TensorFlow's start-up banners stay in the task logs, off the console.
