@@ -83,6 +83,18 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
     ).stdout
     assert "succeeded" in status.splitlines()[0]
     assert sum("Succeeded" in line for line in status.splitlines()) == 5
+    where = ["-l", "k8s", "-n", namespace]
+    as_json = json.loads(cli("status", "mnist", *where, "-o", "json", env=env, check=True).stdout)
+    assert as_json["result"] == "succeeded" and as_json["namespace"] == namespace
+    assert {t["phase"] for t in as_json["tasks"]} == {"Succeeded"}
+    # The chief's and the evaluator's pod logs: the last progress line and evaluation.
+    final_step = json.loads((folder / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    assert as_json["progress"]["step"] == as_json["progress"]["total_steps"], as_json
+    assert as_json["progress"]["eta"] is None  # the job has ended
+    assert as_json["progress"]["last_eval"]["step"] == final_step["step"], as_json
+    described = cli("describe", "mnist", *where, env=env, check=True).stdout
+    assert "Job/mnist" in described and "Service/mnist" in described, described
+    assert described.count("last termination: Completed (exit code 0)") >= 5, described
 
     logs = cli(
         "logs",
@@ -206,6 +218,10 @@ def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_wh
     assert "failed" in first and "BackoffLimitExceeded" in first, status
     chief_row = next(line for line in status.splitlines() if line.startswith("chief-0"))
     assert "Failed" in chief_row and "BackoffLimitExceeded" in chief_row, status
+    where = ["-l", "k8s", "-n", namespace]
+    described = cli("describe", "broken", *where, env=env, check=True).stdout
+    assert "failed (BackoffLimitExceeded" in described.splitlines()[0], described
+    assert "Job/broken" in described, described
 
 
 def test_two_jobs_share_a_namespace_without_colliding(k8s):
