@@ -54,10 +54,22 @@ LauncherOption = Annotated[
 JobLauncherOption = Annotated[
     LauncherName, typer.Option("--launcher", "-l", help="Where the job runs.")
 ]
+
+
+def _local_job_names(incomplete: str) -> list[str]:
+    """Shell completion of NAME: the local jobs (a cluster is not asked on every <TAB>)."""
+    from launchers.local import default_state_dir
+
+    names = sorted(path.parent.name for path in default_state_dir().glob("*/job.json"))
+    return [name for name in names if name.startswith(incomplete)]
+
+
 NameArgument = Annotated[
     str,
     typer.Argument(
-        metavar="NAME", help="The job's name (the config key `name` it was trained with)."
+        metavar="NAME",
+        help="The job's name (the config key `name` it was trained with).",
+        autocompletion=_local_job_names,
     ),
 ]
 # Before `-n` meant --namespace, it meant --name: `--name` still works where the job's

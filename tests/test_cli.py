@@ -125,6 +125,14 @@ def test_shell_completion_offers_the_launchers_and_roles():
     assert "--install-completion" in cli("--help", env=WIDE, check=True).stdout
 
 
+def test_shell_completion_offers_the_local_jobs_names(tmp_path, disttrain_home):
+    for name in ("exp-1", "exp-2", "other"):
+        write_job_state(disttrain_home, name, tmp_path / name, chief_0=("exited 0", 0, ""))
+    env = {"_DISTTRAIN_COMPLETE": "complete_bash", "COMP_WORDS": "disttrain status exp"}
+    env["COMP_CWORD"] = "2"
+    assert cli(env=env, check=True).stdout.split() == ["exp-1", "exp-2"]
+
+
 # ------------------------------------------------------------------ status and list
 
 
