@@ -26,7 +26,8 @@ app = typer.Typer(
 )
 
 # The installed launchers (entry-point names; none is imported) shown as --launcher's choices.
-LauncherName = Literal[tuple(available_launchers())] if available_launchers() else str
+INSTALLED_LAUNCHERS = tuple(available_launchers())
+LauncherName = Literal[INSTALLED_LAUNCHERS] if INSTALLED_LAUNCHERS else str
 Role = Literal[CHIEF, WORKER, PS, EVALUATOR]
 DEFAULT_JOB_NAME = Config.name
 
@@ -166,9 +167,9 @@ def train(
     The exit code is the job's: 0 when the chief finished. Re-running into the same
     run_dir continues that run from its latest checkpoint (same model and classes).
     The job is named by the config key `name` (--set name=exp1), which status, logs,
-    stop and describe take as their NAME argument. Every key, with its default and accepted values:
-    configs/default.yaml and disttrain/config.py; the README's "Data and models" section
-    lists the data sources.
+    stop and describe take as their NAME argument. Every key, with its default and
+    accepted values: configs/default.yaml and disttrain/config.py; the README's "Data and
+    models" section lists the data sources.
     """
     try:
         cfg, backend = _job(config, set_ or [], launcher, namespace, context)
