@@ -220,7 +220,8 @@ class LocalLauncher(Launcher):
         launcher_pid = state.get("launcher_pid")
         alive = "running" if _pid_alive(launcher_pid) else "gone"
         lines = [
-            f"job {name}: {state['result']}" + (f" ({state['reason']})" if state["reason"] else ""),
+            f"job {name}: {state['result']}"
+            + (f" ({state['reason']})" if state.get("reason") else ""),
             f"run dir: {state.get('run_dir')}",
             f"launcher: pid {launcher_pid} ({alive})",
         ]
