@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from disttrain.config import ConfigError, load_config
+from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER
+from disttrain.config import Config, ConfigError, load_config
+from launchers import available_launchers
 
 app = typer.Typer(
     help="Train TensorFlow models on a parameter-server cluster: local processes, "
     "Kubernetes or Helm, with checkpoints on a local path or Azure.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     rich_markup_mode="markdown",  # a docstring paragraph may wrap over source lines
     pretty_exceptions_enable=False,
 )
+
+# The installed launchers (entry-point names; none is imported) shown as --launcher's choices.
+INSTALLED_LAUNCHERS = tuple(available_launchers())
+LauncherName = Literal[INSTALLED_LAUNCHERS] if INSTALLED_LAUNCHERS else str
+Role = Literal[CHIEF, WORKER, PS, EVALUATOR]
+DEFAULT_JOB_NAME = Config.name
 
 ConfigOption = Annotated[
     str | None,
@@ -37,27 +45,51 @@ SetOption = Annotated[
     ),
 ]
 LauncherOption = Annotated[
-    str | None,
+    LauncherName | None,
     typer.Option(
         "--launcher",
         "-l",
-        help="Where tasks run: local, k8s or helm (default: launcher.name in the config).",
+        help="Where tasks run (default: launcher.name in the config).",
     ),
 ]
 JobLauncherOption = Annotated[
-    str,
-    typer.Option("--launcher", "-l", help="Where the job runs: local, k8s or helm."),
+    LauncherName, typer.Option("--launcher", "-l", help="Where the job runs.")
 ]
-NameOption = Annotated[
-    str, typer.Option("--name", "-n", help="The job's name (config key `name`).")
+
+
+def _local_job_names(incomplete: str) -> list[str]:
+    """Shell completion of NAME: the local jobs (a cluster is not asked on every <TAB>)."""
+    from launchers.local import default_state_dir
+
+    names = sorted(path.parent.name for path in default_state_dir().glob("*/job.json"))
+    return [name for name in names if name.startswith(incomplete)]
+
+
+NameArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="NAME",
+        help="The job's name (the config key `name` it was trained with).",
+        autocompletion=_local_job_names,
+    ),
+]
+# Before `-n` meant --namespace, it meant --name: `--name` still works where the job's
+# name is the only argument (status, stop, describe), with a warning.
+LegacyNameOption = Annotated[
+    str | None, typer.Option("--name", hidden=True, help="Deprecated: give NAME as an argument.")
 ]
 NamespaceOption = Annotated[
     str | None,
     typer.Option(
         "--namespace",
+        "-n",
         help="k8s/helm: the namespace (default: launcher.k8s.namespace for train, else the "
         "kubeconfig context's, else default: where kubectl would look).",
     ),
+]
+OutputOption = Annotated[
+    Literal["table", "json", "yaml"],
+    typer.Option("--output", "-o", help="A table to read, or JSON or YAML for scripts."),
 ]
 ContextOption = Annotated[
     str | None,
@@ -68,6 +100,43 @@ ContextOption = Annotated[
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        typer.echo(f"disttrain {version('disttrain')}")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        typer.echo("disttrain (not installed: no version)")
+    raise typer.Exit()
+
+
+@app.callback()
+def options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print the installed disttrain version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options before the verb; the app's help is Typer(help=...) above."""
+
+
+def _job_name(name: str, legacy: str | None) -> str:
+    """NAME, or the deprecated --name given instead of it."""
+    if legacy is None:
+        return name
+    typer.echo("WARNING: --name is deprecated; give the job's name as an argument", err=True)
+    if name not in (DEFAULT_JOB_NAME, legacy):
+        _fail(f"NAME: got {name!r} and --name {legacy!r}; give the job's name once")
+    return legacy
 
 
 @app.command()
@@ -97,10 +166,10 @@ def train(
 
     The exit code is the job's: 0 when the chief finished. Re-running into the same
     run_dir continues that run from its latest checkpoint (same model and classes).
-    The job is named by the config key `name` (--set name=exp1), which status, logs and
-    stop take as --name. Every key, with its default and accepted values:
-    configs/default.yaml and disttrain/config.py; the README's "Data and models" section
-    lists the data sources.
+    The job is named by the config key `name` (--set name=exp1), which status, logs,
+    stop and describe take as their NAME argument. Every key, with its default and
+    accepted values: configs/default.yaml and disttrain/config.py; the README's "Data and
+    models" section lists the data sources.
     """
     try:
         cfg, backend = _job(config, set_ or [], launcher, namespace, context)
@@ -233,22 +302,32 @@ def board(
 
 @app.command()
 def status(
-    name: NameOption = "default",
+    name: NameArgument = DEFAULT_JOB_NAME,
     launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    output: OutputOption = "table",
+    legacy_name: LegacyNameOption = None,
 ) -> None:
-    """Show every task of a job (state, restarts) and the job's result."""
-    typer.echo(_launcher(launcher, namespace=namespace, context=context).status(name))
+    """Show a job's result, every task (state, restarts) and its progress: the last step,
+    examples/s and ETA (from the chief's log), the last checkpoint and evaluation."""
+    name = _job_name(name, legacy_name)
+    backend = _launcher(launcher, namespace=namespace, context=context)
+    if output == "table":
+        typer.echo(backend.status(name))  # helm adds its releases' status
+    else:
+        typer.echo(_formatted(backend.job_status(name).to_dict(), output))
 
 
 @app.command()
 def logs(
-    name: NameOption = "default",
+    name: NameArgument = DEFAULT_JOB_NAME,
     role: Annotated[
-        str | None, typer.Argument(help="chief, worker, ps or evaluator (default: every task).")
+        Role | None, typer.Argument(metavar="ROLE", help="The task's role (default: every task).")
     ] = None,
-    index: Annotated[int, typer.Argument(help="The task's index within its role.")] = 0,
+    index: Annotated[
+        int, typer.Argument(metavar="INDEX", help="The task's index within its role.")
+    ] = 0,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new output while the job runs.")
     ] = False,
@@ -261,9 +340,6 @@ def logs(
     context: ContextOption = None,
 ) -> None:
     """Print a task's output (or every task's, prefixed with its name)."""
-    roles = ("chief", "worker", "ps", "evaluator")
-    if role is not None and role not in roles:
-        _fail(f"ROLE: got {role!r}; accepted: {', '.join(roles)}")
     _launcher(launcher, namespace=namespace, context=context).logs(
         name, role, index, follow, previous=previous
     )
@@ -271,13 +347,33 @@ def logs(
 
 @app.command()
 def stop(
-    name: NameOption = "default",
+    name: NameArgument = DEFAULT_JOB_NAME,
     launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    legacy_name: LegacyNameOption = None,
 ) -> None:
     """Stop a job and every process or object it started."""
+    name = _job_name(name, legacy_name)
     typer.echo(_launcher(launcher, namespace=namespace, context=context).stop(name))
+
+
+@app.command()
+def describe(
+    name: NameArgument = DEFAULT_JOB_NAME,
+    launcher: JobLauncherOption = "local",
+    namespace: NamespaceOption = None,
+    context: ContextOption = None,
+    legacy_name: LegacyNameOption = None,
+) -> None:
+    """Show a job's tasks as planned (local: commands and environments; k8s: the objects),
+    their states and how they last ended (local: exit code and last log line; k8s: each
+    pod's phase and last termination reason)."""
+    name = _job_name(name, legacy_name)
+    try:
+        typer.echo(_launcher(launcher, namespace=namespace, context=context).describe(name))
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
 @app.command("list")
@@ -285,12 +381,15 @@ def list_(
     launcher: JobLauncherOption = "local",
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    output: OutputOption = "table",
 ) -> None:
-    """List the jobs a launcher can see (k8s: in the namespace) with their results."""
+    """List the jobs a launcher can see (local: this machine's; k8s: in the namespace)
+    with their results."""
     try:
-        typer.echo(_launcher(launcher, namespace=namespace, context=context).list_jobs())
+        jobs = _launcher(launcher, namespace=namespace, context=context).list_jobs()
     except ConfigError as exc:
         _fail(str(exc))
+    typer.echo(jobs.render() if output == "table" else _formatted(jobs.jobs, output))
 
 
 secret_app = typer.Typer(help="The storage Secret Kubernetes pods read Azure credentials from.")
@@ -334,7 +433,8 @@ def data_convert(
         int, typer.Option(help="Shard files per split (any count works with any worker count).")
     ] = 16,
     on_bad_file: Annotated[
-        str, typer.Option(help="skip (log the path, leave it out) or fail on a bad image.")
+        Literal["skip", "fail"],
+        typer.Option(help="skip (log the path, leave it out) or fail on a bad image."),
     ] = "skip",
     scratch_dir: Annotated[
         str,
@@ -355,8 +455,6 @@ def data_convert(
     from disttrain.data.sources import is_remote, scratch_dir_for
     from disttrain.data.split import DataError
 
-    if on_bad_file not in ("skip", "fail"):
-        _fail(f"--on-bad-file: got {on_bad_file!r}, accepted: skip, fail")
     if shards < 1:
         _fail(f"--shards: got {shards}, accepted: 1 or more")
     from disttrain.data.staging import stage_folder
@@ -369,6 +467,16 @@ def data_convert(
         convert_image_folder(root, Path(out_dir), shards, on_bad_file, log)
     except DataError as exc:
         _fail(str(exc))
+
+
+def _formatted(data, output: str) -> str:
+    if output == "json":
+        import json
+
+        return json.dumps(data, indent=2)
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
 
 
 def _launcher(name: str, **flags: str | None):
@@ -400,7 +508,7 @@ def main() -> None:
     from launchers import LauncherError
 
     try:
-        app()
+        app(prog_name="disttrain")  # also under `python -m disttrain`: one completion script
     except LauncherError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)

@@ -31,7 +31,7 @@ from disttrain.data.pipeline import eval_dataset, prepare_on_device
 from disttrain.data.sources import list_split
 from disttrain.done import is_done
 from disttrain.models import build_model
-from disttrain.progress import log
+from disttrain.progress import eval_line, log
 from disttrain.steps import make_eval_batch
 from disttrain.storage import (
     BEST_EXPORT,
@@ -136,10 +136,7 @@ class Evaluator:
             return None
         self.checkpoint.read(str(found[1])).expect_partial()
         result = {"step": step, **self.measure()}
-        log(
-            f"eval | step: {step:6d} | loss: {result['loss']:.4f} | "
-            f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
-        )
+        log(eval_line(result))
         if not record:
             return result
         # The best export before the record: if storage fails in between, the step is not

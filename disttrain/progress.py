@@ -1,11 +1,17 @@
 """Log lines and progress: every task's lines go through the `disttrain` logger (a time,
 a level, then `area | what | ...`); long work shows a bar on a terminal, one grep-friendly
-line every few seconds elsewhere."""
+line every few seconds elsewhere.
+
+The chief's `train | step: ...` and the evaluator's `eval | step: ...` lines are formatted
+here and parsed back here (`parse_train_line`, `parse_eval_line`): `disttrain status`
+reads the last ones from a task's log, and a format changed on one side changes the other.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -52,6 +58,55 @@ def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def eval_line(result: dict) -> str:
+    """The evaluator's line for one evaluated checkpoint (step, loss, accuracy, examples)."""
+    return (
+        f"eval | step: {result['step']:6d} | loss: {result['loss']:.4f} | "
+        f"accuracy: {result['accuracy']:.4f} | examples: {result['examples']}"
+    )
+
+
+_TRAIN_LINE = re.compile(
+    r"train \| step: +(?P<step>\d+)/(?P<total_steps>\d+) \| loss: (?P<loss>\S+) \| "
+    r"accuracy: (?P<accuracy>\S+) \| examples/s: +(?P<examples_per_second>\S+) \| "
+    r"eta: (?P<eta>[\d:]+)"
+)
+_EVAL_LINE = re.compile(
+    r"eval \| step: +(?P<step>\d+) \| loss: (?P<loss>\S+) \| "
+    r"accuracy: (?P<accuracy>\S+) \| examples: (?P<examples>\d+)"
+)
+
+
+def parse_train_line(line: str) -> dict | None:
+    """The fields of a `Progress.line` (anywhere in `line`: a launcher may prefix it)."""
+    found = _TRAIN_LINE.search(line)
+    if not found:
+        return None
+    fields = found.groupdict()
+    return {
+        "step": int(fields["step"]),
+        "total_steps": int(fields["total_steps"]),
+        "loss": float(fields["loss"]),
+        "accuracy": float(fields["accuracy"]),
+        "examples_per_second": float(fields["examples_per_second"]),
+        "eta": fields["eta"],
+    }
+
+
+def parse_eval_line(line: str) -> dict | None:
+    """The fields of an `eval_line` (anywhere in `line`)."""
+    found = _EVAL_LINE.search(line)
+    if not found:
+        return None
+    fields = found.groupdict()
+    return {
+        "step": int(fields["step"]),
+        "loss": float(fields["loss"]),
+        "accuracy": float(fields["accuracy"]),
+        "examples": int(fields["examples"]),
+    }
 
 
 class Progress:

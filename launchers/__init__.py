@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from disttrain.config import (
     LAUNCHER_KEY,
@@ -28,6 +28,9 @@ from disttrain.config import (
     job_config_from_dict,
     load_job_config,
 )
+
+if TYPE_CHECKING:
+    from launchers.job_status import JobList, JobStatus
 
 ENTRY_POINT_GROUP = "disttrain.launchers"
 
@@ -69,8 +72,12 @@ class Launcher(ABC):
         return the job's exit code when it ends."""
 
     @abstractmethod
+    def job_status(self, name: str) -> JobStatus:
+        """The job's result, its tasks and its training progress."""
+
     def status(self, name: str) -> str:
-        """A table of the job's tasks and its result."""
+        """What `disttrain status` prints: the job status as a table."""
+        return self.job_status(name).render()
 
     @abstractmethod
     def logs(
@@ -83,8 +90,13 @@ class Launcher(ABC):
     def stop(self, name: str) -> str:
         """Stop the job and everything it started; says what was stopped."""
 
-    def list_jobs(self) -> str:
-        """A table of the jobs this launcher can see."""
+    def describe(self, name: str) -> str:
+        """The job's tasks as planned (commands or objects), their states and their last
+        exits."""
+        raise ConfigError(f"launcher {self.name} cannot describe jobs")
+
+    def list_jobs(self) -> JobList:
+        """The jobs this launcher can see."""
         raise ConfigError(f"launcher {self.name} cannot list jobs")
 
 

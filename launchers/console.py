@@ -6,9 +6,10 @@ and nothing else: a pipe or CI log stays grep-friendly. The task logs get every 
 
 from __future__ import annotations
 
-import re
 import sys
 from dataclasses import dataclass
+
+from disttrain.progress import parse_eval_line, parse_train_line
 
 # Lines every TensorFlow process prints twice at start-up, whatever TF_CPP_MIN_LOG_LEVEL says:
 # 4 per task, 20 on a laptop job's console before its first useful line.
@@ -31,12 +32,6 @@ NOISE_CONTINUATIONS = (
     b":UNKNOWN:Error received from peer",
     b"This could happen if the remote target has been disconnected from the client.",
 )
-# What the chief's and the evaluator's progress lines say (disttrain/progress.py, evaluator).
-TRAIN_LINE = re.compile(
-    r"train \| step:\s*(?P<step>\d+)/(?P<total>\d+) .*examples/s:\s*(?P<rate>[\d.]+) "
-    r"\| eta: (?P<eta>[\d:]+)"
-)
-EVAL_LINE = re.compile(r"eval \| step:\s*(?P<step>\d+) .*accuracy: (?P<accuracy>[\d.]+)")
 
 
 class NoiseFilter:
@@ -56,27 +51,23 @@ class JobLine:
     """The job's progress as the tasks last reported it."""
 
     name: str
-    step: int = 0
-    total: int = 0
-    rate: str = ""
-    eta: str = ""
-    accuracy: str = ""
-    eval_step: int = 0
+    train: dict | None = None  # the chief's last progress line, parsed
+    evaluation: dict | None = None  # the evaluator's last result line, parsed
 
     def read(self, text: str) -> None:
-        if found := TRAIN_LINE.search(text):
-            self.step, self.total = int(found["step"]), int(found["total"])
-            self.rate, self.eta = found["rate"], found["eta"]
-        elif found := EVAL_LINE.search(text):
-            self.accuracy, self.eval_step = found["accuracy"], int(found["step"])
+        self.train = parse_train_line(text) or self.train
+        self.evaluation = parse_eval_line(text) or self.evaluation
 
     def render(self) -> str:
-        if not self.total:
+        if not self.train:
             return f"job {self.name} | starting"
-        line = f"job {self.name} | step {self.step}/{self.total} | {self.rate} ex/s"
-        line += f" | eta {self.eta}"
-        if self.accuracy:
-            line += f" | eval acc {self.accuracy} @{self.eval_step}"
+        train = self.train
+        line = (
+            f"job {self.name} | step {train['step']}/{train['total_steps']} | "
+            f"{train['examples_per_second']:.1f} ex/s | eta {train['eta']}"
+        )
+        if self.evaluation:
+            line += f" | eval acc {self.evaluation['accuracy']:.4f} @{self.evaluation['step']}"
         return line
 
 

@@ -174,7 +174,7 @@ def _install_releases(plan: HelmPlan, values_path: str) -> None:
     if existing:  # the chief's Job may be gone (its TTL) while the releases stay
         raise LauncherError(
             f"release {existing[0]} of job {plan.name!r} already exists; "
-            f"`disttrain stop -l helm -n {plan.name}` first, or choose another name"
+            f"`disttrain stop {plan.name} -l helm` first, or choose another name"
         )
     tried = []
     try:

@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 
 from disttrain.config import Config, ConfigError
 from launchers import Launcher, LauncherError, Plan
+from launchers.job_status import JobList, JobStatus, training_progress
 from launchers.k8s_objects import (
     APP,
     CSI_SECRET_KEYS,
@@ -54,6 +55,8 @@ POLL_SECONDS = 2.0
 # must not hang the CLI. A followed log may be quiet for long, so a stream has no read limit.
 # No retries: urllib3's default 3 would quadruple every wait, and each verb is re-runnable.
 REQUEST_TIMEOUT = (5, 20)
+# Lines of the chief's and the evaluator's logs `status` reads for the last progress line.
+STATUS_LOG_LINES = 200
 STREAM_TIMEOUT = (5, None)
 DEFAULT_SECRET = "disttrain-storage"
 # kind -> (API class, method suffix): the objects a job is made of, plus its storage Secret.
@@ -130,7 +133,7 @@ class KubernetesLauncher(Launcher):
             f"{cluster.namespace} (chief, {config.cluster.workers} workers, {config.cluster.ps} ps"
             + (", evaluator" if config.eval.enabled else "")
             + ")\n"
-            + f"  status: disttrain status -l k8s -n {config.name} --namespace {cluster.namespace}"
+            + f"  status: disttrain status {config.name} -l k8s -n {cluster.namespace}"
         )
         if follow:
             cluster.follow_chief(config.name)
@@ -140,8 +143,8 @@ class KubernetesLauncher(Launcher):
 
     # ------------------------------------------------------------ the other verbs
 
-    def status(self, name: str) -> str:
-        return self._cluster().status_table(name)
+    def job_status(self, name: str) -> JobStatus:
+        return self._cluster().job_status(name)
 
     def logs(
         self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
@@ -151,8 +154,11 @@ class KubernetesLauncher(Launcher):
     def stop(self, name: str) -> str:
         return self._cluster().delete_job(name)
 
-    def list_jobs(self) -> str:
-        return self._cluster().jobs_table()
+    def describe(self, name: str) -> str:
+        return self._cluster().describe_job(name)
+
+    def list_jobs(self) -> JobList:
+        return self._cluster().list_jobs()
 
     def _cluster(self) -> Cluster:
         return Cluster(self.k8s.context or None, self.k8s.namespace or None)
@@ -275,7 +281,8 @@ class Cluster:
         if self.exists("Job", name):
             raise LauncherError(
                 f"job {name!r} already exists in namespace {self.namespace} "
-                f"(`disttrain status -l k8s -n {name}`); `disttrain stop -l k8s -n {name}` first, "
+                f"(`disttrain status {name} -l k8s -n {self.namespace}`); "
+                f"`disttrain stop {name} -l k8s -n {self.namespace}` first, "
                 "or choose another name with --set name=..."
             )
 
@@ -301,43 +308,80 @@ class Cluster:
         if job is None:
             raise LauncherError(
                 f"no job {name!r} in namespace {self.namespace} "
-                f"(`disttrain list -l k8s --namespace {self.namespace}` lists the jobs there)"
+                f"(`disttrain list -l k8s -n {self.namespace}` lists the jobs there)"
             )
         return _result_of(job)
 
-    def status_table(self, name: str) -> str:
+    def job_status(self, name: str) -> JobStatus:
         """One row per task, read from its Job, so a task whose pod the Job controller
-        deleted after the backoffLimit still shows, with the reason."""
+        deleted after the backoffLimit still shows, with the reason. The progress is the
+        last progress line of the chief's log and the last evaluation in the evaluator's:
+        the run dir is the pods' (a mounted share, or Azure with the pods' credentials)."""
         result, reason = self.job_result(name)
+        pods = {_task_name(pod): pod for pod in self.pods(name)}  # newest pod per task
+        progress = training_progress(
+            self._log_tail(pods.get("chief-0")),
+            running=result == "running",
+            evaluator_log=self._log_tail(pods.get("evaluator-0")),
+        )
+        rows = []
+        for job in self.task_jobs(name):
+            task = _task_name(job)
+            rows.append(_task_row(task, job, pods.pop(task, None)))
+        for task, pod in pods.items():  # pods of a Deployment (TensorBoard)
+            rows.append(_task_row(task, None, pod))
+        return JobStatus(name, result, reason, self.namespace, rows, progress)
+
+    def _log_tail(self, pod) -> str:
+        """The last lines of a pod's log; none while its container has not started."""
+        if pod is None or pod.status.phase == "Pending":
+            return ""
+        core = self.client.CoreV1Api(self.api_client)
+        try:
+            return self.request(
+                f"logs of pod {pod.metadata.name} in namespace {self.namespace}",
+                core.read_namespaced_pod_log,
+                pod.metadata.name,
+                self.namespace,
+                tail_lines=STATUS_LOG_LINES,
+            )
+        except LauncherError:  # a pod deleted meanwhile: status still shows the tasks
+            return ""
+
+    def describe_job(self, name: str) -> str:
+        """The job's objects, then every pod (restarted tasks' older pods too): its phase,
+        restarts and how its container last ended."""
+        result, reason = self.job_result(name)
+        selector = self._selector(name)
+        objects = [
+            f"{kind}/{item.metadata.name}"
+            for kind in ("Job", "Deployment", "Service", "ConfigMap")
+            for item in self.call("list", kind, label_selector=selector).items
+        ]
         lines = [
             f"job {name} (namespace {self.namespace}): {result}"
             + (f" ({reason})" if reason else ""),
-            f"{'TASK':<14} {'PHASE':<10} {'RESTARTS':>8} {'AGE':>7}  POD",
+            "objects: " + (", ".join(objects) or "-"),
+            "pods:",
         ]
-        pods = {_task_name(pod): pod for pod in self.pods(name)}  # newest pod per task
-        for job in self.task_jobs(name):
-            task = _task_name(job)
-            lines.append(_task_row(task, job, pods.pop(task, None)))
-        for task, pod in pods.items():  # pods of a Deployment (TensorBoard)
-            lines.append(_task_row(task, None, pod))
-        return "\n".join(lines)
+        return "\n".join(lines + [f"  {_pod_summary(pod)}" for pod in self.pods(name)])
 
     def task_jobs(self, name: str) -> list:
         jobs = self.call("list", "Job", label_selector=self._selector(name))
         return sorted(jobs.items, key=_task_name)
 
-    def jobs_table(self) -> str:
+    def list_jobs(self) -> JobList:
         selector = f"app.kubernetes.io/name={APP},{ROLE_LABEL}=chief"
         jobs = self.call("list", "Job", label_selector=selector).items
-        lines = [f"{'NAME':<40} {'RESULT':<10} {'AGE':>7}"]
-        for job in sorted(jobs, key=lambda j: j.metadata.name):
-            result, _ = _result_of(job)
-            lines.append(
-                f"{job.metadata.name:<40} {result:<10} {_age(job.metadata.creation_timestamp):>7}"
-            )
-        if len(lines) == 1:
-            return f"no disttrain jobs in namespace {self.namespace}"
-        return "\n".join(lines)
+        rows = [
+            {
+                "name": job.metadata.name,
+                "result": _result_of(job)[0],
+                "age": _age(job.metadata.creation_timestamp),
+            }
+            for job in sorted(jobs, key=lambda j: j.metadata.name)
+        ]
+        return JobList(rows, f"no disttrain jobs in namespace {self.namespace}")
 
     def wait_for_result(self, name: str) -> int:
         last = None
@@ -443,7 +487,7 @@ def _task_name(pod) -> str:
     return f"{role}-{index}" if index is not None else role
 
 
-def _task_row(task: str, job, pod) -> str:
+def _task_row(task: str, job, pod) -> dict:
     failed = _failed_condition(job) if job is not None else None
     if failed:
         phase = "Failed"
@@ -456,9 +500,30 @@ def _task_row(task: str, job, pod) -> str:
     else:
         restarts = (job.status.failed or 0) if job is not None else 0
     created = (pod or job).metadata.creation_timestamp
-    where = pod.metadata.name if pod is not None else "-"
-    row = f"{task:<14} {phase:<10} {restarts:>8} {_age(created):>7}  {where}"
-    return row + (f"  ({failed})" if failed else "")
+    return {
+        "task": task,
+        "phase": phase,
+        "restarts": restarts,
+        "age": _age(created),
+        "pod": pod.metadata.name if pod is not None else None,
+        "reason": failed,
+    }
+
+
+def _pod_summary(pod) -> str:
+    """`pod (task): phase, restarts N, last termination: Reason (exit code C)`."""
+    statuses = pod.status.container_statuses or []
+    restarts = sum(s.restart_count for s in statuses)
+    line = f"{pod.metadata.name} ({_task_name(pod)}): {_phase(pod)}, restarts {restarts}"
+    for status in statuses:
+        now = status.state.terminated if status.state else None
+        before = status.last_state.terminated if status.last_state else None
+        ended = now or before
+        if ended:
+            return line + (
+                f", last termination: {ended.reason or 'unknown'} (exit code {ended.exit_code})"
+            )
+    return line
 
 
 def _name_of(body) -> str:
@@ -488,7 +553,7 @@ def _phase(pod) -> str:
     for status in pod.status.container_statuses or []:
         waiting = status.state.waiting if status.state else None
         if waiting and waiting.reason:  # CrashLoopBackOff says more than Running
-            return waiting.reason[:10]
+            return waiting.reason
     return pod.status.phase or "Unknown"
 
 

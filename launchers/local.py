@@ -48,6 +48,7 @@ from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, NoiseFilter
+from launchers.job_status import JobList, JobStatus, training_progress
 from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
 POLL_SECONDS = 0.2
@@ -189,21 +190,56 @@ class LocalLauncher(Launcher):
             print(final_report(config))
         return code
 
-    def status(self, name: str) -> str:
+    def job_status(self, name: str) -> JobStatus:
         state = _read_state(default_state_dir() / name)
+        tasks = [
+            {
+                "task": task_name,
+                "state": "running" if _pid_alive(info.get("pid")) else info.get("state", "exited"),
+                "pid": info.get("pid"),
+                "restarts": info.get("restarts", 0),
+                "log": info["log"],
+            }
+            for task_name, info in state["tasks"].items()
+        ]
+        chief = state["tasks"].get(f"{CHIEF}-0")
+        progress = training_progress(
+            _tail(Path(chief["log"])) if chief else "",
+            running=state["result"] == "running",
+            run_dir=state.get("run_dir"),
+        )
+        return JobStatus(name, state["result"], state.get("reason", ""), None, tasks, progress)
+
+    def describe(self, name: str) -> str:
+        state = _read_state(default_state_dir() / name)
+        launcher_pid = state.get("launcher_pid")
+        alive = "running" if _pid_alive(launcher_pid) else "gone"
         lines = [
             f"job {name}: {state['result']}"
             + (f" ({state['reason']})" if state.get("reason") else ""),
-            f"{'TASK':<12} {'STATE':<10} {'PID':>8} {'RESTARTS':>8}  LOG",
+            f"run dir: {state.get('run_dir')}",
+            f"launcher: pid {launcher_pid} ({alive})",
         ]
         for task_name, info in state["tasks"].items():
-            alive = _pid_alive(info.get("pid"))
-            phase = "running" if alive else info.get("state", "exited")
-            lines.append(
-                f"{task_name:<12} {phase:<10} {info.get('pid') or '-':>8} "
-                f"{info.get('restarts', 0):>8}  {info['log']}"
-            )
+            lines += _describe_task(task_name, info)
         return "\n".join(lines)
+
+    def list_jobs(self) -> JobList:
+        root = default_state_dir()
+        jobs = []
+        for path in sorted(root.glob("*/job.json")):
+            state = json.loads(path.read_text())
+            updated = time.localtime(path.stat().st_mtime)
+            jobs.append(
+                {
+                    "name": path.parent.name,
+                    "result": state["result"],
+                    "tasks": len(state["tasks"]),
+                    "updated": time.strftime("%Y-%m-%d %H:%M", updated),
+                    "run_dir": state.get("run_dir"),
+                }
+            )
+        return JobList(jobs, f"no local jobs in {root}")
 
     def logs(
         self, name: str, role: str | None, index: int, follow: bool, previous: bool = False
@@ -259,6 +295,7 @@ class Supervisor:
         self.relays: dict[Task, threading.Thread] = {}
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
+        self.last_exit: dict[Task, int] = {}  # every exit seen, failures included
         self.budget = config.cluster.max_restarts
         self.strategy = ClusterShape.of(config).strategy
         self.used = 0
@@ -300,6 +337,7 @@ class Supervisor:
                 if code is None:
                     continue
                 del self.procs[task]
+                self.last_exit[task] = code
                 if code == 0 or (chief_done_at and task.role != CHIEF):
                     self.finished[task] = code
                     if task.role == CHIEF:
@@ -442,6 +480,7 @@ class Supervisor:
                 "pid": proc.pid if proc else None,
                 "state": state,
                 "restarts": self.restarts[task],
+                "last_exit": self.last_exit.get(task),
                 "log": plan_.log_path,
                 "command": plan_.command,
                 "env": plan_.env,
@@ -510,13 +549,41 @@ def _read_state(state_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _describe_task(task_name: str, info: dict) -> list[str]:
+    """A task's state, last exit code and last log line, then its environment and command."""
+    running = _pid_alive(info.get("pid"))
+    last_exit = info.get("last_exit")
+    lines = [f"[{task_name}]"]
+    lines.append(
+        f"  state: {'running' if running else info.get('state', 'exited')}"
+        + (f", pid {info['pid']}" if running else "")
+        + f", restarts {info.get('restarts', 0)}"
+        + f", last exit code {'-' if last_exit is None else last_exit}"
+    )
+    lines += [f"  env: {key}={value}" for key, value in info.get("env", {}).items()]
+    lines.append("  command: " + " ".join(info.get("command", [])))
+    last_line = next((ln for ln in reversed(_tail(Path(info["log"])).splitlines()) if ln), "")
+    lines += [f"  log: {info['log']}", f"  last log line: {last_line or '-'}"]
+    return lines
+
+
+def _tail(path: Path, size: int = 65536) -> str:
+    """The end of a log: its last lines, for the last progress line."""
+    try:
+        with open(path, "rb") as log:
+            log.seek(max(log.seek(0, os.SEEK_END) - size, 0))
+            return log.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _refuse_if_running(state_dir: Path) -> None:
     if (state_dir / "job.json").is_file():
         state = json.loads((state_dir / "job.json").read_text())
         if state.get("result") == "running" and _pid_alive(state.get("launcher_pid")):
             raise LauncherError(
                 f"job {state_dir.name!r} is already running (launcher pid "
-                f"{state['launcher_pid']}); `disttrain stop -n {state_dir.name}` "
+                f"{state['launcher_pid']}); `disttrain stop {state_dir.name}` "
                 "or choose another name with --set name=..."
             )
 

@@ -45,10 +45,9 @@ def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
 
     status = cli(
         "status",
+        "charted",
         "--launcher",
         "helm",
-        "--name",
-        "charted",
         "--namespace",
         namespace,
         env=env,
@@ -60,10 +59,9 @@ def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
 
     stopped = cli(
         "stop",
+        "charted",
         "--launcher",
         "helm",
-        "--name",
-        "charted",
         "--namespace",
         namespace,
         env=env,
@@ -123,7 +121,7 @@ def test_a_job_whose_chief_job_is_gone_but_releases_stay_is_not_overwritten(k8s)
     assert result.returncode == 1
     assert "error: release kept of job 'kept' already exists" in result.stderr
     assert cluster.helm("list", "-n", namespace, "-q").stdout.split() == ["kept"]
-    stopped = cli("stop", "-l", "helm", "-n", "kept", "--namespace", namespace, env=env)
+    stopped = cli("stop", "kept", "-l", "helm", "-n", namespace, env=env)
     assert "uninstalled kept" in stopped.stdout, stopped.stdout + stopped.stderr
 
 

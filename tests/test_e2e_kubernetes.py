@@ -74,10 +74,9 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     status = cli(
         "status",
+        "mnist",
         "--launcher",
         "k8s",
-        "--name",
-        "mnist",
         "--namespace",
         namespace,
         env=env,
@@ -85,17 +84,28 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
     ).stdout
     assert "succeeded" in status.splitlines()[0]
     assert sum("Succeeded" in line for line in status.splitlines()) == 5
+    where = ["-l", "k8s", "-n", namespace]
+    as_json = json.loads(cli("status", "mnist", *where, "-o", "json", env=env, check=True).stdout)
+    assert as_json["result"] == "succeeded" and as_json["namespace"] == namespace
+    assert {t["phase"] for t in as_json["tasks"]} == {"Succeeded"}
+    # The chief's and the evaluator's pod logs: the last progress line and evaluation.
+    final_step = json.loads((folder / "eval" / "results.jsonl").read_text().splitlines()[-1])
+    assert as_json["progress"]["step"] == as_json["progress"]["total_steps"], as_json
+    assert as_json["progress"]["eta"] is None  # the job has ended
+    assert as_json["progress"]["last_eval"]["step"] == final_step["step"], as_json
+    described = cli("describe", "mnist", *where, env=env, check=True).stdout
+    assert "Job/mnist" in described and "Service/mnist" in described, described
+    assert described.count("last termination: Completed (exit code 0)") >= 5, described
 
     logs = cli(
         "logs",
-        "--launcher",
-        "k8s",
-        "--name",
         "mnist",
-        "--namespace",
-        namespace,
         "worker",
         "1",
+        "--launcher",
+        "k8s",
+        "--namespace",
+        namespace,
         env=env,
         check=True,
     ).stdout
@@ -104,10 +114,9 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     stopped = cli(
         "stop",
+        "mnist",
         "--launcher",
         "k8s",
-        "--name",
-        "mnist",
         "--namespace",
         namespace,
         env=env,
@@ -205,13 +214,15 @@ def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_wh
     result = cli("train", "--launcher", "k8s", "--wait", *args, env=env, timeout=300)
     assert result.returncode != 0
     assert chief_result(cluster, namespace, "broken") == "Failed"
-    status = cli(
-        "status", "--launcher", "k8s", "--name", "broken", "--namespace", namespace, env=env
-    ).stdout
+    status = cli("status", "broken", "--launcher", "k8s", "--namespace", namespace, env=env).stdout
     first = status.splitlines()[0]
     assert "failed" in first and "BackoffLimitExceeded" in first, status
     chief_row = next(line for line in status.splitlines() if line.startswith("chief-0"))
     assert "Failed" in chief_row and "BackoffLimitExceeded" in chief_row, status
+    where = ["-l", "k8s", "-n", namespace]
+    described = cli("describe", "broken", *where, env=env, check=True).stdout
+    assert "failed (BackoffLimitExceeded" in described.splitlines()[0], described
+    assert "Job/broken" in described, described
 
 
 def test_two_jobs_share_a_namespace_without_colliding(k8s):
@@ -330,7 +341,7 @@ def test_without_local_credentials_the_preflight_is_skipped_with_a_note_and_the_
         f"is set here (the pods use the Secret {SECRET!r})"
     ]
     assert cluster.get("Job", namespace, "nokey", "batch/v1") is not None
-    cli("stop", "--launcher", "k8s", "--name", "nokey", "--namespace", namespace, env=env)
+    cli("stop", "nokey", "--launcher", "k8s", "--namespace", namespace, env=env)
 
 
 def test_submit_sends_exactly_the_objects_the_dry_run_printed(k8s):
@@ -350,4 +361,4 @@ def test_submit_sends_exactly_the_objects_the_dry_run_printed(k8s):
             the_owner = (kind, name) == ("Job", "planned")
             assert [o["name"] for o in owners] == ([] if the_owner else ["planned"])
     finally:
-        cli("stop", "--launcher", "k8s", "--name", "planned", "--namespace", namespace, env=env)
+        cli("stop", "planned", "--launcher", "k8s", "--namespace", namespace, env=env)

@@ -21,9 +21,9 @@ SHARE_JOB = [
     "--set=launcher.k8s.storage.secret=azure-storage",
 ]
 VERBS = [
-    ["status", "-l", "k8s", "-n", "mnist"],
-    ["logs", "-l", "k8s", "-n", "mnist"],
-    ["stop", "-l", "k8s", "-n", "mnist"],
+    ["status", "mnist", "-l", "k8s"],
+    ["logs", "mnist", "-l", "k8s"],
+    ["stop", "mnist", "-l", "k8s"],
     ["list", "-l", "k8s"],
     ["secret", "create"],
     ["train", "-l", "k8s", *SHARE_JOB],
@@ -123,10 +123,10 @@ def test_a_missing_job_and_a_refused_request_say_what_the_server_said(
     kube_namespace,  # noqa: F811
 ):
     env = kube_cluster.env
-    where = ["--namespace", kube_namespace]
-    result = cli("status", "-l", "k8s", "-n", "nosuch", *where, env=env)
+    where = ["-n", kube_namespace]
+    result = cli("status", "nosuch", "-l", "k8s", *where, env=env)
     assert_one_line_error(result, f"no job 'nosuch' in namespace {kube_namespace}")
-    result = cli("stop", "-l", "k8s", "-n", "nosuch", *where, env=env, check=True)
+    result = cli("stop", "nosuch", "-l", "k8s", *where, env=env, check=True)
     assert result.stdout.strip() == f"job nosuch: nothing found in namespace {kube_namespace}"
     # The server refuses the name; its own message names the field.
     result = cli(

@@ -20,6 +20,7 @@ from kubernetes_validate.utils import validate
 from disttrain.cluster import ClusterShape, Task, tasks_of, tf_config_json
 from disttrain.config import Config, ConfigError
 from launchers import get_launcher, load_job
+from launchers.job_status import format_table
 from launchers.k8s_objects import (
     address_of,
     job_objects,
@@ -30,7 +31,7 @@ from launchers.k8s_objects import (
 )
 from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
-from launchers.kubernetes import KubernetesLauncher, plan_job
+from launchers.kubernetes import KubernetesLauncher, _pod_summary, _task_row, plan_job
 from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
@@ -394,7 +395,7 @@ def test_cli_reports_bad_input_with_the_key_and_exit_code_2():
 def test_verbs_without_a_cluster_say_so(monkeypatch, tmp_path):
     env = {**os.environ, "KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": ""}
     result = subprocess.run(
-        [sys.executable, "-m", "disttrain", "status", "-l", "k8s", "-n", "mnist"],
+        [sys.executable, "-m", "disttrain", "status", "mnist", "-l", "k8s"],
         capture_output=True,
         text=True,
         env=env,
@@ -550,3 +551,74 @@ def test_image_pull_secrets_reach_every_pod_by_name():
     ]
     assert len(pods) == 6  # chief, 2 workers, ps, evaluator, TensorBoard
     assert all(pod["imagePullSecrets"] == [{"name": "acr-pull"}] for pod in pods)
+
+
+def test_a_crash_looping_task_shows_its_whole_phase_in_status():
+    from datetime import datetime, timezone
+
+    from kubernetes import client
+
+    waiting = client.V1ContainerStateWaiting(reason="CrashLoopBackOff")
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(
+            name="mnist-worker-1-abcde", creation_timestamp=datetime.now(timezone.utc)
+        ),
+        status=client.V1PodStatus(
+            phase="Running",
+            container_statuses=[
+                client.V1ContainerStatus(
+                    name="task",
+                    image="i",
+                    image_id="",
+                    ready=False,
+                    restart_count=3,
+                    state=client.V1ContainerState(waiting=waiting),
+                )
+            ],
+        ),
+    )
+    job = client.V1Job(status=client.V1JobStatus(), metadata=pod.metadata)
+    row = _task_row("worker-1", job, pod)
+    assert row["phase"] == "CrashLoopBackOff"  # was cut to "CrashLoopB"
+    header, line = format_table([row]).splitlines()
+    assert line.split()[:3] == ["worker-1", "CrashLoopBackOff", "3"]
+    assert header.index("RESTARTS") == line.index("3")  # the column is as wide as the phase
+
+
+def test_describe_names_a_pods_last_termination_reason_and_exit_code():
+    from kubernetes import client
+
+    def pod(state: client.V1ContainerState, last: client.V1ContainerState | None, restarts: int):
+        labels = {"disttrain.io/role": "worker", "disttrain.io/index": "1"}
+        return client.V1Pod(
+            metadata=client.V1ObjectMeta(name="mnist-worker-1-abcde", labels=labels),
+            status=client.V1PodStatus(
+                phase="Running",
+                container_statuses=[
+                    client.V1ContainerStatus(
+                        name="task",
+                        image="i",
+                        image_id="",
+                        ready=False,
+                        restart_count=restarts,
+                        state=state,
+                        last_state=last,
+                    )
+                ],
+            ),
+        )
+
+    waiting = client.V1ContainerState(
+        waiting=client.V1ContainerStateWaiting(reason="CrashLoopBackOff")
+    )
+    killed = client.V1ContainerState(
+        terminated=client.V1ContainerStateTerminated(exit_code=137, reason="OOMKilled")
+    )
+    assert _pod_summary(pod(waiting, killed, 2)) == (
+        "mnist-worker-1-abcde (worker-1): CrashLoopBackOff, restarts 2, "
+        "last termination: OOMKilled (exit code 137)"
+    )
+    running = client.V1ContainerState(running=client.V1ContainerStateRunning())
+    assert _pod_summary(pod(running, None, 0)) == (
+        "mnist-worker-1-abcde (worker-1): Running, restarts 0"
+    )

@@ -89,9 +89,16 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
     }
     assert "ps-0 | stopping | the chief wrote DONE" in result.stdout
 
-    status = cli("status", "--name", "t", check=True).stdout
+    status = cli("status", "t", check=True).stdout
     assert "job t: succeeded" in status and "worker-1" in status
-    worker_log = cli("logs", "--name", "t", "worker", "1", check=True).stdout
+    progress = next(line for line in status.splitlines() if line.startswith("progress: "))
+    assert progress.startswith("progress: step 600/600 | examples/s ") and "eta" not in progress
+    assert progress.endswith("| checkpoint 600"), status
+    assert "last eval: step 600 | accuracy " in status
+    described = cli("describe", "t", check=True).stdout
+    assert described.count("last exit code 0") == 5, described
+    assert "  last log line: ps-0 | stopping | the chief wrote DONE" in described
+    worker_log = cli("logs", "t", "worker", "1", check=True).stdout
     assert "worker-1 | serving" in worker_log and "[worker-0]" not in worker_log
     # TensorFlow's start-up banners stay in the task logs, off the console.
     assert "oneDNN custom operations" in worker_log
@@ -271,12 +278,12 @@ def test_stop_from_another_terminal_ends_the_job(tmp_path, builtin_data, disttra
     try:
         wait_for(lambda: trained_step(log) > 0, 240, "training to start", proc, log)
         pids = [info["pid"] for info in job_state(disttrain_home, "t")["tasks"].values()]
-        assert "stopped launcher" in cli("stop", "--name", "t", check=True).stdout
+        assert "stopped launcher" in cli("stop", "t", check=True).stdout
         proc.wait(timeout=60)
     finally:
         kill_tree(proc)
     assert not [p for p in pids if alive(p)]
-    assert "job t: stopped" in cli("status", "--name", "t", check=True).stdout
+    assert "job t: stopped" in cli("status", "t", check=True).stdout
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,7 @@ def test_a_corrupt_jpeg_fails_the_job_with_its_path_when_configured(
     reason += corrupt
     assert f"job failed: {reason}" in result.stdout, result.stdout[-3000:]
     assert "restarting" not in result.stdout
-    status = cli("status", "--name", "t").stdout
+    status = cli("status", "t").stdout
     assert reason in status
     assert not (tmp_path / "run" / "DONE").exists()
 

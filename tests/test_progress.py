@@ -3,7 +3,14 @@
 import io
 import re
 
-from disttrain.progress import CountProgress, Progress, format_duration
+from disttrain.progress import (
+    CountProgress,
+    Progress,
+    eval_line,
+    format_duration,
+    parse_eval_line,
+    parse_train_line,
+)
 
 
 class Terminal(io.StringIO):
@@ -89,3 +96,24 @@ def test_log_lines_carry_a_time_and_a_level_and_follow_the_configured_level(caps
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d WARNING server \| WARNING \| shown", lines[0]
     )
     assert lines[1].endswith(" INFO train | shown at INFO")
+
+
+def test_a_progress_line_parses_back_into_its_fields_behind_a_prefix():
+    progress = Progress(start_step=0, total_steps=300, every_seconds=1, stream=io.StringIO())
+    progress.examples = 6000
+    line = progress.line(100, 0.3125, 0.875, now=progress.started + 60)
+    assert parse_train_line(f"[chief-0] {line}") == {
+        "step": 100,
+        "total_steps": 300,
+        "loss": 0.3125,
+        "accuracy": 0.875,
+        "examples_per_second": 100.0,
+        "eta": "2:00",
+    }
+    assert parse_train_line("checkpoint | published | ckpt-100") is None
+
+
+def test_an_eval_line_parses_back_into_its_fields():
+    result = {"step": 1200, "loss": 0.4567, "accuracy": 0.8125, "examples": 512}
+    assert parse_eval_line(eval_line(result)) == result
+    assert parse_eval_line("eval | skipped | ckpt-5 is gone or unusable") is None
