@@ -125,8 +125,37 @@ def options(
             help="Print the installed disttrain version and exit.",
         ),
     ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="More output: debug lines, TensorFlow's own logs and the library noise the "
+            "local console hides (task logs always hold everything).",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="Less output: only warnings and errors from tasks."),
+    ] = False,
 ) -> None:
     """Options before the verb; the app's help is Typer(help=...) above."""
+    if verbose and quiet:
+        _fail("-v and -q: choose one")
+    if verbose or quiet:
+        _set_log_level("DEBUG" if verbose else "WARNING")
+
+
+def _set_log_level(level: str) -> None:
+    """This process's level, and the one the tasks of a local job inherit."""
+    import os
+
+    from disttrain.progress import LEVEL_ENV, configure_logging
+
+    os.environ[LEVEL_ENV] = level
+    if level == "DEBUG":
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's C++ logs too
+    configure_logging(level)
 
 
 def _job_name(name: str, legacy: str | None) -> str:

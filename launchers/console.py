@@ -35,15 +35,15 @@ NOISE_CONTINUATIONS = (
 
 
 class NoiseFilter:
-    """Which of one task's output lines the console shows."""
+    """Which of one task's output lines the console shows (`hide=False`: all, for -v)."""
 
-    def __init__(self) -> None:
-        self.in_noise = False
+    def __init__(self, hide: bool = True) -> None:
+        self.hide, self.in_noise = hide, False
 
     def shows(self, line: bytes) -> bool:
         continued = self.in_noise and any(c in line for c in NOISE_CONTINUATIONS)
         self.in_noise = continued or any(noise in line for noise in CONSOLE_NOISE)
-        return not self.in_noise
+        return not (self.hide and self.in_noise)
 
 
 @dataclass

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import signal
@@ -46,6 +47,7 @@ from disttrain.cluster import (
 )
 from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
+from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, NoiseFilter
 from launchers.job_status import JobList, JobStatus, training_progress
@@ -439,7 +441,7 @@ class Supervisor:
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] "
-        echo, noise = True, NoiseFilter()
+        echo, noise = True, NoiseFilter(hide=not LOGGER.isEnabledFor(logging.DEBUG))
         with log_file:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)

@@ -4,12 +4,14 @@ completion, and what status, list and describe show, read from a local job's sta
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from processes import cli
+import pytest
+from processes import REPO, cli
 
 from launchers.local import free_ports
 
@@ -303,3 +305,39 @@ def test_describe_of_an_unknown_job_names_the_known_ones(tmp_path, disttrain_hom
     result = cli("describe", "nosuch")
     assert result.returncode == 1
     assert "no local job named 'nosuch'" in result.stderr and "known jobs: t" in result.stderr
+
+
+def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """`disttrain ARGS` with exactly `env` (no TF_CPP_MIN_LOG_LEVEL inherited by accident)."""
+    command = [sys.executable, "-m", "disttrain", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
+
+
+def test_verbose_and_quiet_set_the_level_the_tasks_inherit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["DISTTRAIN_HOME"] = str(tmp_path)
+    verbose = run_cli("-v", "train", "--dry-run", env=env)
+    assert "  TF_CPP_MIN_LOG_LEVEL=0" in verbose.stdout  # TensorFlow's own logs reach the log
+    assert "  TF_CPP_MIN_LOG_LEVEL=2" in run_cli("train", "--dry-run", env=env).stdout
+    both = run_cli("-v", "-q", "train", "--dry-run", env=env)
+    assert (both.returncode, both.stderr) == (2, "error: -v and -q: choose one\n")
+
+
+@pytest.mark.integration
+def test_quiet_keeps_the_tasks_info_lines_off_the_console(tmp_path, builtin_data):
+    settings = [
+        f"run_dir={tmp_path / 'run'}",
+        f"data.root={builtin_data}",
+        "train.steps=20",
+        "cluster.workers=0",
+        "cluster.ps=0",
+        "eval.enabled=false",
+        "train.log_every_seconds=0.1",
+    ]
+    args = [arg for setting in settings for arg in ("--set", setting)]
+    env = {**os.environ, "DISTTRAIN_HOME": str(tmp_path / "home")}
+    quiet = run_cli("-q", "train", *args, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "train | step:" not in quiet.stdout and "checkpoints     :" in quiet.stdout
+    chief_log = (tmp_path / "home" / "local" / "default" / "logs" / "chief-0.log").read_text()
+    assert "train | step:" not in chief_log  # the task itself logged at WARNING

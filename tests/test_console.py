@@ -68,3 +68,11 @@ def test_on_a_terminal_the_job_line_stays_below_the_task_lines():
     assert "[chief-0] train | step:    600/1500" in drawn
     assert drawn.rindex("[evaluator-0] eval | step:") < drawn.rindex("eval acc 0.6533")
     assert "job mnist | step 600/1500 | 812.5 ex/s | eta 0:41" in drawn
+
+
+def test_verbose_shows_the_noise_too():
+    console = NoiseFilter(hide=False)
+    assert [line for line in [REMOVE_FAILED, *GRPC_DETAILS] if console.shows(line)] == [
+        REMOVE_FAILED,
+        *GRPC_DETAILS,
+    ]
