@@ -26,11 +26,11 @@ and the trainer's index regex would otherwise see differently); each task has it
 restart budget (`backoffLimit`, where an Indexed Job needs `backoffLimitPerIndex`, only GA in
 Kubernetes 1.33 while we support 1.25); and a worker's restarts never count against the chief.
 
-Failure semantics (DESIGN.md) without an operator: pods use `restartPolicy: OnFailure`, so a
-failed task restarts in place (same pod, same DNS name, `logs --previous` shows the failed
-run). A worker that dies restarts alone; the coordinator reschedules its work. A ps that
-dies makes the chief's coordinator fail (TensorFlow raises on a lost ps), so the chief
-restarts too and resumes from the latest published checkpoint. `backoffLimit =
+Failure semantics (docs/architecture.md) without an operator: pods use `restartPolicy:
+OnFailure`, so a failed task restarts in place (same pod, same DNS name, `logs --previous`
+shows the failed run). A worker that dies restarts alone; the coordinator reschedules its
+work. A ps that dies makes the chief's coordinator fail (TensorFlow raises on a lost ps), so
+the chief restarts too and resumes from the latest published checkpoint. `backoffLimit =
 cluster.max_restarts` ends a task that keeps failing; the job fails when its chief does.
 """
 

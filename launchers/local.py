@@ -1,7 +1,7 @@
 """The local launcher: every task as a process on this machine, supervised.
 
 `plan` turns a config into the exact commands, environments and ports of every task;
-`submit` starts that plan and supervises it in the foreground, applying DESIGN.md's
+`submit` starts that plan and supervises it in the foreground, applying the
 failure semantics within `cluster.max_restarts`:
 
 * a worker or the evaluator that fails is restarted alone (the coordinator reschedules
@@ -369,7 +369,7 @@ class Supervisor:
             time.sleep(POLL_SECONDS)
 
     def _handle_failure(self, task: Task, code: int) -> int:
-        """Restart what DESIGN.md says to restart; a non-zero return ends the job."""
+        """Restart what the failure semantics say to restart; a non-zero return ends the job."""
         reason = ""
         if code == EXIT_UNRECOVERABLE:  # the task said a restart would fail the same way
             reason = f"{task.name} stopped: {self._last_error(task)}"
@@ -408,7 +408,7 @@ class Supervisor:
         return errors[-1].removeprefix("error: ") if errors else "see its log"
 
     def _restarted_with(self, failed: Task) -> list[Task]:
-        """The tasks that restart when `failed` exits non-zero (DESIGN.md's failure rules)."""
+        """The tasks that restart when `failed` exits non-zero (the failure semantics above)."""
         if failed.role == EVALUATOR:
             return [failed]
         if self.strategy == "multi_worker_mirrored":
