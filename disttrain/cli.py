@@ -102,6 +102,16 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _require_training(verb: str, modules: tuple[str, ...] = ()) -> None:
+    """The verbs that run TensorFlow here say what to install, in one line, without it."""
+    from disttrain.extras import TRAIN_MODULES, require
+
+    try:
+        require("train", (*TRAIN_MODULES, *modules), verb)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
 def _print_version(value: bool) -> None:
     if not value:
         return
@@ -242,6 +252,7 @@ def task(
     ],
 ) -> None:
     """Run one task of a job; the role comes from TF_CONFIG. Launchers run this for you."""
+    _require_training("disttrain task")
     from disttrain.task import run_task
 
     try:
@@ -281,6 +292,7 @@ def eval_(
     ] = False,
 ) -> None:
     """Evaluate a run's checkpoints on the test split (continuously, or --once)."""
+    _require_training("disttrain eval")
     from disttrain.storage import StorageError
 
     try:
@@ -319,6 +331,7 @@ def board(
 
     A remote run dir (az://...) is mirrored into ~/.cache/disttrain/board while it runs.
     """
+    _require_training("disttrain board", ("tensorboard",))
     from disttrain.board import run_board
     from disttrain.storage import StorageError
 
@@ -479,6 +492,7 @@ def data_convert(
     listed and its classes checked before anything is written. Rewriting into OUT_DIR
     replaces classes.json, which lists the shards a reader uses.
     """
+    _require_training("disttrain data convert")
     from pathlib import Path
 
     from disttrain.data.sources import is_remote, scratch_dir_for

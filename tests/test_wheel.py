@@ -369,3 +369,19 @@ def link_distributions(names: set[str], site: Path, into: Path) -> None:
     for top in children[()]:
         if owners[top] & names:
             link(top)
+
+
+def test_the_verbs_that_run_tensorflow_here_say_what_to_install_without_it(submitter, workdir):
+    verbs = [
+        ["eval", "--run-dir", "runs/x", "--once"],
+        ["board", "--run-dir", "runs/x"],
+        ["data", "convert", "src", "out"],
+        ["task", "--config", "config.yaml"],
+    ]
+    for verb in verbs:
+        result = disttrain(submitter, workdir, *verb)
+        assert result.returncode == 2, (verb, result.stderr)
+        assert result.stderr.startswith(
+            f"error: disttrain {' '.join(verb[: 2 if verb[0] == 'data' else 1])}: "
+        )
+        assert "install disttrain[train]" in result.stderr and result.stderr.count("\n") == 1
