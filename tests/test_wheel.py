@@ -372,16 +372,14 @@ def link_distributions(names: set[str], site: Path, into: Path) -> None:
 
 
 def test_the_verbs_that_run_tensorflow_here_say_what_to_install_without_it(submitter, workdir):
-    verbs = [
-        ["eval", "--run-dir", "runs/x", "--once"],
-        ["board", "--run-dir", "runs/x"],
-        ["data", "convert", "src", "out"],
-        ["task", "--config", "config.yaml"],
-    ]
-    for verb in verbs:
-        result = disttrain(submitter, workdir, *verb)
+    verbs = {
+        "disttrain eval": ["eval", "--run-dir", "runs/x", "--once"],
+        "disttrain board": ["board", "--run-dir", "runs/x"],
+        "disttrain data convert": ["data", "convert", "src", "out"],
+        "disttrain task": ["task", "--config", "config.yaml"],
+    }
+    for verb, args in verbs.items():
+        result = disttrain(submitter, workdir, *args)
         assert result.returncode == 2, (verb, result.stderr)
-        assert result.stderr.startswith(
-            f"error: disttrain {' '.join(verb[: 2 if verb[0] == 'data' else 1])}: "
-        )
+        assert result.stderr.startswith(f"error: {verb}: "), result.stderr
         assert "install disttrain[train]" in result.stderr and result.stderr.count("\n") == 1
