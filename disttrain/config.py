@@ -183,7 +183,7 @@ class Config:
 
     def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
         """What no single key's rule can see: the shape, and secrets inside URLs."""
-        problems = _query_string_problems(self)
+        problems = _query_string_problems(self) + _containerless_url_problems(self)
         if self.cluster.ps > 0 and self.cluster.workers == 0:
             problems.append(
                 ConfigError(
@@ -490,3 +490,26 @@ def _query_string_problems(config: Config) -> list[ConfigError]:
         for key in ("run_dir", "data.root")
         if "://" in (value := _lookup(config, key)) and "?" in value
     ]
+
+
+# URL schemes whose first part names a container (Blob, ADLS Gen2) or a bucket.
+_CONTAINER_SCHEMES = ("az", "abfs", "abfss", "s3", "gs", "gcs")
+
+
+def _containerless_url_problems(config: Config) -> list[ConfigError]:
+    """`az://` or `az:///path` names no container: fsspec would take the path for a local
+    folder named `az:` and train into it. Refused here, before anything is written."""
+    problems = []
+    for key in ("run_dir", "data.root"):
+        value = _lookup(config, key)
+        scheme, found, rest = value.partition("://")
+        container = rest.split("/", 1)[0].split("@", 1)[0]  # abfs://<container>@<account>
+        if found and scheme.lower() in _CONTAINER_SCHEMES and not container.strip():
+            problems.append(
+                ConfigError(
+                    f"{key}: got {value!r}, which names no container; accepted: "
+                    f"{scheme}://<container>/<path>",
+                    key,
+                )
+            )
+    return problems

@@ -156,3 +156,13 @@ def test_a_sas_token_in_a_url_is_refused_without_being_echoed():
         load_config(None, ["run_dir=az://c/run?sv=2022&sig=PLANTEDSECRET"])
     assert "PLANTEDSECRET" not in str(error.value)
     assert str(error.value).startswith("run_dir: got az://c/run?<query hidden>")
+
+
+@pytest.mark.parametrize("url", ["az://", "az:///runs/x", "abfs://@acct.dfs.core.windows.net/r"])
+def test_a_url_that_names_no_container_is_refused_before_anything_is_written(url):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [f"run_dir={url}", f"data.root={url}"])
+    lines = str(error.value).splitlines()
+    assert lines[0] == "the config has 2 problems:"
+    assert lines[1].strip().startswith(f"run_dir: got {url!r}, which names no container")
+    assert load_config(None, ["run_dir=az://runs/x"]).run_dir == "az://runs/x"
