@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -220,17 +220,22 @@ def load_job_config(
     path: str | Path | None,
     overrides: list[str] | None,
     launcher_sections: Mapping[str, type] | None,
+    other_sections: Collection[str] = (),
+    settings: Mapping[str, str] | None = None,
 ) -> tuple[Config, LauncherChoice]:
-    """The config and its `launcher:` section, each section validated by the class its
-    launcher declared (`launcher_sections`: section name -> options dataclass; None: the
-    section is not read). Every problem at once, each naming the file unless --set gave it."""
+    """The config and its `launcher:` section. `launcher_sections` (section name -> options
+    dataclass) are the chosen launcher's: validated; None: the section is not read.
+    `other_sections` may appear unread (other installed launchers'). `settings` are dotted
+    keys set to strings as given (CLI flags: never parsed as YAML). Every problem at once,
+    each naming the file unless --set or a flag gave it."""
     path = Path(path) if path else DEFAULT_CONFIG
     raw = _read_config_file(path)
     for override in overrides or []:
         _apply_override(raw, override)
-    overridden = {o.split("=", 1)[0].strip() for o in overrides or []}
+    apply_settings(raw, settings or {})
+    overridden = {o.split("=", 1)[0].strip() for o in overrides or []} | set(settings or {})
     try:
-        return job_config_from_dict(raw, launcher_sections)
+        return job_config_from_dict(raw, launcher_sections, other_sections)
     except ConfigError as error:  # name the file for each bad value that came from it
         raise ConfigError.of(
             [
@@ -240,6 +245,28 @@ def load_job_config(
                 for problem in error.problems
             ]
         ) from None
+
+
+def launcher_named_in(path: str | Path | None, overrides: list[str] | None) -> str:
+    """The `launcher.name` a config file and its overrides give (a bad one is reported when
+    the config loads; here it reads as the default)."""
+    raw = _read_config_file(Path(path) if path else DEFAULT_CONFIG)
+    for override in overrides or []:
+        _apply_override(raw, override)
+    section = raw.get(LAUNCHER_KEY)
+    name = section.get("name") if isinstance(section, dict) else None
+    return name if isinstance(name, str) else LauncherChoice.name
+
+
+def apply_settings(raw: dict, settings: Mapping[str, str]) -> None:
+    """Set each dotted key of `settings` in `raw` to its string, unparsed."""
+    for key, value in settings.items():
+        *sections, last = key.split(".")
+        node = raw
+        for part in sections:
+            child = node.get(part)
+            node[part] = node = child if isinstance(child, dict) else {}
+        node[last] = value
 
 
 def _read_config_file(path: Path) -> dict:
@@ -274,7 +301,7 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def job_config_from_dict(
-    raw: dict, launcher_sections: Mapping[str, type] | None
+    raw: dict, launcher_sections: Mapping[str, type] | None, other_sections: Collection[str] = ()
 ) -> tuple[Config, LauncherChoice]:
     """`config_from_dict`, plus the launcher section validated as `load_job_config` does."""
     problems: list[ConfigError] = []
@@ -283,7 +310,7 @@ def job_config_from_dict(
     config = build_section(Config, raw, "", problems)
     launcher = LauncherChoice()
     if launcher_sections is not None:
-        launcher = _build_launcher(launcher_raw, launcher_sections, problems)
+        launcher = _build_launcher(launcher_raw, launcher_sections, other_sections, problems)
     if problems:
         raise ConfigError.of(problems)
     return config, launcher
@@ -306,7 +333,7 @@ def build_section(cls: type, raw: Any, prefix: str, problems: list[ConfigError])
 
 
 def _build_launcher(
-    raw: Any, sections: Mapping[str, type], problems: list[ConfigError]
+    raw: Any, sections: Mapping[str, type], others: Collection[str], problems: list[ConfigError]
 ) -> LauncherChoice:
     prefix = LAUNCHER_KEY + "."
     if raw is None:
@@ -322,8 +349,8 @@ def _build_launcher(
         name = LauncherChoice.name
     options = {}
     for section in raw:
-        if section != "name" and section not in sections:
-            accepted = ", ".join(["name", *sorted(sections)])
+        if section != "name" and section not in sections and section not in others:
+            accepted = ", ".join(["name", *sorted({*sections, *others})])
             problems.append(
                 ConfigError(
                     f"unknown config key {prefix + section!r}; keys accepted in launcher "

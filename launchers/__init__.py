@@ -25,7 +25,9 @@ from disttrain.config import (
     LAUNCHER_KEY,
     Config,
     ConfigError,
+    apply_settings,
     job_config_from_dict,
+    launcher_named_in,
     load_job_config,
 )
 
@@ -71,9 +73,9 @@ class Launcher(ABC):
         """Start exactly `plan`; with `wait` (or `follow`: printing the chief's output),
         return the job's exit code when it ends."""
 
-    @abstractmethod
     def job_status(self, name: str) -> JobStatus:
-        """The job's result, its tasks and its training progress."""
+        """The job's result, its tasks and its training progress (`status -o json|yaml`)."""
+        raise LauncherError(f"launcher {self.name} gives no structured status; try -o table")
 
     def status(self, name: str) -> str:
         """What `disttrain status` prints: the job status as a table."""
@@ -93,11 +95,11 @@ class Launcher(ABC):
     def describe(self, name: str) -> str:
         """The job's tasks as planned (commands or objects), their states and their last
         exits."""
-        raise ConfigError(f"launcher {self.name} cannot describe jobs")
+        raise LauncherError(f"launcher {self.name} cannot describe jobs")
 
     def list_jobs(self) -> JobList:
         """The jobs this launcher can see."""
-        raise ConfigError(f"launcher {self.name} cannot list jobs")
+        raise LauncherError(f"launcher {self.name} cannot list jobs")
 
 
 def available_launchers() -> list[str]:
@@ -105,19 +107,18 @@ def available_launchers() -> list[str]:
 
 
 def launcher_class(name: str) -> type[Launcher]:
+    """The launcher installed as `name`, imported now (only the one a command uses)."""
     found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
     if not found:
         accepted = ", ".join(available_launchers()) or "none installed"
-        raise ConfigError(f"launcher: got {name!r}; accepted: {accepted}", "launcher.name")
-    return found[0].load()
-
-
-def installed_sections() -> dict[str, type]:
-    """Every `launcher.<section>` an installed launcher declares (helm reads k8s's too)."""
-    sections: dict[str, type] = {}
-    for name in available_launchers():
-        sections.update(launcher_class(name).sections)
-    return sections
+        raise ConfigError(f"launcher.name: got {name!r}; accepted: {accepted}", "launcher.name")
+    try:
+        return found[0].load()
+    except Exception as exc:  # a broken plug-in is named, not a traceback
+        package = found[0].dist.name if found[0].dist else found[0].value
+        raise LauncherError(
+            f"launcher {name} (from {package}) cannot be loaded: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def declared_flags(sections: dict[str, type]) -> dict[str, str]:
@@ -130,20 +131,18 @@ def declared_flags(sections: dict[str, type]) -> dict[str, str]:
     return flags
 
 
-def flag_overrides(launcher: str | None, flags: dict[str, str | None]) -> list[str]:
-    """`--set` overrides for the CLI flags given (None: not given). A flag the launcher does
-    not declare is refused by name, not ignored."""
+def flag_settings(launcher: type[Launcher], flags: dict[str, str | None]) -> dict[str, str]:
+    """The config keys the CLI flags given set (None: not given), their values as typed. A
+    flag the launcher does not declare is refused by name, not ignored."""
     given = {flag: value for flag, value in flags.items() if value is not None}
-    if not given:
-        return []
-    known = declared_flags(launcher_class(launcher).sections if launcher else installed_sections())
+    known = declared_flags(launcher.sections)
     unknown = sorted(set(given) - set(known))
     if unknown:
-        takes = ", ".join(f"--{f}" for f in known) or "no options"
+        takes = ", ".join(f"--{f}" for f in known) or "no flags (its settings: --set)"
         raise ConfigError(
-            f"--{unknown[0]} does not apply to launcher {launcher!r} (it takes {takes})"
+            f"--{unknown[0]} does not apply to launcher {launcher.name!r} (it takes {takes})"
         )
-    return [f"{known[flag]}={value}" for flag, value in given.items()]
+    return {known[flag]: value for flag, value in given.items()}
 
 
 def load_job(
@@ -153,25 +152,22 @@ def load_job(
     flags: dict[str, str | None] | None = None,
 ) -> tuple[Config, Launcher]:
     """The config and the launcher that runs it (`launcher`, else `launcher.name` in the
-    config), with every launcher section validated and the CLI flags applied."""
-    extra = flag_overrides(launcher, flags or {})
-    config, choice = load_job_config(path, [*overrides, *extra], installed_sections())
-    name = launcher or choice.name
-    if not launcher and extra:
-        flag_overrides(name, flags or {})  # the file's launcher must take the flags too
-    cls = launcher_class(name)
-    return config, cls({s: choice.options[s] for s in cls.sections})
+    config). Only that launcher is imported; it validates its own sections, and the other
+    installed launchers' sections are left unread."""
+    cls = launcher_class(launcher or launcher_named_in(path, overrides))
+    settings = flag_settings(cls, flags or {})
+    if launcher:
+        settings[f"{LAUNCHER_KEY}.name"] = launcher
+    others = available_launchers()
+    config, choice = load_job_config(path, overrides, cls.sections, others, settings)
+    return config, cls(choice.options)
 
 
 def get_launcher(name: str, flags: dict[str, str | None] | None = None) -> Launcher:
     """The launcher called `name` with its defaults and the CLI flags given (status, logs,
     stop and list read no config file)."""
     cls = launcher_class(name)
-    overrides = flag_overrides(name, flags or {})
     raw: dict[str, Any] = {}
-    for override in overrides:
-        key, _, value = override.partition("=")
-        _, section, option = key.split(".")
-        raw.setdefault(section, {})[option] = value
-    _, choice = job_config_from_dict({LAUNCHER_KEY: {"name": name, **raw}}, cls.sections)
+    apply_settings(raw, {f"{LAUNCHER_KEY}.name": name, **flag_settings(cls, flags or {})})
+    _, choice = job_config_from_dict(raw, cls.sections)
     return cls(choice.options)

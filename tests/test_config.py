@@ -57,7 +57,7 @@ def test_a_bad_value_in_a_file_names_the_file_and_one_from_set_does_not(tmp_path
         "launcher.k8s.chief.node_selector.pool=has space",  # a rule on the map holding it
     ):
         with pytest.raises(ConfigError) as error:
-            load_job(None, [override])
+            load_job(None, [override], "k8s")
         assert "config file" not in str(error.value)
 
 

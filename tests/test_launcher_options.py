@@ -37,11 +37,32 @@ def test_an_unknown_launcher_section_names_the_sections_installed():
 
 def test_launcher_problems_come_with_the_trainers_all_at_once():
     with pytest.raises(ConfigError) as error:
-        load_job(None, ["train.steps=0", "launcher.k8s.port=0", "launcher.local.host="])
+        load_job(
+            None, ["train.steps=0", "launcher.k8s.port=0", "launcher.k8s.worker.cpu=2 cores"], "k8s"
+        )
     lines = str(error.value).splitlines()
     assert lines[0] == "the config has 3 problems:"
     keys = sorted(line.strip().split(":")[0] for line in lines[1:])
-    assert keys == ["launcher.k8s.port", "launcher.local.host", "train.steps"]
+    assert keys == ["launcher.k8s.port", "launcher.k8s.worker.cpu", "train.steps"]
+
+
+def test_only_the_chosen_launcher_is_imported_and_reads_its_sections():
+    code = (
+        "import sys; from launchers import load_job; "
+        "config, launcher = load_job('configs/azure.yaml', ['launcher.k8s.port=0'], 'local'); "
+        "print(launcher.name, sorted(m for m in sys.modules if m.startswith('launchers.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr  # the k8s section (port 0 included) is not local's
+    assert out.stdout.split(" ", 1)[0] == "local"
+    assert "launchers.kubernetes" not in out.stdout and "launchers.helm" not in out.stdout
+
+
+def test_flag_values_are_taken_as_typed_by_every_verb():
+    _, train = load_job("configs/azure.yaml", [], "k8s", {"namespace": "012", "context": "no"})
+    assert (train.options["k8s"].namespace, train.options["k8s"].context) == ("012", "no")
+    status = get_launcher("k8s", {"namespace": "012", "context": "no"})
+    assert status.options["k8s"] == train.options["k8s"].__class__(namespace="012", context="no")
 
 
 def test_the_namespace_flag_is_the_k8s_options_namespace_key():
@@ -50,6 +71,8 @@ def test_the_namespace_flag_is_the_k8s_options_namespace_key():
     assert get_launcher("helm", {"namespace": "ml"}).options["k8s"] == K8sOptions(namespace="ml")
     with pytest.raises(ConfigError, match="--namespace does not apply to launcher 'local'"):
         load_job(None, [], "local", {"namespace": "ml"})
+    with pytest.raises(ConfigError, match="--namespace does not apply to launcher 'local'"):
+        load_job("configs/azure.yaml", ["launcher.name=local"], None, {"namespace": "ml"})
     with pytest.raises(ConfigError, match="launcher.k8s.namespace: got"):
         load_job(None, [], "k8s", {"namespace": "Bad_NS"})
 
@@ -89,7 +112,7 @@ def test_the_trainer_imports_no_launcher_options():
 )
 def test_values_kubernetes_would_refuse_are_refused_with_their_key(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_job(None, [override])
+        load_job(None, [override], "k8s")
 
 
 def test_values_kubernetes_accepts_are_accepted():
@@ -109,6 +132,6 @@ def test_values_kubernetes_accepts_are_accepted():
 
 def test_a_refused_list_item_is_one_problem_not_two():
     with pytest.raises(ConfigError) as error:
-        load_job(None, ["launcher.k8s.worker.tolerations=[{key: spot, operator: Exist}]"])
+        load_job(None, ["launcher.k8s.worker.tolerations=[{key: spot, operator: Exist}]"], "k8s")
     assert str(error.value).startswith("launcher.k8s.worker.tolerations[0].operator: got 'Exist'")
     assert "\n" not in str(error.value)

@@ -143,3 +143,21 @@ def test_the_local_dry_run_is_exactly_what_submit_starts(disttrain_home, builtin
     for task, shown in printed.items():
         assert started["tasks"][task]["env"] == shown["env"], task
         assert started["tasks"][task]["command"] == shown["command"], task
+
+
+def test_a_broken_launcher_package_is_named_and_breaks_no_other_launcher(tmp_path):
+    """An installed distribution whose entry point names a module that is not there."""
+    dist_info = tmp_path / "broken_launcher-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-launcher\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[disttrain.launchers]\nbroken = no_such_module:Launcher\n"
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    assert cli("train", "--dry-run", env=env).returncode == 0
+    broken = cli("train", "-l", "broken", "--dry-run", env=env)
+    assert broken.returncode == 1
+    assert broken.stderr == (
+        "error: launcher broken (from broken-launcher) cannot be loaded: "
+        "ModuleNotFoundError: No module named 'no_such_module'\n"
+    )
