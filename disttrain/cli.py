@@ -146,7 +146,12 @@ def options(
     ] = False,
     quiet: Annotated[
         bool,
-        typer.Option("--quiet", "-q", help="Less output: only warnings and errors from tasks."),
+        typer.Option(
+            "--quiet",
+            "-q",
+            help="Less output: of the tasks' lines, only warnings and errors reach the "
+            "console (their logs keep everything).",
+        ),
     ] = False,
 ) -> None:
     """Options before the verb; the app's help is Typer(help=...) above."""
@@ -157,13 +162,15 @@ def options(
 
 
 def _set_log_level(level: str) -> None:
-    """This process's level, and the one the tasks of a local job inherit."""
+    """This process's level, which a local job's console follows. -v also raises what the
+    tasks log (their logs hold it); -q leaves them as they are: status and the job line
+    read their progress lines."""
     import os
 
     from disttrain.progress import LEVEL_ENV, configure_logging
 
-    os.environ[LEVEL_ENV] = level
     if level == "DEBUG":
+        os.environ[LEVEL_ENV] = level
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's C++ logs too
     configure_logging(level)
 

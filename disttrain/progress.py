@@ -19,6 +19,9 @@ LOGGER = logging.getLogger("disttrain")
 # The level, set by the CLI's -v/-q and inherited by the tasks a local launcher starts.
 LEVEL_ENV = "DISTTRAIN_LOG_LEVEL"
 LINE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+# A line of LINE_FORMAT below WARNING, as a launcher's console sees it (-q hides these).
+BELOW_WARNING = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d (?:DEBUG|INFO) ")
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -38,7 +41,7 @@ def configure_logging(level: str | None = None) -> None:
     level = (level or os.environ.get(LEVEL_ENV) or "INFO").upper()
     if not LOGGER.handlers:
         handler = _StdoutHandler()
-        handler.setFormatter(logging.Formatter(LINE_FORMAT, datefmt="%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(LINE_FORMAT, datefmt=TIME_FORMAT))
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
     known = isinstance(logging.getLevelName(level), int)  # a name such as DEBUG or WARNING

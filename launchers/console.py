@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from disttrain.progress import parse_eval_line, parse_train_line
+from disttrain.progress import BELOW_WARNING, parse_eval_line, parse_train_line
 
 # Lines every TensorFlow process prints twice at start-up, whatever TF_CPP_MIN_LOG_LEVEL says:
 # 4 per task, 20 on a laptop job's console before its first useful line.
@@ -34,16 +34,22 @@ NOISE_CONTINUATIONS = (
 )
 
 
-class NoiseFilter:
-    """Which of one task's output lines the console shows (`hide=False`: all, for -v)."""
+class LineFilter:
+    """Which of one task's output lines the console shows: all with -v (`verbosity`
+    "verbose"), all but the noise by default ("normal"), and with -q ("quiet") only what is
+    not an INFO or DEBUG log line: warnings, errors, tracebacks."""
 
-    def __init__(self, hide: bool = True) -> None:
-        self.hide, self.in_noise = hide, False
+    def __init__(self, verbosity: str = "normal") -> None:
+        self.verbosity, self.in_noise = verbosity, False
 
     def shows(self, line: bytes) -> bool:
         continued = self.in_noise and any(c in line for c in NOISE_CONTINUATIONS)
         self.in_noise = continued or any(noise in line for noise in CONSOLE_NOISE)
-        return not (self.hide and self.in_noise)
+        if self.verbosity == "verbose":
+            return True
+        if self.verbosity == "quiet" and BELOW_WARNING.match(line):
+            return False
+        return not self.in_noise
 
 
 @dataclass

@@ -49,7 +49,7 @@ from disttrain.config import Config, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
-from launchers.console import JobConsole, NoiseFilter
+from launchers.console import JobConsole, LineFilter
 from launchers.job_status import JobList, JobStatus, training_progress
 from launchers.prepare import check_training_installed, final_report, prepare_run_dir
 
@@ -59,6 +59,13 @@ STOP_GRACE_SECONDS = 10.0
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
 FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
+
+
+def console_verbosity() -> str:
+    """The CLI's -v/-q, as this process's log level holds them."""
+    if LOGGER.isEnabledFor(logging.DEBUG):
+        return "verbose"
+    return "quiet" if LOGGER.level >= logging.WARNING else "normal"
 
 
 def default_state_dir() -> Path:
@@ -441,12 +448,12 @@ class Supervisor:
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] "
-        echo, noise = True, NoiseFilter(hide=not LOGGER.isEnabledFor(logging.DEBUG))
+        echo, console = True, LineFilter(console_verbosity())
         with log_file:
             for line in iter(proc.stdout.readline, b""):
                 log_file.write(line)
                 log_file.flush()
-                if not noise.shows(line) or not echo:
+                if not console.shows(line) or not echo:
                     continue
                 try:
                     with self.lock:

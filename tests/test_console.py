@@ -2,7 +2,7 @@
 
 import io
 
-from launchers.console import JobConsole, JobLine, NoiseFilter
+from launchers.console import JobConsole, JobLine, LineFilter
 
 # Lines as TensorFlow and gRPC print them (from a chief's log at the end of a job).
 REMOVE_FAILED = (
@@ -28,7 +28,7 @@ EVAL = b"eval | step:    300 | loss: 0.9100 | accuracy: 0.6533 | examples: 600\n
 
 
 def shown(lines: list[bytes]) -> list[bytes]:
-    console = NoiseFilter()
+    console = LineFilter()
     return [line for line in lines if console.shows(line)]
 
 
@@ -71,8 +71,19 @@ def test_on_a_terminal_the_job_line_stays_below_the_task_lines():
 
 
 def test_verbose_shows_the_noise_too():
-    console = NoiseFilter(hide=False)
+    console = LineFilter("verbose")
     assert [line for line in [REMOVE_FAILED, *GRPC_DETAILS] if console.shows(line)] == [
         REMOVE_FAILED,
         *GRPC_DETAILS,
+    ]
+
+
+def test_quiet_shows_only_what_is_not_an_info_log_line():
+    info = b"2026-12-01T15:37:39 INFO train | step: 10/300\n"
+    warning = b"2026-12-01T15:37:40 WARNING checkpoint | WARNING | retention skipped\n"
+    traceback = b"Traceback (most recent call last):\n"
+    console = LineFilter("quiet")
+    assert [line for line in [info, warning, traceback] if console.shows(line)] == [
+        warning,
+        traceback,
     ]
