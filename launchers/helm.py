@@ -142,7 +142,7 @@ class HelmLauncher(KubernetesLauncher):
         cluster = Cluster(plan.k8s.context, plan.k8s.namespace)
         # An upgrade of a finished release would leave its Jobs finished (or fail on an
         # immutable field): refuse, as the k8s launcher does, and name the way out.
-        cluster.refuse_if_present(plan.name)
+        cluster.refuse_if_present(plan.name, "helm")
         with tempfile.TemporaryDirectory(prefix="disttrain-helm-") as folder:
             _install_releases(plan, write_values(plan.values, Path(folder)))
         if not (wait or follow):

@@ -277,12 +277,14 @@ class Cluster:
     def exists(self, kind: str, name: str) -> bool:
         return self.call("read", kind, name, absent_ok=True) is not None
 
-    def refuse_if_present(self, name: str) -> None:
+    def refuse_if_present(self, name: str, launcher: str = "k8s") -> None:
+        """Refuse a job whose chief Job exists; the hints name the launcher that made it
+        (helm's stop uninstalls releases, k8s's deletes objects)."""
         if self.exists("Job", name):
+            target = f"{name} -l {launcher} -n {self.namespace}"
             raise LauncherError(
                 f"job {name!r} already exists in namespace {self.namespace} "
-                f"(`disttrain status {name} -l k8s -n {self.namespace}`); "
-                f"`disttrain stop {name} -l k8s -n {self.namespace}` first, "
+                f"(`disttrain status {target}`); `disttrain stop {target}` first, "
                 "or choose another name with --set name=..."
             )
 

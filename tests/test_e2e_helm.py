@@ -213,5 +213,8 @@ def test_helm_installs_exactly_what_its_dry_run_printed(k8s):
             if doc
         ]
         assert installed == printed
+        again = cli("train", "--launcher", "helm", *args, env=env)
+        assert again.returncode == 1  # the running job is refused, with helm's own way out
+        assert f"`disttrain stop planned -l helm -n {namespace}` first" in again.stderr
     finally:
-        cli("stop", "--launcher", "helm", "--name", "planned", "--namespace", namespace, env=env)
+        cli("stop", "planned", "--launcher", "helm", "--namespace", namespace, env=env)
