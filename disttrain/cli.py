@@ -200,10 +200,19 @@ def train(
         ),
     ] = False,
     wait: Annotated[
-        bool, typer.Option("--wait", help="k8s/helm: wait for the job's result after submitting.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="k8s/helm: wait for the job's result after submitting (local always waits).",
+        ),
     ] = False,
     follow: Annotated[
-        bool, typer.Option("--follow", "-f", help="k8s/helm: print the chief's output and wait.")
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="k8s/helm: print the chief's output and wait (local always prints every task's).",
+        ),
     ] = False,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
