@@ -263,6 +263,18 @@ def test_the_charts_render_values_files_as_the_python_builders_do(case, release,
     )
 
 
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "configs").glob("*values*.yaml")), ids=lambda path: path.name
+)
+def test_every_values_file_in_configs_renders_as_the_python_builders_do(path, tmp_path):
+    """Whatever values file lands in configs/ is covered, not only the ones named above."""
+    values = yaml.safe_load(path.read_text())
+    python = objects_from_values(values, "ml", "mnist")
+    assert_same_objects(
+        helm_template(values, "mnist", tmp_path), python, python[0]["metadata"]["name"]
+    )
+
+
 def test_the_charts_config_map_holds_the_same_resolved_config():
     config, k8s = config_for("2w1ps", True)
     objects = by_key(documents(render(config, k8s)))

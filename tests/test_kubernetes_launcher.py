@@ -314,7 +314,7 @@ def test_submit_preflight_reaches_azure_without_importing_tensorflow(azurite):
     assert azurite.blob_names(url.split("/")[2]) == []  # the probe is gone
 
 
-def test_dry_run_prints_exactly_the_objects_submit_sends():
+def test_the_dry_run_prints_the_planned_objects_and_ownership_only_adds_references():
     config, k8s = k8s_job(*SHAPES["2w1ps"])
     printed = [doc for doc in yaml.safe_load_all(plan_job(config, k8s).render()) if doc]
     planned = job_objects(config, k8s)

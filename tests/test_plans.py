@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from processes import REPO, cli
@@ -143,6 +144,11 @@ def test_the_local_dry_run_is_exactly_what_submit_starts(disttrain_home, builtin
     for task, shown in printed.items():
         assert started["tasks"][task]["env"] == shown["env"], task
         assert started["tasks"][task]["command"] == shown["command"], task
+    # What the processes themselves read: each server logs the address its TF_CONFIG gave it.
+    cluster = json.loads(printed["chief-0"]["env"]["TF_CONFIG"])["cluster"]
+    for task, (role, index) in {"ps-0": ("ps", 0), "worker-0": ("worker", 0)}.items():
+        log = Path(started["tasks"][task]["log"]).read_text()
+        assert f"{task} | serving | {cluster[role][index]}" in log, log[-2000:]
 
 
 def test_a_broken_launcher_package_is_named_and_breaks_no_other_launcher(tmp_path):
