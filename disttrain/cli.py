@@ -33,7 +33,12 @@ DEFAULT_JOB_NAME = Config.name
 
 ConfigOption = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="YAML config file (default: configs/default.yaml)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file (default: the packaged default.yaml, configs/default.yaml in a "
+        "checkout).",
+    ),
 ]
 SetOption = Annotated[
     list[str] | None,
@@ -83,8 +88,8 @@ NamespaceOption = Annotated[
     typer.Option(
         "--namespace",
         "-n",
-        help="k8s/helm: the namespace (default: launcher.k8s.namespace for train, else the "
-        "kubeconfig context's, else default: where kubectl would look).",
+        help="k8s/helm: the namespace (default: for train, launcher.k8s.namespace in the "
+        "config; else the kubeconfig context's, else default: where kubectl would look).",
     ),
 ]
 OutputOption = Annotated[
@@ -223,8 +228,8 @@ def train(
     run_dir continues that run from its latest checkpoint (same model and classes).
     The job is named by the config key `name` (--set name=exp1), which status, logs,
     stop and describe take as their NAME argument. Every key, with its default and
-    accepted values: configs/default.yaml and disttrain/config.py; the README's "Data and
-    models" section lists the data sources.
+    accepted values: configs/default.yaml and disttrain/config.py (launcher.NAME keys:
+    launchers/); the README's "Data and models" section lists the data sources.
     """
     try:
         cfg, backend = _job(config, set_ or [], launcher, namespace, context)

@@ -146,6 +146,7 @@ class Progress:
             log(line)
         else:
             self.stream.write(line + "\n")
+            self.stream.flush()
         return line
 
     def rate(self, now: float | None = None) -> float:
@@ -212,7 +213,7 @@ class CountProgress:
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         found = f"{self.done}/{self.total} {self.unit} ({percent:.0f}%)"
         if self.bytes:
-            found += f" | {_mb(self.bytes)} | {_mb(self.bytes / elapsed)}/s"
+            found += f" | {megabytes(self.bytes)} | {megabytes(self.bytes / elapsed)}/s"
         else:
             found += f" | {self.done / elapsed:.1f} {self.unit}/s"
         return found + f" | eta: {format_duration(eta)}"
@@ -223,5 +224,5 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def _mb(count: float) -> str:
+def megabytes(count: float) -> str:
     return f"{count / 1e6:.1f} MB"

@@ -35,7 +35,7 @@ CHARTS = (TRAIN_CHART, EVAL_CHART, BOARD_CHART)
 NOT_VALUES = frozenset({"namespace", "context", "tensorboard.enabled"})
 # The values key of a field the values file keeps elsewhere than at its camelCase name.
 MOVED = {"port": ("cluster", "port")}
-# The release suffix of each chart (helm.releases): the job's name is the release's without it.
+# The release of each chart is the job's name with this suffix (helm.releases, stop).
 RELEASE_SUFFIX = {TRAIN_CHART: "", EVAL_CHART: "-eval", BOARD_CHART: "-tensorboard"}
 # The trainer's cluster keys that the values hold under `cluster` (camelCase).
 CLUSTER_KEYS = ("workers", "ps", "max_restarts")

@@ -29,7 +29,13 @@ import yaml
 
 from disttrain.config import Config, ConfigError
 from launchers import LauncherError, Plan
-from launchers.chart_values import BOARD_CHART, EVAL_CHART, TRAIN_CHART, values_from_config
+from launchers.chart_values import (
+    BOARD_CHART,
+    EVAL_CHART,
+    RELEASE_SUFFIX,
+    TRAIN_CHART,
+    values_from_config,
+)
 from launchers.k8s_objects import job_objects
 from launchers.k8s_options import K8sOptions
 from launchers.kubeconfig import with_namespace
@@ -69,12 +75,10 @@ def helm_binary(options: HelmOptions | None = None) -> str:
 
 def releases(config: Config, k8s: K8sOptions) -> list[tuple[str, str]]:
     """(release, chart) in install order: training first, then evaluator, then TensorBoard."""
-    found = [(config.name, TRAIN_CHART)]
-    if config.eval.enabled:
-        found.append((f"{config.name}-eval", EVAL_CHART))
-    if k8s.tensorboard.enabled:
-        found.append((f"{config.name}-tensorboard", BOARD_CHART))
-    return found
+    charts = [TRAIN_CHART]
+    charts += [EVAL_CHART] if config.eval.enabled else []
+    charts += [BOARD_CHART] if k8s.tensorboard.enabled else []
+    return [(config.name + RELEASE_SUFFIX[chart], chart) for chart in charts]
 
 
 @dataclass
@@ -158,7 +162,7 @@ class HelmLauncher(KubernetesLauncher):
         return "\n".join([f"release {name}: " + ", ".join(summary), super().status(name)])
 
     def stop(self, name: str) -> str:
-        releases_ = [name, f"{name}-eval", f"{name}-tensorboard"]
+        releases_ = [name + suffix for suffix in RELEASE_SUFFIX.values()]
         return _uninstall(name, releases_, self._target(), helm_binary(self.options["helm"]))
 
     def _target(self) -> list[str]:

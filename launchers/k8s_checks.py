@@ -44,11 +44,11 @@ def _name_problems(config: Config, k8s: K8sOptions) -> list[ConfigError]:
                 "name",
             )
         )
-    if not kube_syntax.is_namespace(namespace):
+    if not kube_syntax.is_namespace(namespace):  # the kubeconfig's, when the config had none
         problems.append(
             ConfigError(
-                f"launcher.k8s.namespace: got {namespace!r}; accepted: a DNS label (lower-case "
-                "letters, digits and '-', at most 63 characters, not starting or ending with '-')",
+                f"launcher.k8s.namespace: got {namespace!r}; accepted: "
+                f"{kube_syntax.NAMESPACE_ACCEPTED}",
                 "launcher.k8s.namespace",
             )
         )

@@ -151,8 +151,7 @@ class K8sOptions:
     RULES: ClassVar[dict[str, Rule]] = {
         "namespace": (
             lambda v: v == "" or kube_syntax.is_namespace(v),
-            "empty (kubectl's: the context's namespace) or a DNS label (lower-case letters, "
-            "digits and '-', at most 63 characters, not starting or ending with '-')",
+            f"empty (kubectl's: the context's namespace) or {kube_syntax.NAMESPACE_ACCEPTED}",
         ),
         "service_account": (
             Syntax(f"({kube_syntax.DNS_SUBDOMAIN_PATTERN})?", max_length=253),

@@ -96,9 +96,10 @@ def is_namespace(name: str) -> bool:
     return len(name) <= 63 and bool(_RFC1123_LABEL.fullmatch(name))
 
 
-def are_object_names(names: list[str]) -> bool:
-    """Names of objects such as Secrets: DNS subdomains (lower-case, '-', '.')."""
-    return OBJECT_NAMES(names)
+NAMESPACE_ACCEPTED = (
+    "a DNS label (lower-case letters, digits and '-', at most 63 characters, not starting "
+    "or ending with '-')"
+)
 
 
 def is_label_name(key: str) -> bool:

@@ -58,7 +58,6 @@ REQUEST_TIMEOUT = (5, 20)
 # Lines of the chief's and the evaluator's logs `status` reads for the last progress line.
 STATUS_LOG_LINES = 200
 STREAM_TIMEOUT = (5, None)
-DEFAULT_SECRET = "disttrain-storage"
 # kind -> (API class, method suffix): the objects a job is made of, plus its storage Secret.
 _APIS = {
     "ConfigMap": ("CoreV1Api", "config_map"),

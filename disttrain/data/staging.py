@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from disttrain.data.split import DataError
-from disttrain.progress import CountProgress
+from disttrain.progress import CountProgress, megabytes
 from disttrain.progress import log as default_log
 from disttrain.storage import RunDir, redact, with_retries
 
@@ -74,7 +74,7 @@ def _copy_missing(
     kept = len(sizes) - len(missing)
     log(
         f"stage | copying {len(missing)} of {len(sizes)} files "
-        f"({_mb(sum(missing.values()))}) to {target}"
+        f"({megabytes(sum(missing.values()))}) to {target}"
         + (f" | resuming: {kept} already here" if kept else "")
     )
     progress = CountProgress("stage", len(missing), "files", log)
@@ -98,7 +98,3 @@ def _copy_one(remote: RunDir, name: str, local: Path) -> int:
     size = partial.stat().st_size
     os.replace(partial, local)
     return size
-
-
-def _mb(count: float) -> str:
-    return f"{count / 1e6:.1f} MB"
