@@ -79,9 +79,13 @@ class LocalOptions:
 
     # The address in every task's TF_CONFIG (TensorFlow's servers listen on every interface).
     host: str = "127.0.0.1"
+    # Task ports are picked free at random from here up, outside the kernel's ephemeral
+    # range (a firewall rule can then open exactly this range).
+    first_port: int = FIRST_TASK_PORT
 
     RULES: ClassVar[dict[str, Rule]] = {
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
+        "first_port": (lambda v: 1024 <= v <= 65535, "a port from 1024 to 65535"),
     }
 
 
@@ -118,7 +122,10 @@ def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
     shape = ClusterShape.of(config)
     host = options.host
     every_task = tasks_of(shape)
-    ports = {(t.role, t.index): p for t, p in zip(every_task, free_ports(len(every_task)))}
+    ports = {
+        (t.role, t.index): p
+        for t, p in zip(every_task, free_ports(len(every_task), options.first_port))
+    }
 
     def address_of(role: str, index: int) -> str:
         return f"{host}:{ports[(role, index)]}"
@@ -136,7 +143,7 @@ def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
     return LocalPlan(config.name, [], config, str(state_dir), config_path, tasks)
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, first: int | None = None) -> list[int]:
     """`count` distinct ports nothing is bound to, from outside the kernel's ephemeral range.
 
     Inside that range, a port can be taken before its task listens by any outgoing
@@ -146,7 +153,7 @@ def free_ports(count: int) -> list[int]:
     """
     probes: list[socket.socket] = []
     try:
-        for port in _candidate_ports(count):
+        for port in _candidate_ports(count, FIRST_TASK_PORT if first is None else first):
             probe = socket.socket()
             try:
                 probe.bind(("0.0.0.0", port))  # TensorFlow's servers bind every address
@@ -162,10 +169,10 @@ def free_ports(count: int) -> list[int]:
             probe.close()
 
 
-def _candidate_ports(count: int) -> Iterator[int]:
+def _candidate_ports(count: int, first: int) -> Iterator[int]:
     """Random ports above the well-known services' and outside the ephemeral range."""
     low, high = _ephemeral_port_range()
-    candidates = [*range(FIRST_TASK_PORT, low), *range(high + 1, 65536)]
+    candidates = [*range(first, low), *range(max(high + 1, first), 65536)]
     yield from random.sample(candidates, len(candidates))
     yield from itertools.repeat(0, count)  # none of them is free: let the kernel choose
 

@@ -86,3 +86,17 @@ def test_a_server_whose_port_is_taken_stops_as_unrecoverable_and_names_the_addre
         f"error: could not listen on the port of 127.0.0.1:{ps} (on every address, as "
         "TensorFlow binds): another process holds the port"
     )
+
+
+def test_the_first_port_is_a_launcher_option_the_plan_keeps_to():
+    from launchers import load_job
+
+    config, launcher = load_job(None, ["launcher.local.first_port=20000"], "local")
+    plan = launcher.plan(config)
+    addresses = {
+        address
+        for t in plan.tasks
+        for addresses in json.loads(t.env["TF_CONFIG"])["cluster"].values()
+        for address in addresses
+    }
+    assert len(addresses) == 5 and all(int(a.rsplit(":", 1)[1]) >= 20000 for a in addresses)
