@@ -61,6 +61,16 @@ def test_empty_split_missing_split_and_class_mismatch_are_clear_errors(tmp_path)
         list_split(DataConfig(source="image_folder", root=str(tmp_path / "nope")), "train")
 
 
+def test_a_folder_of_one_class_is_refused_before_it_trains_to_a_perfect_nothing(tmp_path):
+    root = write_folder(tmp_path / "data", classes=("digit-7",))
+    config = DataConfig(source="image_folder", root=str(root))
+    with pytest.raises(DataError) as error:
+        check_data_source(config)
+    assert str(error.value) == (
+        "data: split 'train' has 1 class (digit-7); accepted: at least 2 classes, one folder each"
+    )
+
+
 def test_hidden_folders_and_files_are_not_classes_or_examples(tmp_path):
     root = write_folder(tmp_path / "data")
     hidden = root / "train" / ".ipynb_checkpoints"
@@ -183,10 +193,11 @@ def test_the_local_launcher_stages_a_remote_folder_once_and_names_a_bad_one(tmp_
     assert (staged / MANIFEST).is_file() and len(list(staged.rglob("*.jpg"))) == 16
 
     mismatched = "memory://bucket/launcher-mismatch"
-    copy_to_memory(write_folder(tmp_path / "other", classes=("cat",), splits=("test",)), mismatched)
+    other = write_folder(tmp_path / "other", classes=("bird", "cat"), splits=("test",))
+    copy_to_memory(other, mismatched)
     copy_to_memory(write_folder(tmp_path / "other2", splits=("train",)), mismatched)
     data = DataConfig(source="image_folder", root=mismatched, scratch_dir=str(tmp_path / "s2"))
-    with pytest.raises(ConfigError, match="'train' has 2 classes .* 'test' has 1"):
+    with pytest.raises(ConfigError, match=r"'train' has 2 classes \(cat, dog\) .* 'test' has 2"):
         check_data(Config(data=data))
 
 

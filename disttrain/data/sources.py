@@ -35,12 +35,24 @@ SYNTHETIC_EXAMPLES = {"train": 4096, "test": 1024}
 def list_split(config: DataConfig, split: str) -> Split:
     """List one split of the configured source; raises DataError when it is unusable."""
     if config.source in ("builtin", "image_folder"):
-        return _folder_split(config, split)
-    if config.source == "tfrecord":
-        return _tfrecord_split(config, split)
-    if config.source == "tfds":
-        return tfds_split(config, split)
-    return _synthetic_split(config, split)
+        found = _folder_split(config, split)
+    elif config.source == "tfrecord":
+        found = _tfrecord_split(config, split)
+    elif config.source == "tfds":
+        found = tfds_split(config, split)
+    else:
+        found = _synthetic_split(config, split)
+    return _with_classes_to_tell_apart(found)
+
+
+def _with_classes_to_tell_apart(split: Split) -> Split:
+    """A classifier of one class reaches loss 0 and accuracy 1.0 and has learnt nothing."""
+    if len(split.class_names) < 2:
+        raise DataError(
+            f"data: split {split.name!r} has {len(split.class_names)} class "
+            f"({_names(split.class_names)}); accepted: at least 2 classes, one folder each"
+        )
+    return split
 
 
 def check_data_source(config: DataConfig) -> None:
