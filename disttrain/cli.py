@@ -311,8 +311,20 @@ def eval_(
             "already is shown, not recorded again).",
         ),
     ] = False,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Without --once: give up (exit 1) after this many seconds with no new "
+            "checkpoint to evaluate; 0 waits until the run is done.",
+        ),
+    ] = 0,
 ) -> None:
-    """Evaluate a run's checkpoints on the test split (continuously, or --once)."""
+    """Evaluate a run's checkpoints on the test split (continuously, or --once).
+
+    Continuously, it says what it waits for, evaluates each new checkpoint once, and ends
+    when the run is done and its last checkpoint evaluated.
+    """
     _require_training("disttrain eval")
     from disttrain.storage import StorageError
 
@@ -327,8 +339,8 @@ def eval_(
         if once:
             if evaluator.run_once() is None:
                 raise typer.Exit(1)
-        else:
-            evaluator.run_continuously()
+        elif not evaluator.run_continuously(timeout):
+            _fail(f"no new checkpoint in {timeout:g}s (--timeout)", code=1)
     finally:
         evaluator.close()
 

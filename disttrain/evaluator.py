@@ -77,21 +77,39 @@ class Evaluator:
     def evaluated_steps(self) -> set[int]:
         return evaluated_steps(self.run_dir)
 
-    def run_continuously(self) -> None:
-        """Evaluate new checkpoints as they are published until the job is done."""
+    def run_continuously(self, timeout_seconds: float = 0) -> bool:
+        """Evaluate new checkpoints as they are published until the job is done: True.
+        False when `timeout_seconds` (0: none) pass with nothing new to evaluate."""
         try:
             repair_best_export(self.run_dir, self.scratch / "repair")
         except Exception as exc:  # the next replacement of the best export repairs it too
             log(f"eval | WARNING | could not repair {BEST_EXPORT} | {describe(exc)}")
         evaluated = self.evaluated_steps()
+        self._say_what_it_waits_for(timeout_seconds)
+        last_news = time.monotonic()
         while True:
+            seen = len(evaluated | self.unusable)
             try:
                 if self.poll(evaluated):
                     log(f"eval | finished | checkpoints evaluated in this run: {len(evaluated)}")
-                    return
+                    return True
             except Exception as exc:  # storage outage: the next poll tries again
                 log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
+            if len(evaluated | self.unusable) > seen:
+                last_news = time.monotonic()
+            elif timeout_seconds and time.monotonic() - last_news > timeout_seconds:
+                log(f"eval | gave up | no new checkpoint for {timeout_seconds:g}s")
+                return False
             time.sleep(self.config.eval.poll_seconds)
+
+    def _say_what_it_waits_for(self, timeout_seconds: float) -> None:
+        if latest_manifest(self.run_dir) is not None:
+            return
+        how_long = f"at most {timeout_seconds:g}s" if timeout_seconds else "until the run is done"
+        log(
+            f"eval | waiting for the first checkpoint under {self.run_dir.url} | polling every "
+            f"{self.config.eval.poll_seconds:g}s, {how_long}"
+        )
 
     def poll(self, evaluated: set[int]) -> bool:
         """Evaluate what is new; True once DONE is there and the last checkpoint evaluated."""

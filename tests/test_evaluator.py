@@ -363,3 +363,22 @@ def test_retention_keeps_the_checkpoint_of_the_best_export_while_it_is_replaced(
     for step in (100, 200, 300, 400):
         publish_checkpoint(run_dir, staged_checkpoint(tmp_path, step), step, 1, log=lambda _: None)
     assert published_steps(run_dir) == [200, 400]
+
+
+def test_continuous_eval_says_what_it_waits_for_and_gives_up_at_its_timeout(builtin_data, tmp_path):
+    from processes import cli
+
+    from disttrain.config import dump_config
+
+    config = eval_config(str(tmp_path / "run"), builtin_data)
+    run_dir = RunDir(config.run_dir)
+    run_dir.write_text("config.yaml", dump_config(config))
+    started = time.monotonic()
+    result = cli("eval", "--run-dir", config.run_dir, "--timeout", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert (
+        f"eval | waiting for the first checkpoint under {run_dir.url} | polling every "
+        f"{config.eval.poll_seconds:g}s, at most 1s" in result.stdout
+    )
+    assert result.stderr.endswith("\nerror: no new checkpoint in 1s (--timeout)\n")
+    assert time.monotonic() - started < 120
