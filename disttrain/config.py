@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from disttrain.model_names import accepted_model_names, model_name_problem
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"  # package data
 
 
@@ -74,12 +76,29 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["small_cnn", "alexnet", "resnet50"] = "small_cnn"
+    # A name registered in the entry-point group `disttrain.models` (the built-ins:
+    # small_cnn, alexnet, resnet50) or `package.module:function`; see model_names.py.
+    name: str = "small_cnn"
+    # The built-ins' sizes; another model function reads what it likes from `options`.
     width: int = 32
     dropout: float = 0.1
+    # Free settings passed through to the model function (as `config.options`).
+    options: dict[str, Any] = field(default_factory=dict)
     # Shard variables of at least this many bytes across the ps (MinSizePartitioner);
     # 0 keeps every variable whole on one ps.
     partition_min_shard_bytes: int = 0
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """Whether `name` finds a model function: known without importing it."""
+        problem = model_name_problem(self.name)
+        if not problem:
+            return []
+        key = prefix + "name"
+        return [
+            ConfigError(
+                f"{key}: got {self.name!r} ({problem}); accepted: {accepted_model_names()}", key
+            )
+        ]
 
 
 @dataclass
@@ -150,6 +169,10 @@ CONFIG_RULES: dict[str, Rule] = {
     "model.partition_min_shard_bytes": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "model.width": (lambda v: v >= 1, "an integer >= 1"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "model.options": (
+        lambda v: all(k.isidentifier() for k in v),
+        "a mapping of option names (identifiers) to any values",
+    ),
     "train.steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.steps_per_schedule": (lambda v: v >= 1, "an integer >= 1"),
     "train.learning_rate": (lambda v: v > 0, "a number > 0"),
@@ -393,9 +416,14 @@ def _coerce(hint: Any, value: Any, key: str, problems: list[ConfigError]) -> Any
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", problems)
     origin = typing.get_origin(hint)
-    if origin is dict:  # dict[str, str]: labels such as a nodeSelector
+    if origin is dict:  # dict[str, str]: labels such as a nodeSelector; dict[str, Any]: free
+        free = typing.get_args(hint)[1] is Any
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: got {value!r}; accepted: a mapping of names to strings", key)
+            values = "values" if free else "strings"
+            accepted = f"a mapping of names to {values}"
+            raise ConfigError(f"{key}: got {value!r}; accepted: {accepted}", key)
+        if free:
+            return {str(k): v for k, v in value.items()}
         return {str(k): _coerce_scalar(str, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
