@@ -106,13 +106,86 @@ class TrainConfig:
     steps: int = 1500
     # Steps packed into one scheduled function: amortises the coordinator's per-call cost.
     steps_per_schedule: int = 10
+    # The recipe (steps.py builds it from Keras objects). The peak learning rate: every
+    # schedule but piecewise (which lists its own rates) starts from it.
     learning_rate: float = 0.002
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # sgd only: heavy-ball momentum, Nesterov's variant when nesterov is true.
+    momentum: float = 0.9
+    nesterov: bool = False
+    # Decoupled weight decay (each step: variable -= learning rate * weight_decay * variable)
+    # for any optimizer; adamw is adam with it, so adamw needs it > 0. 0: off.
+    weight_decay: float = 0.0
+    # constant: learning_rate; cosine: from learning_rate down to min_learning_rate over
+    # decay_steps; piecewise: lr_values[i] from step lr_boundaries[i-1] on. Each follows the
+    # optimizer's step count, which checkpoints hold: a resume continues the schedule.
+    lr_schedule: Literal["constant", "cosine", "piecewise"] = "constant"
+    # Linear warmup from 0 to the schedule's rate over the first warmup_steps steps. 0: none.
+    warmup_steps: int = 0
+    # cosine: the steps after the warmup it decays over; 0: until train.steps.
+    decay_steps: int = 0
+    min_learning_rate: float = 0.0
+    # piecewise: the steps where the rate changes, and one more rate than boundaries.
+    lr_boundaries: list[int] = field(default_factory=list)
+    lr_values: list[float] = field(default_factory=list)
+    # Rescale each step's gradients to at most this global norm. 0: off.
+    clip_global_norm: float = 0.0
+    # Training loss against (1 - s) * one-hot + s / classes; evaluation loss is unsmoothed.
+    label_smoothing: float = 0.0
     seed: int = 0
     log_every_seconds: float = 5.0
     # Compute dtype; variables stay float32. mixed_float16 adds dynamic loss scaling.
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # Compile the forward and backward pass with XLA.
     jit_compile: bool = False
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """The recipe's keys that only make sense together, or only with one schedule."""
+        problems = []
+
+        def refuse(key: str, got: str, accepted: str) -> None:
+            problems.append(
+                ConfigError(f"{prefix}{key}: got {got}; accepted: {accepted}", prefix + key)
+            )
+
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            refuse("weight_decay", "0 with adamw", "> 0 (adamw without weight decay is adam)")
+        if self.lr_schedule != "cosine":
+            for key in ("decay_steps", "min_learning_rate"):
+                if getattr(self, key):
+                    refuse(
+                        key,
+                        f"{getattr(self, key)!r} with lr_schedule {self.lr_schedule}",
+                        "0 (it is read only with lr_schedule: cosine)",
+                    )
+        if self.lr_schedule != "piecewise":
+            for key in ("lr_boundaries", "lr_values"):
+                if getattr(self, key):
+                    refuse(
+                        key,
+                        f"{getattr(self, key)!r} with lr_schedule {self.lr_schedule}",
+                        "[] (it is read only with lr_schedule: piecewise)",
+                    )
+        elif not self.lr_boundaries or len(self.lr_values) != len(self.lr_boundaries) + 1:
+            refuse(
+                "lr_values",
+                f"{self.lr_values!r} with lr_boundaries {self.lr_boundaries!r}",
+                "one rate more than boundaries, at least one boundary (lr_schedule: piecewise)",
+            )
+        if self.lr_schedule == "cosine":
+            if self.min_learning_rate > self.learning_rate:
+                refuse(
+                    "min_learning_rate",
+                    f"{self.min_learning_rate!r} above learning_rate {self.learning_rate!r}",
+                    "a number from 0 to learning_rate",
+                )
+            if not self.decay_steps and self.warmup_steps >= self.steps:
+                refuse(
+                    "warmup_steps",
+                    f"{self.warmup_steps} with steps {self.steps} and decay_steps 0",
+                    "fewer than train.steps (or set train.decay_steps)",
+                )
+        return problems
 
 
 @dataclass
@@ -176,6 +249,18 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.steps_per_schedule": (lambda v: v >= 1, "an integer >= 1"),
     "train.learning_rate": (lambda v: v > 0, "a number > 0"),
+    "train.momentum": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0 (0: no warmup)"),
+    "train.decay_steps": (lambda v: v >= 0, "an integer >= 0 (0: until train.steps)"),
+    "train.min_learning_rate": (lambda v: v >= 0, "a number >= 0"),
+    "train.lr_boundaries": (
+        lambda v: all(b >= 1 for b in v) and v == sorted(set(v)),
+        "increasing step numbers >= 1",
+    ),
+    "train.lr_values": (lambda v: all(x > 0 for x in v), "numbers > 0"),
+    "train.clip_global_norm": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "train.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),

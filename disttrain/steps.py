@@ -22,18 +22,93 @@ _SUM = tf.distribute.ReduceOp.SUM
 
 
 def make_optimizer(config: TrainConfig, model: keras.Model) -> keras.optimizers.Optimizer:
-    """Adam, built for the model (call inside the strategy scope).
+    """The recipe's optimizer, built for the model (call inside the strategy scope).
 
-    float16 gets dynamic loss scaling, as its small gradients underflow. The optimizer
-    updates each shard of a partitioned variable as a variable of its own: its slots then
-    live on the shard's ps, and no update needs the whole variable in one place (a
-    ShardedVariable cannot be updated as one).
+    Adam, AdamW or SGD with the learning-rate schedule, decoupled weight decay and global
+    norm clipping of `config`; the defaults are plain Adam at a constant rate. float16 gets
+    dynamic loss scaling, as its small gradients underflow. The optimizer updates each
+    shard of a partitioned variable as a variable of its own: its slots then live on the
+    shard's ps, and no update needs the whole variable in one place (a ShardedVariable
+    cannot be updated as one).
     """
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+    common = {
+        "learning_rate": make_learning_rate(config),
+        "weight_decay": config.weight_decay or None,
+        # Keras clips a step's gradients before the optimizer sums them across replicas:
+        # exact for a parameter-server or single-process step (one replica), per replica
+        # under MultiWorkerMirroredStrategy.
+        "global_clipnorm": config.clip_global_norm or None,
+    }
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            momentum=config.momentum, nesterov=config.nesterov, **common
+        )
+    elif config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(**common)
+    else:
+        optimizer = keras.optimizers.Adam(**common)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     optimizer.build(update_targets(model.trainable_variables))
     return optimizer
+
+
+def make_learning_rate(
+    config: TrainConfig,
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate, or its schedule over the optimizer's step count.
+
+    Keras calls a schedule with the optimizer's `iterations`, a variable the checkpoint
+    holds with the optimizer: a resumed run continues the curve where it stopped. It
+    counts applied steps, as the global step does (a float16 step skipped for overflowing
+    gradients is the one difference).
+    """
+    schedules = keras.optimizers.schedules
+    warmup = config.warmup_steps
+    if config.lr_schedule == "cosine":  # Keras's own warmup: linear, from 0 to the peak
+        return schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup else config.learning_rate,
+            decay_steps=config.decay_steps or config.steps - warmup,
+            alpha=config.min_learning_rate / config.learning_rate,
+            warmup_target=config.learning_rate if warmup else None,
+            warmup_steps=warmup,
+        )
+    rate = config.learning_rate
+    if config.lr_schedule == "piecewise":
+        rate = schedules.PiecewiseConstantDecay(config.lr_boundaries, config.lr_values)
+    return LinearWarmup(rate, warmup) if warmup else rate
+
+
+@keras.saving.register_keras_serializable("disttrain")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """A rate (or schedule) scaled linearly from 0 to all of it over `warmup_steps`, the
+    warmup CosineDecay has built in, for the schedules that have none."""
+
+    def __init__(self, rate, warmup_steps: int):
+        self.rate, self.warmup_steps = rate, warmup_steps
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rate = self.rate(step) if callable(self.rate) else self.rate
+        return rate * keras.ops.minimum(step / self.warmup_steps, 1.0)
+
+    def get_config(self) -> dict:
+        rate = self.rate
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            rate = keras.optimizers.schedules.serialize(rate)
+        return {"rate": rate, "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LinearWarmup:
+        rate = config["rate"]
+        if isinstance(rate, dict):
+            rate = keras.optimizers.schedules.deserialize(rate)
+        return cls(rate, config["warmup_steps"])
+
+
+def learning_rate_at(rate, step: int) -> float:
+    """The value of `make_learning_rate`'s result at `step` (for the summaries)."""
+    return float(rate(step)) if callable(rate) else float(rate)
 
 
 def update_targets(variables) -> list:
@@ -62,18 +137,19 @@ def make_train_chunk(
     optimizer: keras.optimizers.Optimizer,
     jit_compile: bool = False,
     crop_min_area: float = 0.0,
+    label_smoothing: float = 0.0,
 ):
     """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files).
 
     `crop_min_area` > 0: the batches arrive uncropped (a small split decoded once, see
-    `decodes_once`) and the step crops them first, on the worker's device.
+    `decodes_once`) and the step crops them first, on the worker's device. The loss (and
+    the loss sums it reports) is smoothed by `label_smoothing`.
     """
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
     def loss_of(logits, labels):
-        per_example = keras.losses.sparse_categorical_crossentropy(
-            tf.maximum(labels, 0), logits, from_logits=True
-        ) * tf.cast(labels >= 0, tf.float32)
+        per_example = per_example_loss(tf.maximum(labels, 0), logits, label_smoothing)
+        per_example *= tf.cast(labels >= 0, tf.float32)
         # Averaged over the global batch: MWMS sums gradients across replicas.
         loss = tf.nn.compute_average_loss(per_example)
         return per_example, optimizer.scale_loss(loss) if scales_loss else loss
@@ -131,6 +207,17 @@ def make_train_chunk(
         return totals
 
     return train_chunk
+
+
+def per_example_loss(labels, logits, label_smoothing: float = 0.0):
+    """Cross-entropy of each example's logits against its integer label, the label
+    smoothed towards the uniform distribution by `label_smoothing` (0: not at all)."""
+    if not label_smoothing:
+        return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    targets = tf.one_hot(labels, tf.shape(logits)[-1], dtype=logits.dtype)
+    return keras.losses.categorical_crossentropy(
+        targets, logits, from_logits=True, label_smoothing=label_smoothing
+    )
 
 
 def make_eval_batch(model: keras.Model):
