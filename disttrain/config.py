@@ -65,6 +65,8 @@ class DataConfig:
     # Training crops keep this fraction of the image area up to all of it: 0.08 is the
     # Inception-style crop for photos; a dataset whose object fills the frame wants more.
     crop_min_area: float = 0.08
+    # Flip training images left-right at random (in the step); evaluation never flips.
+    random_flip: bool = True
     # A worker whose shard of an image folder fits in this many MiB once decoded (at
     # image_size) decodes each file once and crops from memory; 0: always decode per step.
     cache_mib: int = 256

@@ -138,12 +138,14 @@ def make_train_chunk(
     jit_compile: bool = False,
     crop_min_area: float = 0.0,
     label_smoothing: float = 0.0,
+    random_flip: bool = True,
 ):
     """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files).
 
     `crop_min_area` > 0: the batches arrive uncropped (a small split decoded once, see
     `decodes_once`) and the step crops them first, on the worker's device. The loss (and
-    the loss sums it reports) is smoothed by `label_smoothing`.
+    the loss sums it reports) is smoothed by `label_smoothing`; `random_flip` flips images
+    left-right at random.
     """
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -165,7 +167,10 @@ def make_train_chunk(
         with tf.GradientTape() as tape:
             tape.watch(trainable)
             logits, non_trainable = model.stateless_call(
-                trainable, non_trainable, prepare_on_device(images, True), training=True
+                trainable,
+                non_trainable,
+                prepare_on_device(images, True, random_flip),
+                training=True,
             )
             per_example, loss = loss_of(tf.cast(logits, tf.float32), labels)
         return tape.gradient(loss, trainable), per_example, logits, non_trainable

@@ -88,6 +88,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             config.train.jit_compile,
             crop_min_area=crop_in_step,
             label_smoothing=config.train.label_smoothing,
+            random_flip=config.data.random_flip,
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)

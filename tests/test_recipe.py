@@ -15,7 +15,7 @@ import tensorflow as tf
 from processes import REPO, cli, small_job
 
 from disttrain.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
-from disttrain.data.pipeline import train_dataset
+from disttrain.data.pipeline import prepare_on_device, train_dataset
 from disttrain.data.sources import list_split
 from disttrain.models import build_model
 from disttrain.steps import (
@@ -214,6 +214,31 @@ def test_recipe_keys_that_only_make_sense_together_are_refused(overrides, messag
     with pytest.raises(ConfigError) as error:
         load_config(None, overrides)
     assert str(error.value).startswith(message)
+
+
+@pytest.mark.parametrize("random_flip", [False, True])
+def test_the_first_step_sees_the_batch_unflipped_only_without_random_flip(random_flip):
+    """With dropout off, the first step's loss is the model's loss on the batch it was
+    given: exactly so without flips; with them, some of the 8 images differ."""
+    keras.utils.set_random_seed(5)
+    model = build_model(ModelConfig(width=4, dropout=0.0), 16, 4)
+    optimizer = make_optimizer(TrainConfig(), model)
+    dataset = train_dataset(DATA, list_split(DATA, "train"), 1, 0, seed=1)
+    images, labels = next(iter(dataset))
+    as_given = prepare_on_device(images, training=False)
+    before = float(tf.reduce_sum(per_example_loss(labels, model(as_given, training=False))))
+    chunk = make_train_chunk(
+        tf.distribute.get_strategy(), model, optimizer, random_flip=random_flip
+    )
+    loss_sum = float(chunk(iter(dataset), tf.constant(1))[0])
+    assert (loss_sum == pytest.approx(before, rel=1e-5)) is not random_flip
+
+
+def test_random_flip_is_a_data_key_on_by_default():
+    assert load_config(None, []).data.random_flip is True
+    assert load_config(None, ["data.random_flip=false"]).data.random_flip is False
+    with pytest.raises(ConfigError, match="data.random_flip: got 'no'; accepted: true or false"):
+        load_config(None, ["data.random_flip='no'"])
 
 
 def scalars(events_dir, tag: str) -> dict[int, float]:
