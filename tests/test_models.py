@@ -128,6 +128,21 @@ def test_a_task_whose_model_does_not_fit_exits_4_with_one_error_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_a_task_that_cannot_find_the_model_exits_4_with_one_error_line(tmp_path):
+    """The submitter found it, this task's environment does not: restarts would not help."""
+    config = tmp_path / "config.yaml"
+    config.write_text("model: {name: 'user_models:tiny_mlp'}\ncluster: {workers: 0, ps: 0}\n")
+    without_tests = {"PYTHONPATH": str(REPO), "TF_CONFIG": ""}
+    result = cli("task", "--config", str(config), env=without_tests)
+    assert result.returncode == EXIT_UNRECOVERABLE, result.stderr[-3000:]
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: model.name: got 'user_models:tiny_mlp' (module 'user_models' not found")
+    )
+    assert result.stderr.strip().endswith("(in this task's environment)")
+
+
 def tiny_folder(
     builtin: Path, root: Path, per_class: int = 12, classes: tuple[str, str] = ("circle", "square")
 ) -> Path:
