@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,45 @@ def test_a_task_that_cannot_find_the_model_exits_4_with_one_error_line(tmp_path)
         .startswith("error: model.name: got 'user_models:tiny_mlp' (module 'user_models' not found")
     )
     assert result.stderr.strip().endswith("(in this task's environment)")
+
+
+TINY_MODEL_PACKAGE = REPO / "tests" / "plugins" / "tiny_model"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_installed(tmp_path_factory) -> dict[str, str]:
+    """A package that registers the model `tiny`, installed by pip into a folder of its own."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        + ["--no-build-isolation", "--target", str(target), str(TINY_MODEL_PACKAGE)],
+        check=True,
+        capture_output=True,
+    )
+    return {"PYTHONPATH": os.pathsep.join([str(target), str(REPO)]), "TF_CONFIG": ""}
+
+
+def test_a_model_another_package_registers_is_found_by_name_and_trains(
+    tiny_model_installed, tmp_path
+):
+    wrong = cli("train", "--dry-run", "--set", "model.name=tiyn", env=tiny_model_installed)
+    assert wrong.returncode == 2
+    assert "accepted: alexnet, resnet50, small_cnn, tiny (entry-point group" in wrong.stderr
+
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"run_dir: {tmp_path / 'run'}\n"
+        "data: {source: synthetic, synthetic_classes: 3, image_size: 16, batch_size: 4}\n"
+        "model: {name: tiny, options: {filters: 3}}\n"
+        "train: {steps: 2, steps_per_schedule: 2}\n"
+        "checkpoint: {every_steps: 2}\n"
+        "cluster: {workers: 0, ps: 0}\n"
+        "eval: {enabled: false}\n"
+    )
+    result = cli("task", "--config", str(config), env=tiny_model_installed)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "model: tiny |" in result.stdout
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 2
 
 
 def tiny_folder(
