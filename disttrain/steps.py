@@ -13,6 +13,7 @@ time a worker meets it.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from disttrain.config import TrainConfig
@@ -24,8 +25,9 @@ _SUM = tf.distribute.ReduceOp.SUM
 def make_optimizer(config: TrainConfig, model: keras.Model) -> keras.optimizers.Optimizer:
     """The recipe's optimizer, built for the model (call inside the strategy scope).
 
-    Adam, AdamW or SGD with the learning-rate schedule, decoupled weight decay and global
-    norm clipping of `config`; the defaults are plain Adam at a constant rate. float16 gets
+    Adam, AdamW or SGD with the learning-rate schedule and decoupled weight decay of
+    `config` (the step clips the gradients: see `make_train_chunk`); the defaults are plain
+    Adam at a constant rate. float16 gets
     dynamic loss scaling, as its small gradients underflow. The optimizer updates each
     shard of a partitioned variable as a variable of its own: its slots then live on the
     shard's ps, and no update needs the whole variable in one place (a ShardedVariable
@@ -34,10 +36,6 @@ def make_optimizer(config: TrainConfig, model: keras.Model) -> keras.optimizers.
     common = {
         "learning_rate": make_learning_rate(config),
         "weight_decay": config.weight_decay or None,
-        # Keras clips a step's gradients before the optimizer sums them across replicas:
-        # exact for a parameter-server or single-process step (one replica), per replica
-        # under MultiWorkerMirroredStrategy.
-        "global_clipnorm": config.clip_global_norm or None,
     }
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
@@ -139,13 +137,15 @@ def make_train_chunk(
     crop_min_area: float = 0.0,
     label_smoothing: float = 0.0,
     random_flip: bool = True,
+    clip_global_norm: float = 0.0,
 ):
     """A tf.function(iterator, num_steps) -> (loss_sum, correct, examples, bad_files).
 
     `crop_min_area` > 0: the batches arrive uncropped (a small split decoded once, see
     `decodes_once`) and the step crops them first, on the worker's device. The loss (and
     the loss sums it reports) is smoothed by `label_smoothing`; `random_flip` flips images
-    left-right at random.
+    left-right at random; `clip_global_norm` > 0 rescales each step's gradients to at most
+    that global norm (see `clipped`).
     """
     scales_loss = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -182,12 +182,32 @@ def make_train_chunk(
         # convert_to_tensor, not identity: a ShardedVariable converts to its concatenation.
         return [tf.convert_to_tensor(v.value) for v in variables]
 
+    def clipped(grads):
+        """The gradients scaled to a global norm of at most `clip_global_norm`.
+
+        The norm is that of the global batch's gradient: under MultiWorkerMirroredStrategy
+        the sum of the replicas' gradients, so it is all-reduced here first (Keras's own
+        `global_clipnorm` would clip each replica's share before the optimizer sums them).
+        A loss-scaled gradient is measured unscaled; the optimizer unscales it later.
+        """
+        total = grads
+        if strategy.num_replicas_in_sync > 1:
+            total = tf.distribute.get_replica_context().all_reduce(_SUM, grads)
+        norm = tf.linalg.global_norm(total)
+        if scales_loss:
+            norm /= tf.cast(optimizer.dynamic_scale, norm.dtype)
+        # A norm that overflowed makes the step non-finite: the loss-scale optimizer skips it.
+        factor = tf.where(tf.math.is_finite(norm), tf.minimum(1.0, clip_global_norm / norm), np.nan)
+        return [grad * factor for grad in grads]
+
     def replica_step(images, labels):
         if crop_min_area:  # outside the XLA-compiled pass: crop_and_resize stays a TF op
             images = random_crops(images, crop_min_area)
         grads, per_example, logits, updated = forward_backward(
             read(model.trainable_variables), read(model.non_trainable_variables), images, labels
         )
+        if clip_global_norm:
+            grads = clipped(grads)
         for variable, value in zip(model.non_trainable_variables, updated):
             variable.assign(value)  # batch-norm statistics and dropout seeds
         # The loss-scale optimizer unscales, and skips a step whose gradients overflowed.

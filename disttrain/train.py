@@ -89,6 +89,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             crop_min_area=crop_in_step,
             label_smoothing=config.train.label_smoothing,
             random_flip=config.data.random_flip,
+            clip_global_norm=config.train.clip_global_norm,
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)

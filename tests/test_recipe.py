@@ -46,11 +46,8 @@ def test_sgd_and_adamw_take_their_settings():
     model = build_model(ModelConfig(width=4), 16, 4)
     sgd = make_optimizer(TrainConfig(optimizer="sgd", momentum=0.8, nesterov=True), model)
     assert type(sgd) is keras.optimizers.SGD and sgd.momentum == 0.8 and sgd.nesterov
-    adamw = make_optimizer(
-        TrainConfig(optimizer="adamw", weight_decay=0.05, clip_global_norm=2.0), model
-    )
-    assert type(adamw) is keras.optimizers.AdamW
-    assert adamw.weight_decay == 0.05 and adamw.global_clipnorm == 2.0
+    adamw = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.05), model)
+    assert type(adamw) is keras.optimizers.AdamW and adamw.weight_decay == 0.05
 
 
 def test_cosine_warms_up_linearly_then_decays_to_the_minimum_at_the_last_step():
@@ -118,7 +115,9 @@ def test_a_full_recipe_trains_in_a_single_process():
     )
     model = build_model(ModelConfig(width=4, dropout=0.0), 16, 4)
     optimizer = make_optimizer(config, model)
-    chunk = make_train_chunk(tf.distribute.get_strategy(), model, optimizer, label_smoothing=0.1)
+    chunk = make_train_chunk(
+        tf.distribute.get_strategy(), model, optimizer, label_smoothing=0.1, clip_global_norm=1.0
+    )
     iterator = iter(train_dataset(DATA, list_split(DATA, "train"), 1, 0, seed=1))
     loss_sum, _, examples, _ = (float(v) for v in chunk(iterator, tf.constant(5)))
     assert examples == 40 and np.isfinite(loss_sum)
@@ -148,6 +147,40 @@ def test_a_full_recipe_trains_under_each_distributed_strategy(strategy, name, sl
     assert found["learning_rate"] == pytest.approx(found["expected_learning_rate"])
     assert np.isfinite(found["loss_sum"])
     assert found["slot_devices"] and all(slots_on in d for d in found["slot_devices"])
+
+
+def test_clipping_on_two_replicas_clips_the_global_batchs_gradient():
+    """As MultiWorkerMirroredStrategy sums the replicas' gradients, the step clips their sum:
+    one clipped step on two replicas moves the weights exactly as on one."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "recipe_under_strategy.py"), "clip"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV_WITHOUT_TF_CONFIG, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found["replicas"] == 2
+    assert found["step_norm"] == pytest.approx(0.01, rel=1e-3)  # learning rate 1 x the clip
+    assert found["max_difference"] < 1e-6
+
+
+def test_clipping_measures_a_loss_scaled_gradient_unscaled():
+    keras.utils.set_random_seed(2)
+    config = TrainConfig(
+        optimizer="sgd", momentum=0.0, learning_rate=1.0, precision="mixed_float16"
+    )
+    model = build_model(ModelConfig(width=4, dropout=0.0), 16, 4, "mixed_float16")
+    optimizer = make_optimizer(config, model)
+    before = [v.numpy() for v in model.trainable_variables]
+    chunk = make_train_chunk(
+        tf.distribute.get_strategy(), model, optimizer, random_flip=False, clip_global_norm=0.01
+    )
+    chunk(iter(train_dataset(DATA, list_split(DATA, "train"), 1, 0, seed=1)), tf.constant(1))
+    after = [v.numpy() for v in model.trainable_variables]
+    step = np.sqrt(sum(((a - b) ** 2).sum() for a, b in zip(after, before)))
+    assert step == pytest.approx(0.01, rel=1e-2)
 
 
 def test_every_recipe_key_is_checked_and_every_problem_said_at_once():
