@@ -13,7 +13,6 @@ time a worker meets it.
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from disttrain.config import TrainConfig
@@ -27,11 +26,10 @@ def make_optimizer(config: TrainConfig, model: keras.Model) -> keras.optimizers.
 
     Adam, AdamW or SGD with the learning-rate schedule and decoupled weight decay of
     `config` (the step clips the gradients: see `make_train_chunk`); the defaults are plain
-    Adam at a constant rate. float16 gets
-    dynamic loss scaling, as its small gradients underflow. The optimizer updates each
-    shard of a partitioned variable as a variable of its own: its slots then live on the
-    shard's ps, and no update needs the whole variable in one place (a ShardedVariable
-    cannot be updated as one).
+    Adam at a constant rate. float16 gets dynamic loss scaling, as its small gradients
+    underflow. The optimizer updates each shard of a partitioned variable as a variable of
+    its own: its slots then live on the shard's ps, and no update needs the whole variable
+    in one place (a ShardedVariable cannot be updated as one).
     """
     common = {
         "learning_rate": make_learning_rate(config),
@@ -197,7 +195,9 @@ def make_train_chunk(
         if scales_loss:
             norm /= tf.cast(optimizer.dynamic_scale, norm.dtype)
         # A norm that overflowed makes the step non-finite: the loss-scale optimizer skips it.
-        factor = tf.where(tf.math.is_finite(norm), tf.minimum(1.0, clip_global_norm / norm), np.nan)
+        factor = tf.where(
+            tf.math.is_finite(norm), tf.minimum(1.0, clip_global_norm / norm), float("nan")
+        )
         return [grad * factor for grad in grads]
 
     def replica_step(images, labels):
