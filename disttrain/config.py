@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from disttrain.model_names import accepted_model_names, model_name_problem
+
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "default.yaml"  # package data
 
 
@@ -63,6 +65,8 @@ class DataConfig:
     # Training crops keep this fraction of the image area up to all of it: 0.08 is the
     # Inception-style crop for photos; a dataset whose object fills the frame wants more.
     crop_min_area: float = 0.08
+    # Flip training images left-right at random (in the step); evaluation never flips.
+    random_flip: bool = True
     # A worker whose shard of an image folder fits in this many MiB once decoded (at
     # image_size) decodes each file once and crops from memory; 0: always decode per step.
     cache_mib: int = 256
@@ -74,12 +78,29 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: Literal["small_cnn", "alexnet", "resnet50"] = "small_cnn"
+    # A name registered in the entry-point group `disttrain.models` (the built-ins:
+    # small_cnn, alexnet, resnet50) or `package.module:function`; see model_names.py.
+    name: str = "small_cnn"
+    # The built-ins' sizes; another model function reads what it likes from `options`.
     width: int = 32
     dropout: float = 0.1
+    # Free settings passed through to the model function (as `config.options`).
+    options: dict[str, Any] = field(default_factory=dict)
     # Shard variables of at least this many bytes across the ps (MinSizePartitioner);
     # 0 keeps every variable whole on one ps.
     partition_min_shard_bytes: int = 0
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """Whether `name` finds a model function: known without importing it."""
+        problem = model_name_problem(self.name)
+        if not problem:
+            return []
+        key = prefix + "name"
+        return [
+            ConfigError(
+                f"{key}: got {self.name!r} ({problem}); accepted: {accepted_model_names()}", key
+            )
+        ]
 
 
 @dataclass
@@ -87,13 +108,86 @@ class TrainConfig:
     steps: int = 1500
     # Steps packed into one scheduled function: amortises the coordinator's per-call cost.
     steps_per_schedule: int = 10
+    # The recipe (steps.py builds it from Keras objects). The peak learning rate: every
+    # schedule but piecewise (which lists its own rates) starts from it.
     learning_rate: float = 0.002
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    # sgd only: heavy-ball momentum, Nesterov's variant when nesterov is true.
+    momentum: float = 0.9
+    nesterov: bool = False
+    # Decoupled weight decay (each step: variable -= learning rate * weight_decay * variable)
+    # for any optimizer; adamw is adam with it, so adamw needs it > 0. 0: off.
+    weight_decay: float = 0.0
+    # constant: learning_rate; cosine: from learning_rate down to min_learning_rate over
+    # decay_steps; piecewise: lr_values[i] from step lr_boundaries[i-1] on. Each follows the
+    # optimizer's step count, which checkpoints hold: a resume continues the schedule.
+    lr_schedule: Literal["constant", "cosine", "piecewise"] = "constant"
+    # Linear warmup from 0 to the schedule's rate over the first warmup_steps steps. 0: none.
+    warmup_steps: int = 0
+    # cosine: the steps after the warmup it decays over; 0: until train.steps.
+    decay_steps: int = 0
+    min_learning_rate: float = 0.0
+    # piecewise: the steps where the rate changes, and one more rate than boundaries.
+    lr_boundaries: list[int] = field(default_factory=list)
+    lr_values: list[float] = field(default_factory=list)
+    # Rescale each step's gradients to at most this global norm. 0: off.
+    clip_global_norm: float = 0.0
+    # Training loss against (1 - s) * one-hot + s / classes; evaluation loss is unsmoothed.
+    label_smoothing: float = 0.0
     seed: int = 0
     log_every_seconds: float = 5.0
     # Compute dtype; variables stay float32. mixed_float16 adds dynamic loss scaling.
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # Compile the forward and backward pass with XLA.
     jit_compile: bool = False
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """The recipe's keys that only make sense together, or only with one schedule."""
+        problems = []
+
+        def refuse(key: str, got: str, accepted: str) -> None:
+            problems.append(
+                ConfigError(f"{prefix}{key}: got {got}; accepted: {accepted}", prefix + key)
+            )
+
+        if self.optimizer == "adamw" and self.weight_decay == 0:
+            refuse("weight_decay", "0 with adamw", "> 0 (adamw without weight decay is adam)")
+        if self.lr_schedule != "cosine":
+            for key in ("decay_steps", "min_learning_rate"):
+                if getattr(self, key):
+                    refuse(
+                        key,
+                        f"{getattr(self, key)!r} with lr_schedule {self.lr_schedule}",
+                        "0 (it is read only with lr_schedule: cosine)",
+                    )
+        if self.lr_schedule != "piecewise":
+            for key in ("lr_boundaries", "lr_values"):
+                if getattr(self, key):
+                    refuse(
+                        key,
+                        f"{getattr(self, key)!r} with lr_schedule {self.lr_schedule}",
+                        "[] (it is read only with lr_schedule: piecewise)",
+                    )
+        elif not self.lr_boundaries or len(self.lr_values) != len(self.lr_boundaries) + 1:
+            refuse(
+                "lr_values",
+                f"{self.lr_values!r} with lr_boundaries {self.lr_boundaries!r}",
+                "one rate more than boundaries, at least one boundary (lr_schedule: piecewise)",
+            )
+        if self.lr_schedule == "cosine":
+            if self.min_learning_rate > self.learning_rate:
+                refuse(
+                    "min_learning_rate",
+                    f"{self.min_learning_rate!r} above learning_rate {self.learning_rate!r}",
+                    "a number from 0 to learning_rate",
+                )
+            if not self.decay_steps and self.warmup_steps >= self.steps:
+                refuse(
+                    "warmup_steps",
+                    f"{self.warmup_steps} with steps {self.steps} and decay_steps 0",
+                    "fewer than train.steps (or set train.decay_steps)",
+                )
+        return problems
 
 
 @dataclass
@@ -150,9 +244,25 @@ CONFIG_RULES: dict[str, Rule] = {
     "model.partition_min_shard_bytes": (lambda v: v >= 0, "an integer >= 0 (0: off)"),
     "model.width": (lambda v: v >= 1, "an integer >= 1"),
     "model.dropout": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "model.options": (
+        lambda v: all(k.isidentifier() for k in v),
+        "a mapping of option names (identifiers) to any values",
+    ),
     "train.steps": (lambda v: v >= 1, "an integer >= 1"),
     "train.steps_per_schedule": (lambda v: v >= 1, "an integer >= 1"),
     "train.learning_rate": (lambda v: v > 0, "a number > 0"),
+    "train.momentum": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
+    "train.weight_decay": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "train.warmup_steps": (lambda v: v >= 0, "an integer >= 0 (0: no warmup)"),
+    "train.decay_steps": (lambda v: v >= 0, "an integer >= 0 (0: until train.steps)"),
+    "train.min_learning_rate": (lambda v: v >= 0, "a number >= 0"),
+    "train.lr_boundaries": (
+        lambda v: all(b >= 1 for b in v) and v == sorted(set(v)),
+        "increasing step numbers >= 1",
+    ),
+    "train.lr_values": (lambda v: all(x > 0 for x in v), "numbers > 0"),
+    "train.clip_global_norm": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "train.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
@@ -420,9 +530,14 @@ def _coerce(hint: Any, value: Any, key: str, problems: list[ConfigError]) -> Any
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".", problems)
     origin = typing.get_origin(hint)
-    if origin is dict:  # dict[str, str]: labels such as a nodeSelector
+    if origin is dict:  # dict[str, str]: labels such as a nodeSelector; dict[str, Any]: free
+        free = typing.get_args(hint)[1] is Any
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: got {value!r}; accepted: a mapping of names to strings", key)
+            values = "values" if free else "strings"
+            accepted = f"a mapping of names to {values}"
+            raise ConfigError(f"{key}: got {value!r}; accepted: {accepted}", key)
+        if free:
+            return {str(k): v for k, v in value.items()}
         return {str(k): _coerce_scalar(str, v, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):

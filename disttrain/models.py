@@ -1,18 +1,24 @@
 """The model zoo: Keras 3 models chosen by `model.name`, shaped by the data.
 
-Every model takes float images in [-1, 1] and returns logits. Under a mixed precision
+Every model takes float images in [-1, 1] and returns logits. A model function is found
+by name (model_names.py: the entry-point group `disttrain.models`, where the built-ins
+below register too, or `package.module:function`) and what it returns is checked before
+the first step: a Keras model whose logits have one entry per class. Under a mixed precision
 policy the layers compute in float16/bfloat16 with float32 variables; the logits layer
 stays float32, where a softmax over small differences needs the mantissa.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import keras
 
 from disttrain.config import ModelConfig
+from disttrain.failures import Unrecoverable
+from disttrain.model_names import registered_models
 
 PRECISION_POLICIES = {
     "float32": "float32",
@@ -24,10 +30,57 @@ PRECISION_POLICIES = {
 def build_model(
     config: ModelConfig, image_size: int, num_classes: int, precision: str = "float32"
 ) -> keras.Model:
-    """Build the configured model under the dtype policy of `precision`."""
-    builders = {"small_cnn": small_cnn, "alexnet": alexnet, "resnet50": resnet50}
+    """Build the configured model under the dtype policy of `precision`.
+
+    Unrecoverable, naming the model, when it is not a Keras model mapping images of
+    `image_size` to `num_classes` logits: a restart would build the same thing.
+    """
+    build = load_model_function(config.name)
     with dtype_policy(PRECISION_POLICIES[precision]):
-        return builders[config.name](config, image_size, num_classes)
+        model = build(config, image_size, num_classes)
+    check_model(model, config.name, image_size, num_classes)
+    return model
+
+
+def load_model_function(name: str) -> Callable:
+    """The function `name` finds (see model_names.py), imported."""
+    target = registered_models().get(name, name)
+    module, _, function = target.partition(":")
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as exc:
+        raise Unrecoverable(f"model.name {name!r}: cannot import {module!r}: {exc}") from None
+    found = getattr(imported, function, None)
+    if not callable(found):
+        raise Unrecoverable(f"model.name {name!r}: module {module!r} has no function {function!r}")
+    return found
+
+
+def check_model(model: object, name: str, image_size: int, num_classes: int) -> None:
+    """A Keras model with variables, whose logits for a batch of images are (batch,
+    num_classes); worked out symbolically, so no variable is read (under
+    ParameterServerStrategy they live on the ps)."""
+    if not isinstance(model, keras.Model):
+        raise Unrecoverable(
+            f"model.name {name!r} returned {type(model).__module__}.{type(model).__name__}, "
+            "not a keras.Model"
+        )
+    images = keras.KerasTensor((None, image_size, image_size, 3))
+    try:
+        logits = model.compute_output_spec(images)
+    except Exception as exc:  # the model cannot take such images at all
+        raise Unrecoverable(
+            f"model.name {name!r}: the model does not take images of shape "
+            f"(batch, {image_size}, {image_size}, 3): {str(exc).strip().splitlines()[0]}"
+        ) from None
+    shape = tuple(getattr(logits, "shape", ()))
+    if len(shape) != 2 or shape[1] != num_classes:
+        raise Unrecoverable(
+            f"model.name {name!r}: the model's output has shape {shape}; expected logits of "
+            f"shape (batch, {num_classes}), one per class of the data"
+        )
+    if not model.trainable_variables:
+        raise Unrecoverable(f"model.name {name!r}: the model has no trainable variables")
 
 
 @contextmanager

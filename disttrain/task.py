@@ -14,6 +14,7 @@ import fsspec
 
 from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
 from disttrain.config import Config, ConfigError, config_from_dict
+from disttrain.failures import Unrecoverable
 from disttrain.peers import accepts, resolves, wait_for_peers
 from disttrain.progress import log
 
@@ -26,7 +27,14 @@ def load_task_config(path_or_url: str) -> Config:
             raw = yaml.safe_load(f.read())
     except FileNotFoundError:
         raise ConfigError(f"--config: {path_or_url!r} does not exist") from None
-    return config_from_dict(raw or {})
+    try:
+        return config_from_dict(raw or {})
+    except ConfigError as exc:
+        # The submitting machine found the model and this task's environment does not (its
+        # image or PYTHONPATH lacks the package): a restart would not find it either.
+        if all(problem.key == "model.name" for problem in exc.problems):
+            raise Unrecoverable(f"{exc} (in this task's environment)") from None
+        raise
 
 
 def run_task(config_path: str) -> None:

@@ -27,7 +27,7 @@ from disttrain.checkpoints import (
     staged_prefix,
 )
 from disttrain.cluster import CHIEF, ClusterShape, Task
-from disttrain.config import Config, dump_config
+from disttrain.config import Config, TrainConfig, dump_config
 from disttrain.data.pipeline import decodes_once, train_dataset, worker_index_on_worker
 from disttrain.data.sources import describe_split, list_split
 from disttrain.data.split import Split
@@ -35,7 +35,7 @@ from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
-from disttrain.steps import make_optimizer, make_train_chunk
+from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer, make_train_chunk
 from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
@@ -69,6 +69,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         optimizer = make_optimizer(config.train, model)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
+    log(describe_recipe(config.train))
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
@@ -81,13 +82,39 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             run_dir.write_text(CLASS_NAMES_FILE, json.dumps(list(split.class_names)))
         crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
         chunk = make_train_chunk(
-            strategy, model, optimizer, config.train.jit_compile, crop_min_area=crop_in_step
+            strategy,
+            model,
+            optimizer,
+            config.train.jit_compile,
+            crop_min_area=crop_in_step,
+            label_smoothing=config.train.label_smoothing,
+            random_flip=config.data.random_flip,
+            clip_global_norm=config.train.clip_global_norm,
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
         loop.run(start)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def describe_recipe(train: TrainConfig) -> str:
+    """A start-up line: the optimizer, the learning-rate schedule and the regularisers."""
+    optimizer = train.optimizer
+    if optimizer == "sgd":
+        optimizer += f" (momentum {train.momentum}{', nesterov' if train.nesterov else ''})"
+    if train.lr_schedule == "piecewise":
+        schedule = f"piecewise {train.lr_values} at steps {train.lr_boundaries}"
+    elif train.lr_schedule == "cosine":
+        over = train.decay_steps or train.steps - train.warmup_steps
+        schedule = f"cosine {train.learning_rate} to {train.min_learning_rate} over {over} steps"
+    else:
+        schedule = f"constant {train.learning_rate}"
+    return (
+        f"recipe | optimizer: {optimizer} | learning rate: {schedule}, warmup "
+        f"{train.warmup_steps} steps | weight decay: {train.weight_decay} | clip global norm: "
+        f"{train.clip_global_norm or 'off'} | label smoothing: {train.label_smoothing}"
+    )
 
 
 def require_same_classes(run_dir: RunDir, class_names: list[str]) -> None:
@@ -203,6 +230,7 @@ class TrainLoop:
         events = staging / "events" / "train"
         self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None
         self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS, log=log) if is_chief else None
+        self.learning_rate = make_learning_rate(config.train)  # the optimizer's schedule
 
     def run(self, start: int) -> None:
         total, every = self.config.train.steps, self.config.checkpoint.every_steps
@@ -232,6 +260,7 @@ class TrainLoop:
         with self.writer.as_default(step=self.completed):
             tf.summary.scalar("loss", loss_sum / max(examples, 1))
             tf.summary.scalar("accuracy", correct / max(examples, 1))
+            tf.summary.scalar("learning_rate", learning_rate_at(self.learning_rate, self.completed))
         self.window = [w + v for w, v in zip(self.window, (loss_sum, correct, examples))]
         self._report(int(examples))
 

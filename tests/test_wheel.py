@@ -37,6 +37,8 @@ from packaging.markers import Marker
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from disttrain.model_names import BUILTIN_MODELS
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,6 +109,17 @@ def test_wheel_holds_the_default_config_and_the_charts_and_no_tensorflow_require
     base = {canonicalize_name(r.name) for r in required if r.marker is None}
     train = {canonicalize_name(r.name) for r in required if r.marker == Marker('extra == "train"')}
     assert TRAINING_DISTRIBUTIONS <= train and not TRAINING_DISTRIBUTIONS & base, base
+
+
+def test_installed_wheel_registers_its_models_as_entry_points(bare, workdir):
+    """The built-in models come from the wheel's own `disttrain.models` entry points, not from
+    the stand-in mapping an older editable install needs."""
+    code = (
+        "import json; from disttrain import model_names as m; "
+        "print(json.dumps([m._registers_its_own(), m.registered_models()]))"
+    )
+    printed = run_in(bare, workdir, "python", "-c", code).stdout
+    assert json.loads(printed) == [True, BUILTIN_MODELS]
 
 
 def test_installed_wheel_trains_with_the_packaged_default_config_from_any_folder(trainer, workdir):

@@ -132,10 +132,11 @@ def eval_dataset(
     return batches.prefetch(AUTOTUNE)
 
 
-def prepare_on_device(images: tf.Tensor, training: bool) -> tf.Tensor:
-    """uint8 -> float in [-1, 1], plus random flips when training; runs inside the step."""
+def prepare_on_device(images: tf.Tensor, training: bool, flip: bool = True) -> tf.Tensor:
+    """uint8 -> float in [-1, 1], plus random left-right flips when training with `flip`
+    (`data.random_flip`); runs inside the step. Evaluation and the export never flip."""
     images = tf.cast(images, tf.float32) / 127.5 - 1.0
-    if training:
+    if training and flip:
         images = tf.image.random_flip_left_right(images)
     return images
 
