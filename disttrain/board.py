@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from disttrain.storage import RunDir, describe
+from disttrain.storage import RunDir, StorageError, describe
 
 LOGS = "logs"
 
@@ -67,6 +68,24 @@ class LogMirrorThread(threading.Thread):
                 )
 
 
+class BoardError(RuntimeError):
+    """TensorBoard cannot start as asked (the CLI exits 2); says why."""
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """TensorBoard's own message for a taken port comes twice and exits 255: say it once."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard binds
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        raise BoardError(
+            f"--port: {port} on {host} is taken ({exc.strerror}); accepted: a free port"
+        ) from None
+    finally:
+        probe.close()
+
+
 def tensorboard_command(
     logdir: Path | str, port: int, host: str, reload_seconds: float
 ) -> list[str]:
@@ -93,8 +112,19 @@ def run_board(
     cache_root: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> int:
-    """Serve TensorBoard until it exits or the user interrupts; returns its exit code."""
+    """Serve TensorBoard until it exits or the user interrupts; returns its exit code.
+
+    A run dir that does not exist or cannot be reached, and a port that is taken, are a
+    StorageError or BoardError before TensorBoard starts; a run dir without logs yet is
+    served (they appear when the run writes them), and says so."""
     run_dir = RunDir(run_dir_url)
+    try:
+        found = run_dir.exists("")
+    except Exception as exc:
+        raise StorageError(run_dir.url, f"cannot be read: {describe(exc)}") from None
+    if not found:
+        raise StorageError(run_dir.url, "does not exist: no run has written there")
+    refuse_a_taken_port(host, port)
     mirror = None
     if run_dir.is_local:
         logdir = Path(run_dir.path(LOGS))
@@ -102,10 +132,15 @@ def run_board(
         key = hashlib.sha256(run_dir.url.encode()).hexdigest()[:16]
         logdir = (cache_root or default_cache_root()) / key
         logdir.mkdir(parents=True, exist_ok=True)
-        fetched = mirror_logs(run_dir, logdir)
+        try:
+            fetched = mirror_logs(run_dir, logdir)
+        except Exception as exc:
+            raise StorageError(run_dir.url, f"cannot read its logs: {describe(exc)}") from None
         log(f"board | mirroring {run_dir.url}/{LOGS} into {logdir} ({fetched} bytes so far)")
         mirror = LogMirrorThread(run_dir, logdir, refresh_seconds, log)
         mirror.start()
+    if not run_dir.exists(LOGS):
+        log(f"board | no logs under {run_dir.url}/{LOGS} yet: they appear once the run writes them")
     shown = "localhost" if host in ("0.0.0.0", "::") else host
     log(f"board | TensorBoard on {logdir} | open http://{shown}:{port}/")
     reload_seconds = max(1.0, min(refresh_seconds, 30.0))

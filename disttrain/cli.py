@@ -365,12 +365,12 @@ def board(
     A remote run dir (az://...) is mirrored into ~/.cache/disttrain/board while it runs.
     """
     _require_training("disttrain board", ("tensorboard",))
-    from disttrain.board import run_board
+    from disttrain.board import BoardError, run_board
     from disttrain.storage import StorageError
 
     try:
         code = run_board(run_dir, port, host, refresh_seconds)
-    except StorageError as exc:
+    except (StorageError, BoardError) as exc:
         _fail(str(exc))
     raise typer.Exit(code)
 

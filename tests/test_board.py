@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import tensorflow as tf
-from processes import kill_tree, start_cli
+from processes import cli, kill_tree, start_cli
 
 from disttrain.board import mirror_logs
 from disttrain.storage import EVAL_LOGS, TRAIN_LOGS, RunDir
@@ -142,5 +142,36 @@ def test_board_listens_on_this_machine_only_unless_told_otherwise(tmp_path):
         assert "train" in tags
         assert listening_addresses(port) == {"127.0.0.1"}
         assert f"open http://127.0.0.1:{port}/" in log.read_text()
+    finally:
+        kill_tree(board)
+
+
+def test_board_refuses_a_run_dir_that_does_not_exist_and_a_port_that_is_taken(tmp_path):
+    missing = cli("board", "--run-dir", str(tmp_path / "no-such-run"))
+    assert missing.returncode == 2
+    assert missing.stderr.endswith(
+        f"error: run dir {tmp_path / 'no-such-run'}: does not exist: no run has written there\n"
+    )
+    (tmp_path / "run").mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = cli("board", "--run-dir", str(tmp_path / "run"), "--port", str(port))
+    assert taken.returncode == 2
+    assert taken.stderr.count("\n") == 1 and taken.stderr.startswith(
+        f"error: --port: {port} on 127.0.0.1 is taken ("
+    )
+
+
+def test_board_on_a_run_without_logs_yet_says_so_and_serves(tmp_path):
+    (tmp_path / "run").mkdir()
+    port, log = free_port(), tmp_path / "board.log"
+    board = start_cli(
+        "board", "--run-dir", str(tmp_path / "run"), "--port", str(port), log_path=log
+    )
+    try:
+        wait_for(lambda: f"open http://127.0.0.1:{port}/" in log.read_text(), "the board's URL")
+        assert f"board | no logs under {tmp_path / 'run'}/logs yet" in log.read_text()
     finally:
         kill_tree(board)
