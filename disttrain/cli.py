@@ -569,15 +569,20 @@ def _config_for_run(config: str | None, overrides: list[str], run_dir: str | Non
         return load_config(config, overrides)
     import tempfile
 
-    from disttrain.storage import CONFIG_FILE, RunDir
+    from disttrain.storage import CONFIG_FILE, RunDir, StorageError, describe
 
     stored = RunDir(run_dir)
-    if not stored.exists(CONFIG_FILE):
+    try:
+        text = stored.read_text(CONFIG_FILE) if stored.exists(CONFIG_FILE) else None
+    except Exception as exc:  # an unreachable or refusing account: one line, no traceback
+        raise StorageError(stored.url, f"cannot read {CONFIG_FILE}: {describe(exc)}") from None
+    if text is None:
         raise ConfigError(f"--run-dir: {run_dir!r} has no {CONFIG_FILE}")
     with tempfile.TemporaryDirectory(prefix="disttrain-config-") as scratch:
         path = Path(scratch) / CONFIG_FILE
-        path.write_text(stored.read_text(CONFIG_FILE))
-        return load_config(path, [*overrides, f"run_dir={run_dir}"])
+        path.write_text(text)
+        shown_as = f"{run_dir.rstrip('/')}/{CONFIG_FILE}"
+        return load_config(path, [*overrides, f"run_dir={run_dir}"], shown_as=shown_as)
 
 
 def main() -> None:

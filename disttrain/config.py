@@ -320,10 +320,13 @@ class LauncherChoice:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, shown_as: str = ""
+) -> Config:
     """The trainer's part of `path` (default: the packaged default.yaml) with `key.path=value`
-    overrides applied, validated. A `launcher:` section is left to the launchers."""
-    return load_job_config(path, overrides, None)[0]
+    overrides applied, validated. A `launcher:` section is left to the launchers. Errors
+    name the file as `shown_as` when given (a copy stands in for a remote file)."""
+    return load_job_config(path, overrides, None, shown_as=shown_as)[0]
 
 
 def load_job_config(
@@ -332,6 +335,7 @@ def load_job_config(
     launcher_sections: Mapping[str, type] | None,
     other_sections: Collection[str] = (),
     settings: Mapping[str, str] | None = None,
+    shown_as: str = "",
 ) -> tuple[Config, LauncherChoice]:
     """The config and its `launcher:` section. `launcher_sections` (section name -> options
     dataclass) are the chosen launcher's: validated; None: the section is not read.
@@ -339,9 +343,8 @@ def load_job_config(
     keys set to strings as given (CLI flags: never parsed as YAML). Every problem at once,
     each naming the file unless --set or a flag gave it."""
     path = Path(path) if path else DEFAULT_CONFIG
-    raw = _read_config_file(path)
-    for override in overrides or []:
-        _apply_override(raw, override)
+    raw = _read_config_file(path, shown_as or str(path))
+    _apply_overrides(raw, overrides or [])
     apply_settings(raw, settings or {})
     overridden = {o.split("=", 1)[0].strip() for o in overrides or []} | set(settings or {})
     try:
@@ -351,7 +354,9 @@ def load_job_config(
             [
                 problem
                 if _set_by(overridden, problem.key)
-                else ConfigError(f"{problem} (in config file {str(path)!r})", problem.key)
+                else ConfigError(
+                    f"{problem} (in config file {shown_as or str(path)!r})", problem.key
+                )
                 for problem in error.problems
             ]
         ) from None
@@ -361,8 +366,7 @@ def launcher_named_in(path: str | Path | None, overrides: list[str] | None) -> s
     """The `launcher.name` a config file and its overrides give (a bad one is reported when
     the config loads; here it reads as the default)."""
     raw = _read_config_file(Path(path) if path else DEFAULT_CONFIG)
-    for override in overrides or []:
-        _apply_override(raw, override)
+    _apply_overrides(raw, overrides or [])
     section = raw.get(LAUNCHER_KEY)
     name = section.get("name") if isinstance(section, dict) else None
     return name if isinstance(name, str) else LauncherChoice.name
@@ -379,17 +383,16 @@ def apply_settings(raw: dict, settings: Mapping[str, str]) -> None:
         node[last] = value
 
 
-def _read_config_file(path: Path) -> dict:
+def _read_config_file(path: Path, shown_as: str = "") -> dict:
+    shown_as = shown_as or str(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {shown_as!r} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {shown_as!r} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"config file {str(path)!r} must hold a mapping, got {type(raw).__name__}"
-        )
+        raise ConfigError(f"config file {shown_as!r} must hold a mapping, got {type(raw).__name__}")
     return raw
 
 
@@ -480,6 +483,18 @@ def config_to_dict(config: Config) -> dict:
 def dump_config(config: Config) -> str:
     """The resolved config as YAML: what is written to `<run_dir>/config.yaml`."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _apply_overrides(raw: dict, overrides: list[str]) -> None:
+    """Apply every override; all that cannot be applied are reported at once."""
+    problems = []
+    for override in overrides:
+        try:
+            _apply_override(raw, override)
+        except ConfigError as problem:
+            problems.append(problem)
+    if problems:
+        raise ConfigError.of(problems)
 
 
 def _apply_override(raw: dict, override: str) -> None:

@@ -95,3 +95,23 @@ def test_a_dry_run_warns_about_a_host_path_scratch_as_submit_does(tmp_path):
     assert result.returncode == 0, result.stderr
     assert 'WARNING: not "restricted" Pod Security' in result.stderr
     assert "hostPath" in result.stderr
+
+
+def test_a_bad_config_in_a_run_dir_is_named_as_the_run_dirs_file(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("train:\n  steps: 0\n")
+    result = cli("eval", "--run-dir", str(run_dir), "--once")
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith(
+        f"train.steps: got 0; accepted: an integer >= 1 (in config file '{run_dir}/config.yaml')"
+    )
+
+
+def test_overrides_that_cannot_be_applied_are_reported_together():
+    result = cli("train", "--dry-run", "--set", "train.steps.x=1", "--set", "data.source.y=2")
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == "error: the config has 2 problems:"
+    overrides = [line.split(":")[0].strip() for line in lines[1:]]
+    assert overrides == ["override 'train.steps.x=1'", "override 'data.source.y=2'"]
