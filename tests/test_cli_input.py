@@ -44,7 +44,7 @@ def test_unknown_launcher_lists_the_installed_ones(disttrain_home):
 
 def test_an_unknown_launcher_in_the_config_lists_the_installed_ones(disttrain_home):
     result = cli("train", "--set", "launcher.name=slurm")
-    assert_refused(result, "launcher: got 'slurm'; accepted: helm, k8s, local", disttrain_home)
+    assert_refused(result, "launcher.name: got 'slurm'; accepted: helm, k8s, local", disttrain_home)
 
 
 def test_dry_run_prints_every_task_command_and_tf_config(tmp_path, disttrain_home):
