@@ -21,8 +21,6 @@ from processes import REPO
 from launchers.local import LocalLauncher
 from launchers.local_state import hold_job_name, is_running, start_time_of
 
-GIB = 1024**3
-
 # A launcher running a plan of sleeping tasks. argv: name, run dir, seconds each task
 # takes to start, and the tasks that outlive a killed launcher (no PR_SET_PDEATHSIG, as
 # where prctl does not exist).
@@ -42,6 +40,7 @@ class SlowPopen(subprocess.Popen):
 
 local.subprocess.Popen = SlowPopen
 local.check_training_installed = lambda: None
+local.check_inputs = lambda config, say: None
 local.prepare_run_dir = lambda config, say: None
 config = replace(Config(), name=name, run_dir=run_dir)
 state_dir = local.default_state_dir() / name
