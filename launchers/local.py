@@ -48,12 +48,13 @@ from disttrain.cluster import (
     tasks_of,
     tf_config_json,
 )
-from disttrain.config import Config, Rule, dump_config
+from disttrain.config import Config, ConfigError, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, LineFilter
 from launchers.job_status import JobList, JobStatus, training_progress
+from launchers.local_resources import check_resources
 from launchers.local_state import (
     LauncherOwner,
     hold_job_name,
@@ -104,6 +105,8 @@ class LocalOptions:
     # Task ports are picked free at random from here up, outside the kernel's ephemeral
     # range (a firewall rule can then open exactly this range).
     first_port: int = FIRST_TASK_PORT
+    # Start a job that the resource check says this machine cannot hold (`--force`).
+    force: bool = field(default=False, metadata={"flag": "force"})
 
     RULES: ClassVar[dict[str, Rule]] = {
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
@@ -136,14 +139,22 @@ class LocalPlan(Plan):
         return "\n".join(lines)
 
 
-def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
+def plan_job(
+    config: Config, options: LocalOptions, memory: int | None = None, cores: int | None = None
+) -> LocalPlan:
     """Ports, commands and environments of every task. The ports are picked here, free now:
-    a plan rendered and then submitted starts the TF_CONFIG it showed."""
+    a plan rendered and then submitted starts the TF_CONFIG it showed. A job this machine
+    cannot hold (`memory` and `cores`: this machine's unless given) is refused here, before
+    a port is picked or a task started, unless `options.force`."""
     config = prepare_config(config)
     state_dir = default_state_dir() / config.name
     shape = ClusterShape.of(config)
     host = options.host
     every_task = tasks_of(shape)
+    try:
+        warnings = check_resources(len(every_task), options.force, memory, cores)
+    except ValueError as exc:
+        raise ConfigError(f"cluster: {exc}", "cluster.workers") from None
     ports = {
         (t.role, t.index): p
         for t, p in zip(every_task, free_ports(len(every_task), options.first_port))
@@ -162,7 +173,7 @@ def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
         }
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
         tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
-    return LocalPlan(config.name, [], config, str(state_dir), config_path, tasks)
+    return LocalPlan(config.name, warnings, config, str(state_dir), config_path, tasks)
 
 
 def free_ports(count: int, first: int | None = None) -> list[int]:

@@ -1,5 +1,5 @@
 """One job name, one job: the local launcher's lock, its job.json from the first moment,
-PIDs trusted only with their start time, and a lost launcher.
+PIDs trusted only with their start time, a lost launcher, and the resource check.
 
 No TensorFlow: the launcher runs a plan whose tasks are small Python processes (a plan is
 data; `submit` starts whatever commands it holds).
@@ -13,13 +13,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from processes import REPO
+from processes import REPO, cli
 
-from launchers.local import LocalLauncher
+from disttrain.config import Config, ConfigError
+from launchers.local import LocalLauncher, LocalOptions, plan_job
+from launchers.local_resources import TASK_MEMORY_BYTES
 from launchers.local_state import hold_job_name, is_running, start_time_of
+
+GIB = 1024**3
 
 # A launcher running a plan of sleeping tasks. argv: name, run dir, seconds each task
 # takes to start, and the tasks that outlive a killed launcher (no PR_SET_PDEATHSIG, as
@@ -234,3 +239,42 @@ def test_a_killed_launcher_shows_as_lost_and_stop_kills_what_it_left(
     assert {t["state"] for t in status.tasks} == {"stopped"}
     with hold_job_name(disttrain_home / "local" / "k"):  # the name is free again
         pass
+
+
+# ------------------------------------------------------------------ resources
+
+
+def config_with(workers: int) -> Config:
+    base = Config()
+    return replace(base, name="big", cluster=replace(base.cluster, workers=workers))
+
+
+def test_a_job_too_big_for_memory_is_refused_before_anything_starts(disttrain_home):
+    with pytest.raises(ConfigError) as refused:
+        plan_job(config_with(500), LocalOptions(), memory=8 * GIB, cores=2)
+    message = str(refused.value)
+    estimate = 503 * TASK_MEMORY_BYTES / GIB
+    assert f"503 local tasks need about {estimate:.1f} GiB of memory" in message
+    assert "8.0 GiB available (MemAvailable)" in message and "--force" in message
+    assert not (disttrain_home / "local" / "big").exists()
+
+
+def test_force_starts_a_job_too_big_for_memory_with_warnings(disttrain_home):
+    plan = plan_job(config_with(500), LocalOptions(force=True), memory=8 * GIB, cores=2)
+    assert len(plan.tasks) == 503
+    memory, cores = plan.warnings
+    assert "starting anyway (--force)" in memory
+    assert cores.startswith("503 local tasks on 2 CPU cores")
+
+
+def test_the_default_job_fits_and_gets_no_warning(disttrain_home):
+    assert plan_job(Config(), LocalOptions(), memory=8 * GIB, cores=2).warnings == []
+
+
+def test_train_refuses_an_absurd_worker_count_and_force_reaches_the_plan(disttrain_home):
+    result = cli("train", "--set", "cluster.workers=100000", "--dry-run", timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "100003 local tasks need about" in result.stderr and "--force" in result.stderr
+    assert not (disttrain_home / "local").exists()
+    result = cli("train", "-l", "k8s", "--force", "--dry-run", timeout=120)
+    assert "--force does not apply to launcher 'k8s'" in result.stderr
