@@ -61,6 +61,7 @@ from launchers.local_state import (
     is_running,
     lock_owner,
     name_is_held,
+    refuse_if_held,
     start_time_of,
     write_job_state,
 )
@@ -236,6 +237,7 @@ class LocalLauncher(Launcher):
                 said.add(line)
                 print(line)
 
+        refuse_if_held(Path(job.state_dir))
         check_inputs(config, say)
 
         def prepare() -> None:

@@ -96,6 +96,13 @@ def hold_job_name(state_dir: Path) -> Iterator[LauncherOwner]:
         os.close(fd)  # releases the lock; the file stays (removing it would race a taker)
 
 
+def refuse_if_held(state_dir: Path) -> None:
+    """The refusal `hold_job_name` gives, early: before a launcher checks its inputs (which
+    probes the run dir). Only a hint: `hold_job_name` is what two launchers cannot both pass."""
+    if name_is_held(state_dir):
+        raise LauncherError(_already_running(state_dir))
+
+
 def name_is_held(state_dir: Path) -> bool:
     """Whether a live launcher holds the job's name."""
     try:

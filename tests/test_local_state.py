@@ -171,6 +171,10 @@ def test_a_second_launcher_of_a_running_name_is_refused_and_writes_nothing(
     assert f"job 'x' is already running (launcher pid {first.pid} on " in refusal
     assert ", started at 20" in refusal and "`disttrain stop x`" in refusal
     wait_for(lambda: running_tasks(disttrain_home, "x", 1), "the first job's tasks")
+    # The real command line: refused before it checks (probes) its run dir.
+    third = cli("train", "--set", "name=x", "--set", f"run_dir={tmp_path / 'run-c'}")
+    assert third.returncode == 1 and "job 'x' is already running" in third.stderr
+    assert not (tmp_path / "run-c").exists()
     assert "run-a" in (state_dir / "config.yaml").read_text()
     assert "run-b" not in (state_dir / "config.yaml").read_text()
     assert job_json(disttrain_home, "x")["launcher_pid"] == first.pid
