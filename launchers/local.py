@@ -372,7 +372,7 @@ def _kill_leftover_tasks(state: dict) -> list[str]:
             _kill_group(info["pid"])
             killed.append(f"{task_name} (pid {info['pid']})")
         if info.get("state") in ("running", "pending"):
-            info["state"] = "stopped"
+            info["state"], info["pid"], info["start_time"] = "stopped", None, None
     return killed
 
 

@@ -240,7 +240,7 @@ def test_a_killed_launcher_shows_as_lost_and_stop_kills_what_it_left(
     wait_for(lambda: not is_running(left["pid"], left["start_time"]), "worker-1 to die", 10)
     status = LocalLauncher().job_status("k")
     assert status.result == "stopped" and "launcher" in status.reason
-    assert {t["state"] for t in status.tasks} == {"stopped"}
+    assert {(t["state"], t["pid"]) for t in status.tasks} == {("stopped", None)}
     with hold_job_name(disttrain_home / "local" / "k"):  # the name is free again
         pass
 
