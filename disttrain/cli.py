@@ -221,6 +221,14 @@ def train(
     ] = False,
     namespace: NamespaceOption = None,
     context: ContextOption = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="local: start the job even if the resource check says this machine "
+            "cannot hold it (launcher.local.force).",
+        ),
+    ] = False,
 ) -> None:
     """Train: start the chief, workers, ps and evaluator, and wait for the result.
 
@@ -232,7 +240,7 @@ def train(
     launchers/); the README's "Data and models" section lists the data sources.
     """
     try:
-        cfg, backend = _job(config, set_ or [], launcher, namespace, context)
+        cfg, backend = _job(config, set_ or [], launcher, namespace, context, force)
         plan = backend.plan(cfg)
         for warning in plan.warnings:
             typer.echo(f"WARNING: {warning}", err=True)
@@ -257,12 +265,15 @@ def _job(
     launcher: str | None,
     namespace: str | None,
     context: str | None,
+    force: bool = False,
 ):
     """The config and its launcher, which validated its own `launcher.<section>` and took
-    the flags it declares (--namespace, --context: launcher.k8s keys)."""
+    the flags it declares (--namespace, --context: launcher.k8s keys; --force:
+    launcher.local)."""
     from launchers import load_job
 
-    return load_job(config, overrides, launcher, {"namespace": namespace, "context": context})
+    flags = {"namespace": namespace, "context": context, "force": force or None}
+    return load_job(config, overrides, launcher, flags)
 
 
 @app.command()

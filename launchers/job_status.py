@@ -23,7 +23,8 @@ class JobStatus:
     """One job: its result, one row per task (the launcher's columns), its progress."""
 
     name: str
-    result: str  # running, succeeded, failed or stopped
+    # starting, running, succeeded, failed or stopped; local: "launcher lost" (it died)
+    result: str
     reason: str = ""
     namespace: str | None = None  # k8s and helm
     tasks: list[dict[str, Any]] = field(default_factory=list)

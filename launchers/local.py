@@ -13,7 +13,10 @@ failure semantics within `cluster.max_restarts`:
 
 The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
 own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
-and `stop` read, also from another terminal.
+and `stop` read, also from another terminal. The launcher holds the job's name from before
+it writes anything until it exits (`launchers/local_state.py`), and `job.json` exists from
+then on: `status` and `stop` work during start-up, and a launcher that died is seen as
+"launcher lost" (`stop` then cleans up after it).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
@@ -45,13 +48,30 @@ from disttrain.cluster import (
     tasks_of,
     tf_config_json,
 )
-from disttrain.config import Config, Rule, dump_config
+from disttrain.config import Config, ConfigError, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, LineFilter
 from launchers.job_status import JobList, JobStatus, training_progress
-from launchers.prepare import check_training_installed, final_report, prepare_run_dir
+from launchers.local_resources import check_resources
+from launchers.local_state import (
+    LauncherOwner,
+    hold_job_name,
+    is_running,
+    lock_owner,
+    name_is_held,
+    refuse_if_held,
+    start_time_of,
+    write_job_state,
+)
+from launchers.prepare import (
+    check_data,
+    check_run_dir,
+    check_training_installed,
+    final_report,
+    prepare_run_dir,
+)
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
@@ -59,6 +79,10 @@ STOP_GRACE_SECONDS = 10.0
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
 FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
+# A job whose launcher still runs (or ran until it was killed) says one of these.
+LIVE_RESULTS = ("starting", "running")
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+LAUNCHER_LOST = "launcher lost"
 
 
 def console_verbosity() -> str:
@@ -82,6 +106,8 @@ class LocalOptions:
     # Task ports are picked free at random from here up, outside the kernel's ephemeral
     # range (a firewall rule can then open exactly this range).
     first_port: int = FIRST_TASK_PORT
+    # Start a job that the resource check says this machine cannot hold (`--force`).
+    force: bool = field(default=False, metadata={"flag": "force"})
 
     RULES: ClassVar[dict[str, Rule]] = {
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
@@ -114,14 +140,22 @@ class LocalPlan(Plan):
         return "\n".join(lines)
 
 
-def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
+def plan_job(
+    config: Config, options: LocalOptions, memory: int | None = None, cores: int | None = None
+) -> LocalPlan:
     """Ports, commands and environments of every task. The ports are picked here, free now:
-    a plan rendered and then submitted starts the TF_CONFIG it showed."""
+    a plan rendered and then submitted starts the TF_CONFIG it showed. A job this machine
+    cannot hold (`memory` and `cores`: this machine's unless given) is refused here, before
+    a port is picked or a task started, unless `options.force`."""
     config = prepare_config(config)
     state_dir = default_state_dir() / config.name
     shape = ClusterShape.of(config)
     host = options.host
     every_task = tasks_of(shape)
+    try:
+        warnings = check_resources(len(every_task), options.force, memory, cores)
+    except ValueError as exc:
+        raise ConfigError(f"cluster: {exc}", "cluster.workers") from None
     ports = {
         (t.role, t.index): p
         for t, p in zip(every_task, free_ports(len(every_task), options.first_port))
@@ -140,7 +174,7 @@ def plan_job(config: Config, options: LocalOptions) -> LocalPlan:
         }
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
         tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
-    return LocalPlan(config.name, [], config, str(state_dir), config_path, tasks)
+    return LocalPlan(config.name, warnings, config, str(state_dir), config_path, tasks)
 
 
 def free_ports(count: int, first: int | None = None) -> list[int]:
@@ -196,12 +230,25 @@ class LocalLauncher(Launcher):
         assert isinstance(plan, LocalPlan)
         check_training_installed()
         job, config = plan, plan.config
-        _refuse_if_running(Path(job.state_dir))
-        prepare_run_dir(config, print)
-        Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
-        Path(job.config_path).write_text(dump_config(config))
-        supervisor = Supervisor(job, config)
-        code = supervisor.run()
+        said: set[str] = set()
+
+        def say(line: str) -> None:  # once: prepare_run_dir repeats check_inputs' checks
+            if line not in said:
+                said.add(line)
+                print(line)
+
+        refuse_if_held(Path(job.state_dir))
+        check_inputs(config, say)
+
+        def prepare() -> None:
+            prepare_run_dir(config, say)
+            Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
+            Path(job.config_path).write_text(dump_config(config))
+
+        # Refused here, naming the holder, if another launcher holds the name: before
+        # this, nothing of the job is written (its config.yaml, job.json, logs).
+        with hold_job_name(Path(job.state_dir)) as owner:
+            code = Supervisor(job, config, owner).run(prepare)
         if code == 0:
             print(final_report(config))
         return code
@@ -211,7 +258,7 @@ class LocalLauncher(Launcher):
         tasks = [
             {
                 "task": task_name,
-                "state": "running" if _pid_alive(info.get("pid")) else info.get("state", "exited"),
+                "state": _task_state(info, state["result"] == LAUNCHER_LOST),
                 "pid": info.get("pid"),
                 "restarts": info.get("restarts", 0),
                 "log": info["log"],
@@ -221,7 +268,7 @@ class LocalLauncher(Launcher):
         chief = state["tasks"].get(f"{CHIEF}-0")
         progress = training_progress(
             _tail(Path(chief["log"])) if chief else "",
-            running=state["result"] == "running",
+            running=state["result"] in LIVE_RESULTS,
             run_dir=state.get("run_dir"),
         )
         return JobStatus(name, state["result"], state.get("reason", ""), None, tasks, progress)
@@ -229,22 +276,23 @@ class LocalLauncher(Launcher):
     def describe(self, name: str) -> str:
         state = _read_state(default_state_dir() / name)
         launcher_pid = state.get("launcher_pid")
-        alive = "running" if _pid_alive(launcher_pid) else "gone"
+        alive = "running" if state["result"] in LIVE_RESULTS else "gone"
         lines = [
             f"job {name}: {state['result']}"
             + (f" ({state['reason']})" if state.get("reason") else ""),
             f"run dir: {state.get('run_dir')}",
             f"launcher: pid {launcher_pid} ({alive})",
         ]
+        lost = state["result"] == LAUNCHER_LOST
         for task_name, info in state["tasks"].items():
-            lines += _describe_task(task_name, info)
+            lines += _describe_task(task_name, info, lost)
         return "\n".join(lines)
 
     def list_jobs(self) -> JobList:
         root = default_state_dir()
         jobs = []
         for path in sorted(root.glob("*/job.json")):
-            state = json.loads(path.read_text())
+            state = _read_state(path.parent)
             updated = time.localtime(path.stat().st_mtime)
             jobs.append(
                 {
@@ -273,24 +321,71 @@ class LocalLauncher(Launcher):
         _print_logs(
             paths,
             follow and len(names) == 1,
-            lambda: _read_state(default_state_dir() / name)["result"] == "running",
+            lambda: _read_state(default_state_dir() / name)["result"] in LIVE_RESULTS,
         )
 
     def stop(self, name: str) -> str:
+        """Stop the launcher (it stops its tasks and records the job as stopped); then, as
+        after a launcher that was lost, kill what is left and record the job stopped."""
         state_dir = default_state_dir() / name
         state = _read_state(state_dir)
-        stopped = []
-        if _pid_alive(state.get("launcher_pid")):
-            os.kill(state["launcher_pid"], signal.SIGTERM)
-            stopped.append(f"launcher (pid {state['launcher_pid']})")
-            _wait_for_exit([state["launcher_pid"]], STOP_GRACE_SECONDS * 2)
-        for task_name, info in state["tasks"].items():
-            if _pid_alive(info.get("pid")):
-                _kill_group(info["pid"])
-                stopped.append(f"{task_name} (pid {info['pid']})")
-        return f"job {name}: " + (
-            f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
-        )
+        stopped, lost = [], state["result"] == LAUNCHER_LOST
+        if not lost and name_is_held(state_dir):
+            stopped.append(_stop_launcher(state_dir, state))
+        with hold_job_name(state_dir):  # held: no launcher starts or writes job.json now
+            state = json.loads((state_dir / "job.json").read_text())
+            stopped += _kill_leftover_tasks(state)
+            if state["result"] in LIVE_RESULTS:
+                state["result"], state["reason"] = "stopped", "by `disttrain stop`"
+                if lost:
+                    state["reason"] += f" after its launcher (pid {state['launcher_pid']}) was lost"
+                write_job_state(state_dir, state)
+        said = f"stopped {', '.join(stopped)}" if stopped else "nothing was running"
+        if lost:
+            said = f"the launcher (pid {state.get('launcher_pid')}) was lost; {said}"
+        return f"job {name}: {said}"
+
+
+def _stop_launcher(state_dir: Path, state: dict) -> str:
+    """SIGTERM to the launcher holding the name (SIGKILL if it still holds it after twice
+    the tasks' grace), and wait until it let go; what was stopped."""
+    owner = lock_owner(state_dir) or LauncherOwner(
+        state.get("launcher_pid") or 0, state.get("launcher_start_time"), "", ""
+    )
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not name_is_held(state_dir):
+            break
+        if is_running(owner.pid, owner.start_time):  # never a process that took its pid
+            os.kill(owner.pid, sig)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS * 2
+        while name_is_held(state_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return f"launcher (pid {owner.pid})"
+
+
+def _kill_leftover_tasks(state: dict) -> list[str]:
+    """Kill the job's tasks still running (by pid and start time) and record every task
+    that was running or pending as stopped; what was killed."""
+    killed = []
+    for task_name, info in state["tasks"].items():
+        if is_running(info.get("pid"), info.get("start_time")):
+            _kill_group(info["pid"])
+            killed.append(f"{task_name} (pid {info['pid']})")
+        if info.get("state") in ("running", "pending"):
+            info["state"], info["pid"], info["start_time"] = "stopped", None, None
+    return killed
+
+
+def check_inputs(config: Config, log: Callable[[str], None]) -> None:
+    """Bad input (the data, the run dir) is refused before the job's name is taken or any
+    of its state written; `prepare_run_dir` checks again under the name, then writes."""
+    if config.data.source == "builtin":
+        from disttrain.data.builtin import ensure_builtin_dataset
+
+        log("data | preparing the built-in dataset (generated once, then cached)")
+        log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
+    check_data(config)
+    check_run_dir(config, log)
 
 
 def prepare_config(config: Config) -> Config:
@@ -304,10 +399,11 @@ def prepare_config(config: Config) -> Config:
 class Supervisor:
     """Starts the plan's processes, relays their output and applies the restart rules."""
 
-    def __init__(self, job: LocalPlan, config: Config):
-        self.job, self.config = job, config
+    def __init__(self, job: LocalPlan, config: Config, owner: LauncherOwner):
+        self.job, self.config, self.owner = job, config, owner
         self.by_task = {t.task: t for t in job.tasks}
         self.procs: dict[Task, subprocess.Popen] = {}
+        self.start_times: dict[Task, int | None] = {}
         self.relays: dict[Task, threading.Thread] = {}
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
@@ -315,20 +411,29 @@ class Supervisor:
         self.budget = config.cluster.max_restarts
         self.strategy = ClusterShape.of(config).strategy
         self.used = 0
-        self.result, self.reason = "running", ""
+        self.result, self.reason = "starting", ""
+        self.saved_at = 0.0
         self.lock = threading.Lock()
         self.console = JobConsole(job.name)
         self.stopping = False
 
-    def run(self) -> int:
+    def run(self, prepare: Callable[[], None]) -> int:
+        """Record the job as starting (every task pending), `prepare` its run dir and
+        config, start the tasks and supervise them; the job's exit code."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            self._save_state()
+            prepare()
             with self.console:
                 return self._start_and_supervise()
         except KeyboardInterrupt:
             self._stop_all()
             self._end("stopped", "interrupted")
             return 130
+        except BaseException as exc:  # a run dir refused, say: the record says so too
+            self._stop_all()
+            self._end("failed", str(exc) or type(exc).__name__)
+            raise
         finally:
             self._stop_all()
             for sig, handler in previous.items():
@@ -337,6 +442,8 @@ class Supervisor:
     def _start_and_supervise(self) -> int:
         for task in self.by_task:
             self._start(task)
+            self._save_state(every=POLL_SECONDS)  # not once a task: 500 tasks, 500 writes
+        self.result = "running"
         self._save_state()
         return self._supervise()
 
@@ -439,16 +546,22 @@ class Supervisor:
         log_file = open(plan_.log_path, "ab")
         if self.restarts[task]:
             log_file.write(f"--- restart {self.restarts[task]} ---\n".encode())
-        proc = subprocess.Popen(
-            plan_.command,
-            env={**os.environ, **plan_.env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        self.procs[task] = proc
+        # A Ctrl-C or `stop` waits until the process is recorded: none is started unseen.
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            proc = subprocess.Popen(
+                plan_.command,
+                env={**os.environ, **plan_.env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_prepare_task_process,
+            )
+            self.procs[task] = proc
+            self.start_times[task] = start_time_of(proc.pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         relay = threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True)
         relay.start()
         self.relays[task] = relay
@@ -469,12 +582,12 @@ class Supervisor:
                     echo = False  # or the task would block on a full pipe
 
     def _stop_all(self) -> None:
-        pids = [p.pid for p in self.procs.values()]
-        for pid in pids:
-            _kill_group(pid, signal.SIGTERM)
-        _wait_for_exit(pids, STOP_GRACE_SECONDS)
-        for pid in pids:
-            _kill_group(pid, signal.SIGKILL)
+        procs = list(self.procs.values())
+        for proc in procs:
+            _kill_group(proc.pid, signal.SIGTERM)
+        _wait_for_exit(procs, STOP_GRACE_SECONDS)
+        for proc in procs:
+            _kill_group(proc.pid, signal.SIGKILL)
         for proc in self.procs.values():
             proc.wait()
         self.procs.clear()
@@ -483,18 +596,25 @@ class Supervisor:
         self.result, self.reason = result, reason
         self._save_state()
 
-    def _save_state(self) -> None:
+    def _task_state(self, task: Task) -> str:
+        if task in self.procs:
+            return "running"
+        if task in self.finished:
+            return f"exited {self.finished[task]}"
+        return "stopped" if task in self.start_times else "pending"
+
+    def _save_state(self, every: float = 0.0) -> None:
+        """Write job.json (at most once in `every` seconds)."""
+        if time.monotonic() - self.saved_at < every:
+            return
+        self.saved_at = time.monotonic()
         tasks = {}
         for task, plan_ in self.by_task.items():
             proc = self.procs.get(task)
-            state = (
-                "running"
-                if proc
-                else (f"exited {self.finished[task]}" if task in self.finished else "stopped")
-            )
             tasks[task.name] = {
                 "pid": proc.pid if proc else None,
-                "state": state,
+                "start_time": self.start_times.get(task) if proc else None,
+                "state": self._task_state(task),
                 "restarts": self.restarts[task],
                 "last_exit": self.last_exit.get(task),
                 "log": plan_.log_path,
@@ -503,16 +623,22 @@ class Supervisor:
             }
         state = {
             "name": self.job.name,
-            "launcher_pid": os.getpid(),
+            "launcher_pid": self.owner.pid,
+            "launcher_start_time": self.owner.start_time,
+            "started_at": self.owner.started_at,
             "result": self.result,
             "reason": self.reason,
             "run_dir": self.config.run_dir,
             "tasks": tasks,
         }
-        path = Path(self.job.state_dir) / "job.json"
-        partial = path.with_suffix(".partial")
-        partial.write_text(json.dumps(state, indent=2))
-        partial.replace(path)
+        write_job_state(Path(self.job.state_dir), state)
+
+
+def _prepare_task_process() -> None:
+    """In the task, before exec: take the stop signals again (a child inherits the blocked
+    signal mask of `_start`), and die with the launcher."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    _die_with_parent()
 
 
 def _die_with_parent() -> None:
@@ -532,29 +658,16 @@ def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped) is not alive.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return True
-
-
-def _wait_for_exit(pids: list[int], timeout: float) -> None:
+def _wait_for_exit(procs: list[subprocess.Popen], timeout: float) -> None:
+    """Until every one has exited; not reaped, so their pids (and groups) stay theirs."""
     deadline = time.monotonic() + timeout
-    while any(_pid_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(start_time_of(p.pid) for p in procs) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
 def _read_state(state_dir: Path) -> dict:
+    """job.json as `status`, `list`, `describe` and `logs` show it: a job recorded as
+    starting or running whose launcher no longer holds the name is "launcher lost"."""
     path = state_dir / "job.json"
     if not path.is_file():
         known = sorted(p.parent.name for p in state_dir.parent.glob("*/job.json"))
@@ -562,17 +675,33 @@ def _read_state(state_dir: Path) -> dict:
             f"no local job named {state_dir.name!r} (state folder {state_dir}); "
             f"known jobs: {', '.join(known) or 'none'}"
         )
-    return json.loads(path.read_text())
+    state = json.loads(path.read_text())
+    if state["result"] in LIVE_RESULTS and not name_is_held(state_dir):
+        state["result"] = LAUNCHER_LOST
+        state["reason"] = (
+            f"its launcher (pid {state.get('launcher_pid')}) ended without recording the "
+            f"job's end; `disttrain stop {state_dir.name}` stops what is left"
+        )
+    return state
 
 
-def _describe_task(task_name: str, info: dict) -> list[str]:
+def _task_state(info: dict, launcher_lost: bool) -> str:
+    """A task's state as its launcher recorded it; once the launcher is lost, its record of
+    a running task is checked: running if that process (pid and start time) still runs."""
+    recorded = info.get("state", "exited")
+    if not launcher_lost or recorded != "running":
+        return recorded
+    return "running" if is_running(info.get("pid"), info.get("start_time")) else "gone"
+
+
+def _describe_task(task_name: str, info: dict, launcher_lost: bool) -> list[str]:
     """A task's state, last exit code and last log line, then its environment and command."""
-    running = _pid_alive(info.get("pid"))
+    state = _task_state(info, launcher_lost)
     last_exit = info.get("last_exit")
     lines = [f"[{task_name}]"]
     lines.append(
-        f"  state: {'running' if running else info.get('state', 'exited')}"
-        + (f", pid {info['pid']}" if running else "")
+        f"  state: {state}"
+        + (f", pid {info['pid']}" if state == "running" else "")
         + f", restarts {info.get('restarts', 0)}"
         + f", last exit code {'-' if last_exit is None else last_exit}"
     )
@@ -591,17 +720,6 @@ def _tail(path: Path, size: int = 65536) -> str:
             return log.read().decode(errors="replace")
     except OSError:
         return ""
-
-
-def _refuse_if_running(state_dir: Path) -> None:
-    if (state_dir / "job.json").is_file():
-        state = json.loads((state_dir / "job.json").read_text())
-        if state.get("result") == "running" and _pid_alive(state.get("launcher_pid")):
-            raise LauncherError(
-                f"job {state_dir.name!r} is already running (launcher pid "
-                f"{state['launcher_pid']}); `disttrain stop {state_dir.name}` "
-                "or choose another name with --set name=..."
-            )
 
 
 def _print_logs(paths: dict[str, Path], follow: bool, still_running) -> None:

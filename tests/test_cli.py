@@ -3,6 +3,7 @@ completion, and what status, list and describe show, read from a local job's sta
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,8 +15,12 @@ import pytest
 from processes import REPO, cli
 
 from launchers.local import free_ports
+from launchers.local_state import hold_job_name
 
-WIDE = {"COLUMNS": "200"}  # Typer's usage errors are boxed: one line, not wrapped
+WIDE = {"COLUMNS": "200"}
+# The names of the "running" jobs written below, held as their live launcher would hold
+# them (else status shows them as "launcher lost"); released when the test session ends.
+HELD_NAMES = contextlib.ExitStack()  # Typer's usage errors are boxed: one line, not wrapped
 
 
 def dead_pid() -> int:
@@ -53,6 +58,8 @@ def write_job_state(home: Path, name: str, run_dir: Path, result: str = "succeed
         "tasks": saved,
     }
     (state_dir / "job.json").write_text(json.dumps(state, indent=2))
+    if result == "running":
+        HELD_NAMES.enter_context(hold_job_name(state_dir))
     return state
 
 
