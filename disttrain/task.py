@@ -17,6 +17,7 @@ from disttrain.config import Config, ConfigError, config_from_dict
 from disttrain.failures import Unrecoverable
 from disttrain.peers import accepts, resolves, wait_for_peers
 from disttrain.progress import log
+from disttrain.startup import phase_done
 
 
 def load_task_config(path_or_url: str) -> Config:
@@ -45,6 +46,7 @@ def run_task(config_path: str) -> None:
     check_tf_config_matches(tf_config, shape, task)
     log(f"{task.name} | starting | strategy: {shape.strategy} | run dir: {config.run_dir}")
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    phase_done("python + cli")
     if task.role == EVALUATOR:
         from disttrain.evaluator import Evaluator
 
@@ -57,9 +59,11 @@ def run_task(config_path: str) -> None:
     if task.role in (CHIEF, WORKER):
         stage_remote_data(config)
     wait_for_needed_peers(config, shape, tf_config, task)
+    phase_done("peer wait")
     if task.role == CHIEF or shape.strategy == "multi_worker_mirrored":
         from disttrain.train import train
 
+        phase_done("import tensorflow")
         train(config, task, shape)
     else:
         from disttrain.server import serve

@@ -35,6 +35,7 @@ from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
+from disttrain.startup import log_first_step, phase_done
 from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer, make_train_chunk
 from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
@@ -55,7 +56,9 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
     run_dir = RunDir(config.run_dir)
     is_chief = task.role == CHIEF
     strategy, coordinator = make_strategy(shape, config.model.partition_min_shard_bytes)
+    phase_done("connect to cluster")
     split = list_split(config.data, config.data.train_split)
+    phase_done("data listing")
     log(describe_split(split, config.data.image_size))
     log(
         f"{task.name} | strategy: {type(strategy).__name__} | model: {config.model.name} | "
@@ -70,6 +73,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
     log(describe_recipe(config.train))
+    phase_done("model build")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
@@ -80,6 +84,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             # another model or other classes leaves the run's own config.yaml in place
             run_dir.write_text(CONFIG_FILE, dump_config(config))
             run_dir.write_text(CLASS_NAMES_FILE, json.dumps(list(split.class_names)))
+        phase_done("restore")
         crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
         chunk = make_train_chunk(
             strategy,
@@ -92,6 +97,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             clip_global_norm=config.train.clip_global_norm,
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
+        phase_done("per-worker datasets")
         loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
         loop.run(start)
     finally:
@@ -241,6 +247,8 @@ class TrainLoop:
             next_checkpoint = (step // every + 1) * every
             size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
             self.pending.append((self.dispatcher.send(size), size))
+            if step == start:
+                phase_done("tracing")  # the chunk is traced when it is first sent
             step += size
             while len(self.pending) > self.dispatcher.max_in_flight:
                 self._receive_oldest()
@@ -252,6 +260,8 @@ class TrainLoop:
         handle, size = self.pending.popleft()
         loss_sum, correct, examples, bad = (float(v) for v in self.dispatcher.receive(handle))
         self.completed += size
+        if self.is_chief:
+            log_first_step()  # remote function registration and the chunk's steps
         if not self.is_chief:
             return
         if bad:  # the paths are in the log of the worker that read them
