@@ -73,7 +73,8 @@ from kubecluster.disttrain_jobs import (  # noqa: E402
 from kubecluster.garbage import NAMESPACES, delete  # noqa: E402
 from processes import kill_tree, start_cli  # noqa: E402
 
-FIRST_STEP = re.compile(r"^train \| step:\s+\d+/", re.MULTILINE)
+# After the log line's time and level (progress.LINE_FORMAT), or at a line's start.
+FIRST_STEP = re.compile(r"(?:^|\s)train \| step:\s+\d+/", re.MULTILINE)
 # The chief's start-up phases (disttrain/startup.py), after the log line's time and level.
 STARTUP_LINE = re.compile(r"startup \| first step: ([\d.]+) s after process start \| (.*)$", re.M)
 TARGET_RATIO = 2.0  # issue 13: first step <= 2.0x `import tensorflow`
