@@ -98,10 +98,44 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
         phase_done("per-worker datasets")
-        loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
+        traced = coordinator is not None
+        write = traced_checkpoint_writer(checkpoint) if traced else checkpoint.write
+        loop = TrainLoop(config, run_dir, is_chief, write, step_var, dispatcher, staging)
         loop.run(start)
+        if is_chief:
+            log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def traced_checkpoint_writer(checkpoint: tf.train.Checkpoint) -> tf.types.experimental.Function:
+    """`write(prefix)`, a string tensor: `checkpoint.write`, traced on the first call only.
+
+    Run eagerly with variables on more than one task (the ps under ParameterServerStrategy),
+    TensorFlow's MultiDeviceSaver.save wraps each save in a new tf.function, so every save
+    traced the whole save graph again, and from the fifth TF warned of retracing on the
+    console. Called inside one tf.function of ours, with the prefix a string tensor, the
+    saver builds plain graph ops: the save is traced once and then reused. The variables'
+    values are read when it runs; which variables it saves is fixed at the first save,
+    when the model and the optimizer have all theirs. (Anywhere else TF saves eagerly,
+    with no tf.function to retrace: `checkpoint.write` as it is.)
+    """
+
+    @tf.function(autograph=False)
+    def write(prefix):
+        return checkpoint.write(prefix)
+
+    return write
+
+
+def describe_traces(functions: dict[str, Callable]) -> str:
+    """A closing line: how often each tf.function was traced (each should be once)."""
+    counts = [
+        f"{name}: {function.experimental_get_tracing_count()}"
+        for name, function in functions.items()
+        if hasattr(function, "experimental_get_tracing_count")
+    ]
+    return f"tf.function | traced | {' | '.join(counts)}"
 
 
 def describe_recipe(train: TrainConfig) -> str:
@@ -212,13 +246,14 @@ class TrainLoop:
         config: Config,
         run_dir: RunDir,
         is_chief: bool,
-        checkpoint: tf.train.Checkpoint,
+        write_checkpoint: Callable[[tf.Tensor], object],
         step_var: tf.Variable,
         dispatcher: Dispatcher,
         staging: Path,
     ):
         self.config, self.run_dir, self.is_chief = config, run_dir, is_chief
-        self.checkpoint, self.step_var, self.dispatcher = checkpoint, step_var, dispatcher
+        self.write_checkpoint, self.step_var = write_checkpoint, step_var
+        self.dispatcher = dispatcher
         self.staging = staging
         self.pending: deque[tuple[object, int]] = deque()
         self.completed = 0
@@ -302,13 +337,14 @@ class TrainLoop:
     def _write_staged(self, step: int) -> Path:
         """Write a checkpoint to local staging; returns its own folder for the publisher.
 
-        TensorFlow always writes to the same prefix (a new path string would retrace its
-        save function every time); the folder is then renamed to one per step, so the
-        publisher can upload it while training goes on.
+        TensorFlow always writes to the same prefix; the folder is then renamed to one per
+        step, so the publisher can upload it while training goes on.
         """
         writing = staged_prefix(self.staging / "writing", 0)
         shutil.rmtree(writing.parent, ignore_errors=True)
-        self.checkpoint.write(str(writing))  # under MWMS every worker must take part
+        writing.parent.mkdir(parents=True)  # TF creates it for a str prefix, not a tensor
+        # A tensor, not a str: a traced writer takes any prefix without tracing again.
+        self.write_checkpoint(tf.constant(str(writing)))  # under MWMS every worker takes part
         folder = staged_prefix(self.staging / "checkpoints", step).parent
         folder.parent.mkdir(parents=True, exist_ok=True)
         writing.parent.rename(folder)
