@@ -52,18 +52,21 @@ def run_task(config_path: str) -> None:
     if task.role == EVALUATOR:
         run_evaluator(config)
         return
+    # TensorFlow is imported before waiting for peers: the peers import it at the same
+    # time, so the chief's import overlaps their start instead of following it.
+    trains = task.role == CHIEF or shape.strategy == "multi_worker_mirrored"
+    if trains:
+        from disttrain.train import train
+    else:
+        from disttrain.server import serve
+    phase_done("import tensorflow")
     if task.role in (CHIEF, WORKER):
         stage_remote_data(config)
     wait_for_needed_peers(config, shape, tf_config, task)
     phase_done("peer wait")
-    if task.role == CHIEF or shape.strategy == "multi_worker_mirrored":
-        from disttrain.train import train
-
-        phase_done("import tensorflow")
+    if trains:
         train(config, task, shape)
     else:
-        from disttrain.server import serve
-
         serve(config, task, tf_config)
 
 
