@@ -3,7 +3,7 @@
 `phase_done(name)` closes the phase that ran since the previous mark; `log_first_step()`
 logs them all once, as one grep-friendly line, when the first chunk of steps is back:
 
-    startup | first step: 9.84 s after process start | python + cli: 0.91 | peer wait: ...
+    startup | first step: 18.22 s after process start | python + cli: 1.25 | import tensorflow: ...
 
 Times count from the process's start as the kernel records it (/proc/self/stat), so the
 interpreter and the CLI's own imports are in the first phase, as a user waits for them.
