@@ -17,11 +17,13 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from disttrain.done import is_done
 from disttrain.storage import (
     BEST_METRICS,
     BEST_NEXT_METRICS,
@@ -195,6 +197,37 @@ def apply_retention(
         else:
             log(f"checkpoint | retention | delete ckpt-{step}")
         run_dir.delete(checkpoint_folder(step))
+
+
+def waiting_for_first_checkpoint(run_dir: RunDir, poll_seconds: float, timeout: float) -> str:
+    """The evaluator's line while no checkpoint is published (`timeout` 0: no limit)."""
+    how_long = f"at most {timeout:g}s" if timeout else "until the run is done"
+    return (
+        f"eval | waiting for the first checkpoint under {run_dir.url} | polling every "
+        f"{poll_seconds:g}s, {how_long}"
+    )
+
+
+def wait_for_first_checkpoint(
+    run_dir: RunDir, steps: int, poll_seconds: float, log: Callable[[str], None] = print
+) -> None:
+    """Block until a checkpoint is published (LATEST) or the run of `steps` is DONE.
+
+    It needs no TensorFlow, so a task with nothing to do yet (the evaluator before the
+    first checkpoint) waits here without importing it and leaves the cores to the tasks
+    that are starting to train (issue 13).
+    """
+    said = False
+    while True:
+        try:
+            if run_dir.exists(LATEST_FILE) or is_done(run_dir, steps):
+                return
+        except Exception as exc:  # storage outage: the next poll tries again
+            log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
+        if not said:
+            log(waiting_for_first_checkpoint(run_dir, poll_seconds, 0))
+            said = True
+        time.sleep(poll_seconds)
 
 
 def fetch_checkpoint(

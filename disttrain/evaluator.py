@@ -25,6 +25,7 @@ from disttrain.checkpoints import (
     fetch_checkpoint,
     latest_manifest,
     published_steps,
+    waiting_for_first_checkpoint,
 )
 from disttrain.config import Config
 from disttrain.data.pipeline import eval_dataset, prepare_on_device
@@ -105,10 +106,10 @@ class Evaluator:
     def _say_what_it_waits_for(self, timeout_seconds: float) -> None:
         if latest_manifest(self.run_dir) is not None:
             return
-        how_long = f"at most {timeout_seconds:g}s" if timeout_seconds else "until the run is done"
         log(
-            f"eval | waiting for the first checkpoint under {self.run_dir.url} | polling every "
-            f"{self.config.eval.poll_seconds:g}s, {how_long}"
+            waiting_for_first_checkpoint(
+                self.run_dir, self.config.eval.poll_seconds, timeout_seconds
+            )
         )
 
     def poll(self, evaluated: set[int]) -> bool:

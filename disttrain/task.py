@@ -12,11 +12,14 @@ import os
 
 import fsspec
 
+from disttrain.checkpoints import wait_for_first_checkpoint
 from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
 from disttrain.config import Config, ConfigError, config_from_dict
 from disttrain.failures import Unrecoverable
 from disttrain.peers import accepts, resolves, wait_for_peers
 from disttrain.progress import log
+from disttrain.startup import phase_done
+from disttrain.storage import RunDir
 
 
 def load_task_config(path_or_url: str) -> Config:
@@ -45,26 +48,42 @@ def run_task(config_path: str) -> None:
     check_tf_config_matches(tf_config, shape, task)
     log(f"{task.name} | starting | strategy: {shape.strategy} | run dir: {config.run_dir}")
     os.environ.setdefault("GRPC_FAIL_FAST", "use_caller")
+    phase_done("python + cli")
     if task.role == EVALUATOR:
-        from disttrain.evaluator import Evaluator
-
-        evaluator = Evaluator(config)
-        try:
-            evaluator.run_continuously()
-        finally:
-            evaluator.close()
+        run_evaluator(config)
         return
+    # TensorFlow is imported before waiting for peers: the peers import it at the same
+    # time, so the chief's import overlaps their start instead of following it.
+    trains = task.role == CHIEF or shape.strategy == "multi_worker_mirrored"
+    if trains:
+        from disttrain.train import train
+    else:
+        from disttrain.server import serve
+    phase_done("import tensorflow")
     if task.role in (CHIEF, WORKER):
         stage_remote_data(config)
     wait_for_needed_peers(config, shape, tf_config, task)
-    if task.role == CHIEF or shape.strategy == "multi_worker_mirrored":
-        from disttrain.train import train
-
+    phase_done("peer wait")
+    if trains:
         train(config, task, shape)
     else:
-        from disttrain.server import serve
-
         serve(config, task, tf_config)
+
+
+def run_evaluator(config: Config) -> None:
+    """Evaluate every checkpoint until the run is done; TensorFlow is imported, and the
+    model built, only once there is a first checkpoint (or DONE): until then the chief,
+    workers and ps that are starting have the cores to themselves."""
+    wait_for_first_checkpoint(
+        RunDir(config.run_dir), config.train.steps, config.eval.poll_seconds, log
+    )
+    from disttrain.evaluator import Evaluator
+
+    evaluator = Evaluator(config)
+    try:
+        evaluator.run_continuously()
+    finally:
+        evaluator.close()
 
 
 def stage_remote_data(config: Config) -> None:

@@ -35,6 +35,7 @@ from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
+from disttrain.startup import log_first_step, phase_done
 from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer, make_train_chunk
 from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
@@ -55,7 +56,9 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
     run_dir = RunDir(config.run_dir)
     is_chief = task.role == CHIEF
     strategy, coordinator = make_strategy(shape, config.model.partition_min_shard_bytes)
+    phase_done("connect to cluster")
     split = list_split(config.data, config.data.train_split)
+    phase_done("data listing")
     log(describe_split(split, config.data.image_size))
     log(
         f"{task.name} | strategy: {type(strategy).__name__} | model: {config.model.name} | "
@@ -70,6 +73,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
     log(describe_recipe(config.train))
+    phase_done("model build")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
@@ -80,6 +84,7 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             # another model or other classes leaves the run's own config.yaml in place
             run_dir.write_text(CONFIG_FILE, dump_config(config))
             run_dir.write_text(CLASS_NAMES_FILE, json.dumps(list(split.class_names)))
+        phase_done("restore")
         crop_in_step = config.data.crop_min_area if decodes_once(config.data, split) else 0.0
         chunk = make_train_chunk(
             strategy,
@@ -92,10 +97,45 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             clip_global_norm=config.train.clip_global_norm,
         )
         dispatcher = make_dispatcher(config, shape, strategy, coordinator, split, chunk)
-        loop = TrainLoop(config, run_dir, is_chief, checkpoint, step_var, dispatcher, staging)
+        phase_done("per-worker datasets")
+        traced = coordinator is not None
+        write = traced_checkpoint_writer(checkpoint) if traced else checkpoint.write
+        loop = TrainLoop(config, run_dir, is_chief, write, step_var, dispatcher, staging)
         loop.run(start)
+        if is_chief:
+            log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def traced_checkpoint_writer(checkpoint: tf.train.Checkpoint) -> tf.types.experimental.Function:
+    """`write(prefix)`, a string tensor: `checkpoint.write`, traced on the first call only.
+
+    Run eagerly with variables on more than one task (the ps under ParameterServerStrategy),
+    TensorFlow's MultiDeviceSaver.save wraps each save in a new tf.function, so every save
+    traced the whole save graph again, and from the fifth TF warned of retracing on the
+    console. Called inside one tf.function of ours, with the prefix a string tensor, the
+    saver builds plain graph ops: the save is traced once and then reused. The variables'
+    values are read when it runs; which variables it saves is fixed at the first save,
+    when the model and the optimizer have all theirs. (Anywhere else TF saves eagerly,
+    with no tf.function to retrace: `checkpoint.write` as it is.)
+    """
+
+    @tf.function(autograph=False)
+    def write(prefix):
+        return checkpoint.write(prefix)
+
+    return write
+
+
+def describe_traces(functions: dict[str, Callable]) -> str:
+    """A closing line: how often each tf.function was traced (each should be once)."""
+    counts = [
+        f"{name}: {function.experimental_get_tracing_count()}"
+        for name, function in functions.items()
+        if hasattr(function, "experimental_get_tracing_count")
+    ]
+    return f"tf.function | traced | {' | '.join(counts)}"
 
 
 def describe_recipe(train: TrainConfig) -> str:
@@ -206,13 +246,14 @@ class TrainLoop:
         config: Config,
         run_dir: RunDir,
         is_chief: bool,
-        checkpoint: tf.train.Checkpoint,
+        write_checkpoint: Callable[[tf.Tensor], object],
         step_var: tf.Variable,
         dispatcher: Dispatcher,
         staging: Path,
     ):
         self.config, self.run_dir, self.is_chief = config, run_dir, is_chief
-        self.checkpoint, self.step_var, self.dispatcher = checkpoint, step_var, dispatcher
+        self.write_checkpoint, self.step_var = write_checkpoint, step_var
+        self.dispatcher = dispatcher
         self.staging = staging
         self.pending: deque[tuple[object, int]] = deque()
         self.completed = 0
@@ -241,6 +282,8 @@ class TrainLoop:
             next_checkpoint = (step // every + 1) * every
             size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
             self.pending.append((self.dispatcher.send(size), size))
+            if step == start:
+                phase_done("tracing")  # the chunk is traced when it is first sent
             step += size
             while len(self.pending) > self.dispatcher.max_in_flight:
                 self._receive_oldest()
@@ -252,6 +295,8 @@ class TrainLoop:
         handle, size = self.pending.popleft()
         loss_sum, correct, examples, bad = (float(v) for v in self.dispatcher.receive(handle))
         self.completed += size
+        if self.is_chief:
+            log_first_step()  # remote function registration and the chunk's steps
         if not self.is_chief:
             return
         if bad:  # the paths are in the log of the worker that read them
@@ -292,13 +337,14 @@ class TrainLoop:
     def _write_staged(self, step: int) -> Path:
         """Write a checkpoint to local staging; returns its own folder for the publisher.
 
-        TensorFlow always writes to the same prefix (a new path string would retrace its
-        save function every time); the folder is then renamed to one per step, so the
-        publisher can upload it while training goes on.
+        TensorFlow always writes to the same prefix; the folder is then renamed to one per
+        step, so the publisher can upload it while training goes on.
         """
         writing = staged_prefix(self.staging / "writing", 0)
         shutil.rmtree(writing.parent, ignore_errors=True)
-        self.checkpoint.write(str(writing))  # under MWMS every worker must take part
+        writing.parent.mkdir(parents=True)  # TF creates it for a str prefix, not a tensor
+        # A tensor, not a str: a traced writer takes any prefix without tracing again.
+        self.write_checkpoint(tf.constant(str(writing)))  # under MWMS every worker takes part
         folder = staged_prefix(self.staging / "checkpoints", step).parent
         folder.parent.mkdir(parents=True, exist_ok=True)
         writing.parent.rename(folder)

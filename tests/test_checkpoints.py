@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +25,7 @@ from disttrain.checkpoints import (
 from disttrain.storage import BEST_METRICS, LATEST_FILE, RunDir
 
 DATA_FILE = "ckpt.data-00000-of-00001"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_checkpoint(staging: Path, step: int, values: int = 1000) -> tuple[Path, np.ndarray]:
@@ -202,3 +206,28 @@ def test_storage_outage_during_an_upload_loses_nothing_and_the_next_publish_succ
     assert publisher.published[-1] == 300 and latest_manifest(run_dir).step == 300
     restored_first = fetch_checkpoint(run_dir, tmp_path / "r2", lines.append, step=100)
     np.testing.assert_array_equal(read_weights(restored_first[1]), first)
+
+
+def writes_under_pss(which: str, saves: int) -> dict:
+    """tests/checkpoint_writes_under_pss.py in a fresh process (a strategy sets up TF's
+    runtime for the whole process): its JSON result."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "checkpoint_writes_under_pss.py"), which, str(saves)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_chiefs_checkpoint_save_is_traced_once_across_saves_under_pss():
+    """With the variables on a ps, `checkpoint.write(str)` traces a new save function at
+    every save, and TF warns of retracing from the fifth on; the chief's writer traces once."""
+    plain = writes_under_pss("plain", 6)
+    assert plain["retracing_warnings"] >= 1  # what the chief's console showed before
+    traced = writes_under_pss("traced", 6)
+    assert traced["traces"] == 1 and traced["retracing_warnings"] == 0
+    assert traced["last_checkpoint_holds_last_values"]

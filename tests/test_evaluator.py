@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -382,3 +385,52 @@ def test_continuous_eval_says_what_it_waits_for_and_gives_up_at_its_timeout(buil
     )
     assert result.stderr.endswith("\nerror: no new checkpoint in 1s (--timeout)\n")
     assert time.monotonic() - started < 120
+
+
+# The evaluator task on an empty run dir, in a thread of a fresh process: whether TensorFlow
+# is imported after WAIT seconds of waiting, then whether the task ends once DONE appears.
+EVALUATOR_TASK = """
+import json, sys, threading, time
+from disttrain.done import write_done
+from disttrain.storage import RunDir
+from disttrain.task import load_task_config, run_task
+
+config_path, wait = sys.argv[1], float(sys.argv[2])
+task = threading.Thread(target=run_task, args=(config_path,), daemon=True)
+task.start()
+time.sleep(wait)
+found = {"alive": task.is_alive(), "tensorflow_while_waiting": "tensorflow" in sys.modules}
+config = load_task_config(config_path)
+write_done(RunDir(config.run_dir), config.train.steps)
+task.join(240)
+found.update(finished=not task.is_alive(), tensorflow_after="tensorflow" in sys.modules)
+print(json.dumps(found))
+"""
+
+
+def test_an_evaluator_waiting_for_the_first_checkpoint_has_not_imported_tensorflow(
+    builtin_data, tmp_path
+):
+    from disttrain.config import dump_config
+
+    config = eval_config(str(tmp_path / "run"), builtin_data)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(dump_config(config))
+    tf_config = {"cluster": {"chief": ["localhost:2222"]}, "task": {"type": "evaluator"}}
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", EVALUATOR_TASK, str(config_path), "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo), "TF_CONFIG": json.dumps(tf_config)},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    assert found == {
+        "alive": True,
+        "tensorflow_while_waiting": False,
+        "finished": True,
+        "tensorflow_after": True,
+    }
+    assert "eval | waiting for the first checkpoint under" in result.stdout
