@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-PROGRESS = re.compile(rb"\[chief-0\] train \| step:\s+(\d+)/")
+PROGRESS = re.compile(rb"\[chief-0\] .*train \| step:\s+(\d+)/")
 
 
 def steady_examples_per_second(
