@@ -499,3 +499,20 @@ def test_the_chart_schema_and_the_config_accept_the_same_quantities():
     bad = ["two", "8GB", "1.2.3", "-1", "1 Gi", "", "Gi", "1gi", "0x10"]
     assert [bool(pattern.search(q)) for q in good + bad] == [is_quantity(q) for q in good + bad]
     assert all(map(is_quantity, good)) and not any(map(is_quantity, bad))
+
+
+def test_the_charts_values_file_holds_the_launcher_and_cluster_defaults():
+    """values.yaml stays written by hand for its comments; every default in it is the
+    options dataclasses' and the trainer's own (name and runDir are the release's)."""
+    from disttrain.config import Config
+    from launchers.chart_values import values_from_config
+
+    documented = yaml.safe_load((CHARTS_DIR / "_shared" / "values.yaml").read_text())
+    defaults = values_from_config(Config(), K8sOptions())
+    for key, value in defaults.items():
+        if key in ("name", "runDir", "config"):
+            continue
+        if isinstance(value, dict):  # storage also documents the 2017 sample's keys
+            assert {k: documented[key].get(k) for k in value} == value, key
+        else:
+            assert documented[key] == value, key
