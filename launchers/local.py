@@ -66,8 +66,7 @@ from launchers.local_state import (
     write_job_state,
 )
 from launchers.prepare import (
-    check_data,
-    check_run_dir,
+    check_inputs,
     check_training_installed,
     final_report,
     prepare_run_dir,
@@ -230,18 +229,11 @@ class LocalLauncher(Launcher):
         assert isinstance(plan, LocalPlan)
         check_training_installed()
         job, config = plan, plan.config
-        said: set[str] = set()
-
-        def say(line: str) -> None:  # once: prepare_run_dir repeats check_inputs' checks
-            if line not in said:
-                said.add(line)
-                print(line)
-
         refuse_if_held(Path(job.state_dir))
-        check_inputs(config, say)
+        check_inputs(config, print)
 
         def prepare() -> None:
-            prepare_run_dir(config, say)
+            prepare_run_dir(config, print)
             Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
             Path(job.config_path).write_text(dump_config(config))
 
@@ -374,18 +366,6 @@ def _kill_leftover_tasks(state: dict) -> list[str]:
         if info.get("state") in ("running", "pending"):
             info["state"], info["pid"], info["start_time"] = "stopped", None, None
     return killed
-
-
-def check_inputs(config: Config, log: Callable[[str], None]) -> None:
-    """Bad input (the data, the run dir) is refused before the job's name is taken or any
-    of its state written; `prepare_run_dir` checks again under the name, then writes."""
-    if config.data.source == "builtin":
-        from disttrain.data.builtin import ensure_builtin_dataset
-
-        log("data | preparing the built-in dataset (generated once, then cached)")
-        log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
-    check_data(config)
-    check_run_dir(config, log)
 
 
 def prepare_config(config: Config) -> Config:

@@ -60,12 +60,9 @@ def check_data(config: Config) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
-    """Check the data, write the resolved config, and clear a previous run's DONE marker.
-
-    Submitting a job into a run dir that holds a finished run continues that run: the
-    chief resumes from its latest checkpoint (so raising train.steps trains further).
-    """
+def check_inputs(config: Config, log: Callable[[str], None]) -> None:
+    """Bad input (the data, the run dir) is refused before a local job writes anything: the
+    built-in dataset made, both splits listed, the run dir probed."""
     if config.data.source == "builtin":
         from disttrain.data.builtin import ensure_builtin_dataset
 
@@ -73,6 +70,15 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
         log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
     check_data(config)
     check_run_dir(config, log)
+
+
+def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
+    """Write the resolved config and clear a previous run's DONE marker (after
+    `check_inputs`, by the job that holds the name).
+
+    Submitting a job into a run dir that holds a finished run continues that run: the
+    chief resumes from its latest checkpoint (so raising train.steps trains further).
+    """
     run_dir = RunDir(config.run_dir)
     if run_dir.exists(DONE_FILE):
         step = done_step(run_dir)
