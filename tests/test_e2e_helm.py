@@ -41,7 +41,9 @@ def test_helm_launcher_trains_to_completion_and_stop_uninstalls(k8s):
     assert "job charted: succeeded" in result.stdout
     assert f"storage | preflight skipped | /azure/{SHARE}/" in result.stdout
     assert_trained(cluster, namespace, "charted")
-    assert (run_dir(cluster, namespace, "charted") / "eval" / "results.jsonl").read_text()
+    results = run_dir(cluster, namespace, "charted") / "eval" / "results.jsonl"
+    cluster.wait_for("the evaluator's results", results.exists, timeout=180)  # after the chief
+    assert results.read_text()
 
     status = cli(
         "status",

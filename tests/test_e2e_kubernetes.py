@@ -52,6 +52,10 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
 
     assert_trained(cluster, namespace, "mnist")
     folder = run_dir(cluster, namespace, "mnist")
+    # The job's result is the chief's; the evaluator ends after it, with the last checkpoint.
+    cluster.wait_for(
+        "the evaluator's results", (folder / "eval" / "results.jsonl").exists, timeout=180
+    )
     assert (folder / "eval" / "results.jsonl").read_text().strip()
     assert list((folder / "export" / "best").iterdir())
     pods = pods_of(cluster, namespace, "mnist")
@@ -294,7 +298,14 @@ def test_k8s_job_with_its_run_dir_in_azure_blob_gets_the_key_from_a_secret_only(
     assert latest["step"] == 100
     missing = [f for f in latest["files"] if f"checkpoints/ckpt-100/{f}" not in names]
     assert latest["files"] and not missing, sorted(names)
+    # The job's result is the chief's; the evaluator ends after it, with the last checkpoint.
+    cluster.wait_for(
+        "the evaluator's results in the blob",
+        lambda: prefix + "eval/results.jsonl" in outside_azurite.blob_names(container),
+        timeout=180,
+    )
     assert read_blob(outside_azurite, container, prefix + "eval/results.jsonl").strip()
+    names = {b[len(prefix) :] for b in outside_azurite.blob_names(container)}
     for expected in (
         "DONE",
         "config.yaml",
