@@ -31,6 +31,19 @@ def cli(
     return result
 
 
+def install_plugin(package: Path, target: Path) -> Path:
+    """A test plug-in package (tests/plugins/...) installed by pip into `target`, a folder of
+    its own, as an installed third-party package would be; returns the folder to put on
+    PYTHONPATH."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
+        + ["--no-build-isolation", "--target", str(target), str(package)],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
 def start_cli(*args: str, log_path: Path, env: dict | None = None) -> subprocess.Popen:
     """Start `disttrain ARGS` in the background, output to `log_path` (its own session)."""
     log = open(log_path, "wb")

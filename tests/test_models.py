@@ -7,12 +7,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from processes import REPO, cli, small_job
+from processes import REPO, cli, install_plugin, small_job
 
 from disttrain.config import ConfigError, ModelConfig, load_config
 from disttrain.failures import EXIT_UNRECOVERABLE, Unrecoverable
@@ -151,13 +149,7 @@ TINY_MODEL_PACKAGE = REPO / "tests" / "plugins" / "tiny_model"
 @pytest.fixture(scope="module")
 def tiny_model_installed(tmp_path_factory) -> dict[str, str]:
     """A package that registers the model `tiny`, installed by pip into a folder of its own."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
-        + ["--no-build-isolation", "--target", str(target), str(TINY_MODEL_PACKAGE)],
-        check=True,
-        capture_output=True,
-    )
+    target = install_plugin(TINY_MODEL_PACKAGE, tmp_path_factory.mktemp("site"))
     return {"PYTHONPATH": os.pathsep.join([str(target), str(REPO)]), "TF_CONFIG": ""}
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from processes import REPO, cli
+from processes import REPO, cli, install_plugin
 
 from launchers import load_job
 
@@ -21,13 +19,7 @@ ECHO_PACKAGE = REPO / "tests" / "plugins" / "echo_launcher"
 def echo_installed(tmp_path_factory) -> dict[str, str]:
     """The echo launcher installed by pip into a folder of its own: the environment that
     puts it on the path, as an installed third-party package would be."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
-        + ["--no-build-isolation", "--target", str(target), str(ECHO_PACKAGE)],
-        check=True,
-        capture_output=True,
-    )
+    target = install_plugin(ECHO_PACKAGE, tmp_path_factory.mktemp("site"))
     return {"PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")])}
 
 
