@@ -346,21 +346,56 @@ def _expect(condition: bool, problem: str) -> None:
         raise OSError(problem)
 
 
+class GaveUp(StorageError):
+    """A storage action that failed for good: refused (authentication, permission: a retry
+    would be refused the same way), or still failing when its attempts or deadline ran out."""
+
+    def __init__(self, what: str, cause: str, tried: str):
+        self.url, self.cause = "", redact(cause)
+        RuntimeError.__init__(self, redact(f"{what}: {cause} ({tried})"))
+
+
+# Failures a retry cannot fix: a wrong or expired credential, a credential without access.
+_REFUSED_STATUS = (401, 403)
+_REFUSED_TYPES = ("AzureSigningError", "ClientAuthenticationError", "PermissionError")
+
+
+def is_refused(exc: BaseException) -> bool:
+    """Whether the storage service refused the request itself (no retry can succeed)."""
+    code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(code, "value", code))
+    return (
+        getattr(exc, "status_code", None) in _REFUSED_STATUS
+        or code.startswith(("Authentication", "Authorization", "InvalidAuthentication"))
+        or any(t.__name__ in _REFUSED_TYPES for t in type(exc).__mro__)
+    )
+
+
 def with_retries(
     action: Callable[[], T],
     what: str,
     attempts: int = 5,
     first_delay: float = 0.5,
     log: Callable[[str], None] = print,
+    deadline_seconds: float = 120.0,
 ) -> T:
-    """Run a storage action, retrying with exponential backoff; re-raise after `attempts`."""
-    delay = first_delay
+    """Run a storage action, retrying transient failures with exponential backoff.
+
+    Every retry is logged; the loop is bounded by `attempts` and by `deadline_seconds`,
+    and when either runs out the failure is raised as GaveUp, saying what was given up
+    on. A refused request (wrong key, no permission) is not retried: it fails at once.
+    """
+    started, delay = time.monotonic(), first_delay
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as exc:  # storage SDKs raise many unrelated types
-            if attempt == attempts:
-                raise
+            if is_refused(exc):
+                raise GaveUp(what, describe(exc), "refused: not retried") from None
+            elapsed = time.monotonic() - started
+            if attempt == attempts or elapsed + delay > deadline_seconds:
+                tried = f"gave up after {attempt} attempt(s) in {elapsed:.0f} s"
+                raise GaveUp(what, describe(exc), tried) from None
             log(f"storage | retry {attempt}/{attempts - 1} | {what} | {describe(exc)}")
             time.sleep(delay)
             delay = min(delay * 2, 30.0)

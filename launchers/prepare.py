@@ -58,6 +58,8 @@ def check_data(config: Config) -> None:
         check_data_source(config.data)
     except DataError as exc:
         raise ConfigError(str(exc)) from None
+    except StorageError as exc:  # a remote data.root that cannot be listed or copied
+        raise ConfigError(f"data.root: {exc}") from None
 
 
 def check_inputs(config: Config, log: Callable[[str], None]) -> None:

@@ -8,6 +8,7 @@ from processes import cli, small_job
 
 from disttrain.storage import (
     REDACTED,
+    GaveUp,
     RunDir,
     StorageError,
     azure_options,
@@ -128,10 +129,64 @@ def test_secrets_are_scrubbed_from_retry_logs(monkeypatch):
     def failing():
         raise OSError("denied with key supersecretkey== at https://a/b?sv=1&sig=tokenvalue")
 
-    with pytest.raises(OSError):
+    with pytest.raises(GaveUp) as raised:
         with_retries(failing, "upload x", attempts=2, first_delay=0.0, log=lines.append)
     assert lines and "supersecretkey" not in lines[0] and "tokenvalue" not in lines[0]
+    assert "supersecretkey" not in str(raised.value) and "tokenvalue" not in str(raised.value)
     assert redact("AccountKey=abc;x") == f"AccountKey={REDACTED};x"
+
+
+def test_retries_end_at_their_deadline_and_say_what_they_gave_up_on():
+    calls: list[int] = []
+
+    def unreachable():
+        calls.append(1)
+        raise ConnectionResetError("connection reset by peer")
+
+    with pytest.raises(GaveUp) as raised:
+        with_retries(
+            unreachable, "upload ckpt-5/x", 1000, first_delay=0.01, log=print, deadline_seconds=0.1
+        )
+    assert 1 < len(calls) < 1000  # retried, then stopped by the deadline, not the attempts
+    message = str(raised.value)
+    assert message.startswith("upload ckpt-5/x: ConnectionResetError: connection reset by peer")
+    assert f"gave up after {len(calls)} attempt(s)" in message
+
+
+def test_a_refused_request_is_not_retried():
+    calls: list[int] = []
+
+    def refused():
+        calls.append(1)
+        raise PermissionError("403 This request is not authorized")
+
+    with pytest.raises(GaveUp, match=r"permission denied \(.*\) \(refused: not retried\)$"):
+        with_retries(refused, "write LATEST", log=print)
+    assert len(calls) == 1
+
+
+def test_a_data_root_that_cannot_be_listed_is_one_error_line_before_any_task(
+    azurite, builtin_data, disttrain_home, tmp_path
+):
+    container = azurite.create_container()
+    result = cli(
+        "train",
+        *small_job(str(tmp_path / "run"), builtin_data, name="dataroot"),
+        "--set", "data.source=image_folder",
+        "--set", f"data.root=az://{container}/images",
+        env=azurite.env(WRONG_KEY),
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [
+        f"error: data.root: list az://{container}/images: not authorized: a wrong account key "
+        "or SAS token, or a credential without access to this account (AuthorizationFailure) "
+        "(refused: not retried)"
+    ], result.stderr
+    assert WRONG_KEY not in result.stdout + result.stderr
+    assert "starting" not in result.stdout  # no task was started
 
 
 def test_a_sas_token_in_the_run_dir_url_is_refused_without_echoing_it():

@@ -48,7 +48,9 @@ def stage_folder(
         # Chief and evaluator on one machine share the scratch: one copies, the other waits.
         fcntl.flock(lock, fcntl.LOCK_EX)
         remote = RunDir(url)
-        sizes = with_retries(lambda: remote.file_sizes(""), f"list {redact(url)}", log=log)
+        sizes = with_retries(
+            lambda: remote.file_sizes(""), f"list {redact(url)}", log=log, deadline_seconds=30
+        )
         if not sizes:
             raise DataError(f"data.root: {redact(url)!r} holds no files (or does not exist)")
         if _manifest(target) == sizes:
