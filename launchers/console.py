@@ -6,6 +6,7 @@ and nothing else: a pipe or CI log stays grep-friendly. The task logs get every 
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 
@@ -33,6 +34,20 @@ NOISE_CONTINUATIONS = (
     b"This could happen if the remote target has been disconnected from the client.",
 )
 
+# Multi-line records that repeat an error the chief reports itself a moment later (an
+# `error:` line or its traceback): the coordinator's log of a failed closure, once per
+# closure, and a worker's copy of the error it sent back, as gRPC logs it when it is long.
+NOISE_BLOCKS = (
+    b"encountered the following error when processing closure",
+    b"] Truncated error message:",
+)
+# The first line of the next record, which ends such a block: one of disttrain's own log
+# lines (`area | ...`, after its time), absl's `LEVEL:logger:`, glog's `E0000 `, an `error:`
+# line, a traceback.
+RECORD_START = re.compile(
+    rb"^(\d{4}-\d\d-\d\d|[\w-]+ \| |[EWIF]\d{4} |[A-Z]+:\w|error:|Traceback)"
+)
+
 
 class LineFilter:
     """Which of one task's output lines the console shows: all with -v (`verbosity`
@@ -40,11 +55,16 @@ class LineFilter:
     not an INFO or DEBUG log line: warnings, errors, tracebacks."""
 
     def __init__(self, verbosity: str = "normal") -> None:
-        self.verbosity, self.in_noise = verbosity, False
+        self.verbosity, self.in_noise, self.in_block = verbosity, False, False
 
     def shows(self, line: bytes) -> bool:
         continued = self.in_noise and any(c in line for c in NOISE_CONTINUATIONS)
-        self.in_noise = continued or any(noise in line for noise in CONSOLE_NOISE)
+        if self.in_block and not RECORD_START.match(line):
+            continued = True
+        else:
+            self.in_block = any(start in line for start in NOISE_BLOCKS)
+        self.in_noise = continued or self.in_block
+        self.in_noise = self.in_noise or any(noise in line for noise in CONSOLE_NOISE)
         if self.verbosity == "verbose":
             return True
         if self.verbosity == "quiet" and BELOW_WARNING.match(line):

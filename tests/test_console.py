@@ -42,6 +42,36 @@ def test_grpc_details_of_a_real_error_still_reach_the_console():
     assert shown([error, *GRPC_DETAILS]) == [error, *GRPC_DETAILS]
 
 
+def test_a_failed_closure_is_reported_once_by_disttrain_not_again_by_tensorflow():
+    # As the chief printed them for `data.on_bad_file: fail` (two closures failed).
+    closure_error = [
+        b"ERROR:tensorflow: /job:worker/task:0 encountered the following error when processing "
+        b"closure: InvalidArgumentError():Graph execution error:\n",
+        b"\n",
+        b"Detected at node Assert/Assert defined at (most recent call last):\n",
+        b"<stack traces unavailable>\n",
+        b"Error in user-defined function passed to MapDataset:23 transformation with iterator: "
+        b"Iterator::Root::Map: assertion failed: [bad image file (data.on_bad_file: fail):]\n",
+        b"\t [[{{node Assert/Assert}}]]\n",
+        b"\t [[RemoteCall]]\n",
+        *GRPC_DETAILS[:2],
+    ]
+    error = b"error: data.on_bad_file is fail and this file is not a decodable image: a.jpg\n"
+    assert shown([PROGRESS, *closure_error, *closure_error, error]) == [PROGRESS, error]
+    workers_copy = [
+        b"E0000 00:00:1796150061.523864    5723 grpc_util.h:104] Truncated error message: "
+        b"INVALID_ARGUMENT: 2 root error(s) found.\n",
+        b"  (0) INVALID_ARGUMENT: {{function_node __inference_train_chunk_1616}} Error in\n",
+        b"\t [[{{node Assert/Assert}}]]\n",
+        *GRPC_DETAILS[:2],
+        b"0 successful operations.\n",
+        b"0 derived errors ignored.\n",
+    ]
+    assert shown([*workers_copy, PROGRESS]) == [PROGRESS]
+    traceback = b"Traceback (most recent call last):\n"
+    assert shown([*closure_error, traceback, b"  File x\n"]) == [traceback, b"  File x\n"]
+
+
 def test_the_job_line_follows_the_chiefs_progress_and_the_last_evaluation():
     job = JobLine("mnist")
     assert job.render() == "job mnist | starting"

@@ -277,6 +277,11 @@ def test_a_corrupt_jpeg_fails_the_job_with_its_path_when_configured(
     reason += corrupt
     assert f"job failed: {reason}" in result.stdout, result.stdout[-3000:]
     assert "restarting" not in result.stdout
+    # TensorFlow's own copies of the error stay in the task logs, off the console.
+    chief_log = (disttrain_home / "local" / "t" / "logs" / "chief-0.log").read_text()
+    assert "encountered the following error when processing closure" in chief_log
+    for copy in ("encountered the following error", "Truncated error message", "Detected at"):
+        assert copy not in result.stdout + result.stderr
     status = cli("status", "t").stdout
     assert reason in status
     assert not (tmp_path / "run" / "DONE").exists()
