@@ -44,9 +44,7 @@ NOISE_BLOCKS = (
 # The first line of the next record, which ends such a block: one of disttrain's own log
 # lines (`area | ...`, after its time), absl's `LEVEL:logger:`, glog's `E0000 `, an `error:`
 # line, a traceback.
-RECORD_START = re.compile(
-    rb"^(\d{4}-\d\d-\d\d|[\w-]+ \| |[EWIF]\d{4} |[A-Z]+:\w|error:|Traceback)"
-)
+RECORD_START = re.compile(rb"^(\d{4}-\d\d-\d\d|[\w-]+ \| |[EWIF]\d{4} |[A-Z]+:\w|error:|Traceback)")
 
 
 class LineFilter:

@@ -68,12 +68,15 @@ from launchers.local_state import (
 from launchers.prepare import (
     check_inputs,
     check_training_installed,
+    discard_untrained,
     final_report,
+    holds_nothing,
     prepare_run_dir,
 )
 
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
+INTERRUPTED = 130  # the job's exit code after Ctrl-C or `disttrain stop`, as a shell's
 # Once the chief is done, servers notice DONE within seconds; the evaluator may still be
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
@@ -231,6 +234,7 @@ class LocalLauncher(Launcher):
         job, config = plan, plan.config
         refuse_if_held(Path(job.state_dir))
         check_inputs(config, print)
+        run_dir_was_new = holds_nothing(config)
 
         def prepare() -> None:
             prepare_run_dir(config, print)
@@ -241,6 +245,8 @@ class LocalLauncher(Launcher):
         # this, nothing of the job is written (its config.yaml, job.json, logs).
         with hold_job_name(Path(job.state_dir)) as owner:
             code = Supervisor(job, config, owner).run(prepare)
+            if code == INTERRUPTED and run_dir_was_new:
+                discard_untrained(config, print)
         if code == 0:
             print(final_report(config))
         return code
@@ -409,7 +415,7 @@ class Supervisor:
         except KeyboardInterrupt:
             self._stop_all()
             self._end("stopped", "interrupted")
-            return 130
+            return INTERRUPTED
         except BaseException as exc:  # a run dir refused, say: the record says so too
             self._stop_all()
             self._end("failed", str(exc) or type(exc).__name__)

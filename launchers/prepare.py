@@ -93,6 +93,23 @@ def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
         run_dir.write_text(CONFIG_FILE, dump_config(config))
 
 
+def holds_nothing(config: Config) -> bool:
+    """Whether the run dir is new: empty or not there yet."""
+    return not RunDir(config.run_dir).list_names("")
+
+
+def discard_untrained(config: Config, log: Callable[[str], None]) -> None:
+    """Remove what an interrupted job wrote into the run dir it found new, unless a
+    checkpoint was published: a config.yaml and logs of no trained step would make the
+    next job there resume a run that never was."""
+    run_dir = RunDir(config.run_dir)
+    if run_dir.exists(LATEST_FILE):
+        return
+    for name in run_dir.list_names(""):
+        run_dir.delete(name)
+    log("run dir | interrupted before the first checkpoint: removed what the job wrote")
+
+
 def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
     """Write, list, read back and delete a probe in the run dir before any task starts."""
     try:

@@ -268,6 +268,21 @@ def test_sigint_to_the_launcher_leaves_no_process_behind(tmp_path, builtin_data,
     assert job_state(disttrain_home, "t")["result"] == "stopped"
 
 
+def test_ctrl_c_before_the_first_checkpoint_leaves_a_new_run_dir_empty(
+    tmp_path, builtin_data, disttrain_home
+):
+    run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
+    proc = start_cli("train", *small_job(run_dir, builtin_data), log_path=log)
+    try:
+        wait_for(lambda: (run_dir / "config.yaml").exists(), 120, "config.yaml", proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        kill_tree(proc)
+    assert list(run_dir.iterdir()) == []
+    assert "interrupted before the first checkpoint: removed what the job wrote" in log.read_text()
+
+
 def test_stop_from_another_terminal_ends_the_job(tmp_path, builtin_data, disttrain_home):
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
     proc = start_cli(
