@@ -136,7 +136,7 @@ def referenced_steps(run_dir: RunDir) -> set[int]:
     """Steps that LATEST and the best export point to: retention never deletes these.
 
     The best export's metrics are in export/best/ and, while it is being replaced, in
-    export/best.next/ (evaluator.publish_export): both are protected.
+    export/best.next/ (export.publish_export): both are protected.
     """
     referenced = set()
     for pointer in (LATEST_FILE, BEST_METRICS, BEST_NEXT_METRICS):

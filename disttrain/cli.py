@@ -357,6 +357,49 @@ def eval_(
 
 
 @app.command()
+def predict(
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="IMAGE",
+            help="JPEG or PNG files of any size: paths or fsspec URLs (az://container/x.jpg).",
+        ),
+    ],
+    run_dir: Annotated[
+        str, typer.Option(help="The run dir whose best export (export/best/) classifies them.")
+    ],
+    output: OutputOption = "table",
+) -> None:
+    """Classify image files with a run's best export: each one's class and probability.
+
+    Each file is decoded, centrally cropped and resized as evaluation does it, by the
+    export's `serving_bytes` signature, which TensorFlow Serving serves too (README,
+    "Serve the model"). The evaluator writes the best export whenever a checkpoint beats
+    the best so far; for a run trained without it, `disttrain eval --run-dir DIR --once`.
+    """
+    _require_training("disttrain predict")
+    import os
+
+    # Below errors, TensorFlow's C++ log is noise here: its start-up lines, and the failed
+    # op's warning about a file that does not decode, which one error line names; -v shows it.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from disttrain.predict import PredictError, predict_images
+    from disttrain.storage import StorageError
+
+    try:
+        predictions = [p.to_dict() for p in predict_images(run_dir, images)]
+    except (PredictError, StorageError) as exc:
+        _fail(str(exc))
+    if output == "table":
+        from launchers.job_status import format_table
+
+        rows = [{**row, "probability": f"{row['probability']:.4f}"} for row in predictions]
+        typer.echo(format_table(rows))
+    else:
+        typer.echo(_formatted(predictions, output))
+
+
+@app.command()
 def board(
     run_dir: Annotated[str, typer.Option(help="The run dir whose logs to show.")],
     port: Annotated[int, typer.Option(help="Port for TensorBoard.")] = 6006,

@@ -2,9 +2,10 @@
 
 It is not part of the training cluster (see cluster.tf_config_for): it only reads the
 run dir. For each checkpoint that LATEST has covered it writes eval summaries and one
-line of `eval/results.jsonl`, and keeps `export/best/` as a SavedModel of the best
-checkpoint so far (by `eval.best_metric`) with a small `metrics.json`, replaced so that the
-run dir always holds one complete best export (see `publish_export`). It ends once the
+line of `eval/results.jsonl`, and keeps the best export: a SavedModel of the best
+checkpoint so far (by `eval.best_metric`) with a small `metrics.json`, in `export/best/` and
+as TensorFlow Serving's version in `export/serving/`, replaced so that the run dir always
+holds one complete best export (see export.py). It ends once the
 chief's DONE marker is present and the checkpoint DONE names has been evaluated, so it
 never outlives the job.
 """
@@ -17,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from disttrain.checkpoints import (
@@ -28,28 +28,23 @@ from disttrain.checkpoints import (
     waiting_for_first_checkpoint,
 )
 from disttrain.config import Config
-from disttrain.data.pipeline import eval_dataset, prepare_on_device
+from disttrain.data.pipeline import eval_dataset
 from disttrain.data.sources import list_split
 from disttrain.done import is_done
+from disttrain.export import best_metrics, export_saved_model, publish_export, repair_best_export
 from disttrain.models import build_model
 from disttrain.progress import eval_line, log
 from disttrain.steps import make_eval_batch
 from disttrain.storage import (
     BEST_EXPORT,
-    BEST_EXPORT_NEXT,
-    BEST_METRICS,
-    BEST_NEXT_METRICS,
+    CLASS_NAMES_FILE,
     EVAL_LOGS,
     EVAL_RESULTS,
     RunDir,
     describe,
-    with_retries,
 )
 from disttrain.summaries import SummaryMirror
 
-SERVING_SIGNATURE = "serving_default"
-# Beside each SavedModel; written last and deleted first, so it marks a complete folder.
-EXPORT_METRICS = "metrics.json"
 # Higher accuracy is better; lower loss is better.
 _BETTER = {"accuracy": lambda new, old: new > old, "loss": lambda new, old: new < old}
 
@@ -198,101 +193,18 @@ class Evaluator:
         if best is not None and best["step"] != result["step"]:
             if not _BETTER[metric](result[metric], best[metric]):
                 return
-        metrics = {**result, "metric": metric, "class_names": list(self.split.class_names)}
+        class_names = self.run_class_names()
+        metrics = {**result, "metric": metric, "class_names": class_names}
         local = self.scratch / "export"
         shutil.rmtree(local, ignore_errors=True)
-        export_saved_model(self.model, self.config.data.image_size, local)
+        export_saved_model(self.model, self.config.data.image_size, class_names, local)
         publish_export(self.run_dir, local, metrics)
         log(f"eval | best export | ckpt-{result['step']} | {metric}: {result[metric]:.4f}")
 
-
-def best_metrics(run_dir: RunDir) -> dict | None:
-    """The metrics of the current best export (None when there is none).
-
-    That is export/best/, unless a replacement was cut short while rewriting it: then the
-    complete copy is export/best.next/ (see `publish_export`).
-    """
-    for metrics in (BEST_METRICS, BEST_NEXT_METRICS):
-        try:
-            return json.loads(run_dir.read_text(metrics))
-        except FileNotFoundError:
-            continue
-    return None
-
-
-def export_saved_model(model: keras.Model, image_size: int, path: Path) -> None:
-    """A SavedModel whose serving signature takes uint8 images, as the input pipeline ships.
-
-    The same normalisation as evaluation runs inside the signature, so a client sends
-    raw pixels and gets the checkpoint's exact predictions.
-    """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def serve(images):
-        logits = model(prepare_on_device(images, training=False), training=False)
-        return {
-            "logits": logits,
-            "probabilities": tf.nn.softmax(logits),
-            "classes": tf.argmax(logits, axis=-1),
-        }
-
-    archive.add_endpoint(
-        name=SERVING_SIGNATURE,
-        fn=serve,
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, "images")],
-    )
-    archive.write_out(str(path), verbose=False)
-
-
-def publish_export(run_dir: RunDir, local: Path, metrics: dict) -> None:
-    """Replace export/best/ so that the run dir always holds one complete best export.
-
-    Blob storage cannot rename a folder, so export/best/ is rewritten in place and is
-    incomplete while that happens. A complete copy must exist elsewhere first: the new
-    export goes to export/best.next/, then export/best/ is rewritten, then best.next/ is
-    deleted. An outage anywhere leaves export/best/ complete (old or new) or best.next/
-    complete (new); `best_metrics` and retention read both, `repair_best_export` finishes
-    an interrupted swap. (Moving the old export aside instead would mean copying remote
-    files; the new ones are here on local disk.)
-    """
-    if run_dir.exists(BEST_METRICS):  # export/best/ is complete: it stays until best.next/ is
-        _write_export(run_dir, local, metrics, BEST_EXPORT_NEXT)
-    # Otherwise export/best/ is incomplete already (the first export, or a swap cut short
-    # whose complete copy stays in best.next/ until export/best/ is whole again).
-    _write_export(run_dir, local, metrics, BEST_EXPORT)
-    _delete_export(run_dir, BEST_EXPORT_NEXT)
-
-
-def _write_export(run_dir: RunDir, local: Path, metrics: dict, folder: str) -> None:
-    """Upload a SavedModel to `folder`, with metrics.json deleted first and written last."""
-    _delete_export(run_dir, folder)
-    for path in sorted(p for p in local.rglob("*") if p.is_file()):
-        relative = f"{folder}/{path.relative_to(local).as_posix()}"
-        with_retries(
-            lambda p=path, r=relative: run_dir.put_file(p, r), f"upload {relative}", log=log
-        )
-    marker, text = f"{folder}/{EXPORT_METRICS}", json.dumps(metrics, sort_keys=True, indent=1)
-    with_retries(lambda: run_dir.write_text(marker, text), f"write {marker}", log=log)
-
-
-def _delete_export(run_dir: RunDir, folder: str) -> None:
-    """Its metrics.json first: a deletion cut short never leaves a folder that looks complete."""
-    marker = f"{folder}/{EXPORT_METRICS}"
-    with_retries(lambda: run_dir.delete(marker), f"delete {marker}", log=log)
-    with_retries(lambda: run_dir.delete(folder), f"delete {folder}", log=log)
-
-
-def repair_best_export(run_dir: RunDir, scratch: Path) -> None:
-    """Finish a replacement that was cut short while export/best/ was being rewritten:
-    copy the complete export/best.next/ into export/best/ (through local scratch)."""
-    if run_dir.exists(BEST_METRICS) or not run_dir.exists(BEST_NEXT_METRICS):
-        return
-    metrics = json.loads(run_dir.read_text(BEST_NEXT_METRICS))
-    shutil.rmtree(scratch, ignore_errors=True)
-    for relative in run_dir.list_files(BEST_EXPORT_NEXT):
-        if relative != EXPORT_METRICS:
-            run_dir.get_file(f"{BEST_EXPORT_NEXT}/{relative}", scratch / relative)
-    publish_export(run_dir, scratch, metrics)
-    shutil.rmtree(scratch, ignore_errors=True)
-    log(f"eval | repaired {BEST_EXPORT} | ckpt-{metrics['step']} from {BEST_EXPORT_NEXT}")
+    def run_class_names(self) -> list[str]:
+        """The classes the run trains on, in label order, as the chief recorded them (the
+        export names its predictions with them); the test split's for a run dir without
+        that record."""
+        if self.run_dir.exists(CLASS_NAMES_FILE):
+            return json.loads(self.run_dir.read_text(CLASS_NAMES_FILE))
+        return list(self.split.class_names)

@@ -41,9 +41,11 @@ EVAL_RESULTS = "eval/results.jsonl"
 BEST_EXPORT = "export/best"
 BEST_METRICS = "export/best/metrics.json"
 # export/best/ is replaced by way of this folder: blob storage has no atomic rename
-# (see evaluator.publish_export). Transient; complete only while metrics.json is in it.
+# (see export.publish_export). Transient; complete only while metrics.json is in it.
 BEST_EXPORT_NEXT = "export/best.next"
 BEST_NEXT_METRICS = "export/best.next/metrics.json"
+# TensorFlow Serving's base path: the best export again, as version <step>/ (export.py).
+SERVING_EXPORT = "export/serving"
 
 AZURE_PROTOCOLS = ("az", "abfs", "abfss")
 # Environment variables that may hold a secret; their values are scrubbed from messages.
@@ -301,6 +303,13 @@ class RunDir:
             if info.get("type") != "directory"
         }
 
+    def rename(self, relative: str, to: str) -> None:
+        """Rename a file or folder in one atomic step: local run dirs only (object stores
+        have no rename; their writers order their uploads instead)."""
+        if not self.is_local:
+            raise StorageError(self.url, f"cannot rename {relative}: not a local run dir")
+        os.replace(self.path(relative), self.path(to))
+
     def delete(self, relative: str) -> None:
         if self.exists(relative):
             self.fs.rm(self.path(relative), recursive=True)
@@ -308,6 +317,13 @@ class RunDir:
     def _make_parent(self, target: str) -> None:
         if self.is_local:
             os.makedirs(posixpath.dirname(target), exist_ok=True)
+
+
+def read_file_at(url: str) -> bytes:
+    """The bytes of one file named by a path or any fsspec URL (Azure credentials as for a
+    run dir). FileNotFoundError when there is none."""
+    fs, path = open_filesystem(url)
+    return fs.cat_file(path)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

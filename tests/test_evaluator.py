@@ -26,16 +26,24 @@ from disttrain.config import Config, load_config
 from disttrain.data.pipeline import eval_dataset, prepare_on_device
 from disttrain.data.sources import list_split
 from disttrain.done import write_done
-from disttrain.evaluator import (
+from disttrain.evaluator import Evaluator
+from disttrain.export import (
+    BYTES_SIGNATURE,
     SERVING_SIGNATURE,
-    Evaluator,
     best_metrics,
     export_saved_model,
     publish_export,
     repair_best_export,
 )
 from disttrain.models import build_model
-from disttrain.storage import BEST_EXPORT, BEST_EXPORT_NEXT, BEST_METRICS, EVAL_RESULTS, RunDir
+from disttrain.storage import (
+    BEST_EXPORT,
+    BEST_EXPORT_NEXT,
+    BEST_METRICS,
+    EVAL_RESULTS,
+    SERVING_EXPORT,
+    RunDir,
+)
 
 
 def eval_config(run_dir: str, data_root: Path, *overrides: str) -> Config:
@@ -129,9 +137,9 @@ def test_best_export_is_the_best_checkpoint_and_serves_its_predictions(
     export = tmp_path / "export"
     for relative in run_dir.list_files(BEST_EXPORT):
         run_dir.get_file(f"{BEST_EXPORT}/{relative}", export / relative)
-    serving = tf.saved_model.load(str(export)).signatures[SERVING_SIGNATURE]
+    signatures = tf.saved_model.load(str(export)).signatures
     images, _ = next(iter(eval_dataset(config.data, evaluator.split, 16)))
-    served = serving(images=images)["logits"].numpy()
+    served = signatures[SERVING_SIGNATURE](images=images)["logits"].numpy()
 
     restored = build_model(config.model, config.data.image_size, len(metrics["class_names"]))
     _, prefix = fetch_checkpoint(run_dir, tmp_path / "restore", step=metrics["step"])
@@ -140,6 +148,24 @@ def test_best_export_is_the_best_checkpoint_and_serves_its_predictions(
     # Same graph, same weights; only float rounding (oneDNN op order) may differ.
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
     np.testing.assert_array_equal(served.argmax(-1), expected.argmax(-1))
+
+    # The bytes signature on the JPEG files the evaluator scored (eval.max_examples, in split
+    # order): their pixels as evaluation decoded them, and the accuracy the evaluator recorded.
+    files = evaluator.split.files[: config.eval.max_examples]
+    labels = np.array(evaluator.split.labels[: config.eval.max_examples])
+    from_files = signatures[BYTES_SIGNATURE](
+        image_bytes=tf.constant([Path(f).read_bytes() for f in files])
+    )
+    pixels = np.concatenate([x for x, _ in eval_dataset(config.data, evaluator.split, 32, 96)])
+    from_pixels = signatures[SERVING_SIGNATURE](images=pixels)["probabilities"].numpy()
+    np.testing.assert_allclose(from_files["probabilities"].numpy(), from_pixels, atol=1e-6)
+    classes = from_files["class_index"].numpy()
+    assert np.mean(classes == labels) == best["accuracy"]
+    names = [name.decode() for name in from_files["class_name"].numpy()]
+    assert names == [metrics["class_names"][i] for i in classes]
+    # The same SavedModel is TensorFlow Serving's one version: the best step.
+    assert run_dir.list_names(SERVING_EXPORT) == [str(best["step"])]
+    assert run_dir.exists(f"{SERVING_EXPORT}/{best['step']}/saved_model.pb")
 
 
 def test_latest_only_skips_older_checkpoints_and_loss_picks_the_lowest(builtin_data, tmp_path):
@@ -273,7 +299,7 @@ def exported_model(units: int, path: Path, seed: int) -> tuple[keras.Model, Path
     model = keras.Sequential(
         [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(units)]
     )
-    export_saved_model(model, 32, path)
+    export_saved_model(model, 32, [f"class-{i}" for i in range(units)], path)
     return model, path
 
 
@@ -352,7 +378,55 @@ def test_an_outage_while_replacing_the_best_export_never_leaves_it_incomplete(
     repair_best_export(run_dir, tmp_path / "repair")
     assert json.loads(run_dir.read_text(BEST_METRICS))["step"] == 200
     assert not run_dir.exists(BEST_EXPORT_NEXT)
-    served_logits(run_dir, BEST_EXPORT, tmp_path / "repaired", images)
+    repaired = served_logits(run_dir, BEST_EXPORT, tmp_path / "repaired", images)
+    assert run_dir.list_names(SERVING_EXPORT) == ["200"]  # TensorFlow Serving's version too
+    served = served_logits(run_dir, f"{SERVING_EXPORT}/200", tmp_path / "served", images)
+    np.testing.assert_array_equal(served, repaired)
+
+
+def test_tensorflow_serving_sees_one_numbered_version_the_best_with_both_signatures(
+    builtin_data, tmp_path
+):
+    from PIL import Image
+
+    from disttrain.data.decode import decode_central_crop
+    from disttrain.export import publish_serving_version
+
+    run_dir = RunDir(str(tmp_path / "run"))
+    _, first = exported_model(6, tmp_path / "first", seed=1)
+    publish_export(run_dir, first, {"step": 100})
+    assert run_dir.list_names(SERVING_EXPORT) == ["100"]
+    # What uploads cut short leave: a staging folder, a version without saved_model.pb.
+    run_dir.write_text(f"{SERVING_EXPORT}/partial-150/variables/x", "x")
+    run_dir.write_text(f"{SERVING_EXPORT}/150/variables/x", "x")
+    model, second = exported_model(6, tmp_path / "second", seed=2)
+    publish_export(run_dir, second, {"step": 200})
+    assert run_dir.list_names(SERVING_EXPORT) == ["200"]
+
+    version = tmp_path / "run" / "export" / "serving" / "200"
+    signatures = tf.saved_model.load(str(version)).signatures
+    jpeg = (builtin_data / "test" / "circle" / "00000.jpg").read_bytes()
+    png = tmp_path / "big.png"  # any size, and PNG
+    Image.open(builtin_data / "test" / "ring" / "00003.jpg").resize((57, 45)).save(png)
+    files = [jpeg, png.read_bytes()]
+    from_files = signatures[BYTES_SIGNATURE](image_bytes=tf.constant(files))
+    pixels = tf.stack([decode_central_crop(tf.constant(data), 32) for data in files])
+    from_pixels = signatures[SERVING_SIGNATURE](images=pixels)
+    expected = tf.nn.softmax(model(prepare_on_device(pixels, training=False))).numpy()
+    np.testing.assert_allclose(from_pixels["probabilities"].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(from_files["probabilities"].numpy(), expected, atol=1e-6)
+    classes = from_files["class_index"].numpy()
+    np.testing.assert_array_equal(classes, expected.argmax(-1))
+    assert [n.decode() for n in from_files["class_name"].numpy()] == [f"class-{i}" for i in classes]
+
+    # A complete version is written once; a lost one comes back from export/best/.
+    inode = (version / "saved_model.pb").stat().st_ino
+    publish_serving_version(run_dir, second, 200)
+    assert (version / "saved_model.pb").stat().st_ino == inode
+    run_dir.delete(SERVING_EXPORT)
+    repair_best_export(run_dir, tmp_path / "repair")
+    assert run_dir.list_names(SERVING_EXPORT) == ["200"]
+    assert (version / "saved_model.pb").read_bytes() == (second / "saved_model.pb").read_bytes()
 
 
 def test_retention_keeps_the_checkpoint_of_the_best_export_while_it_is_replaced(tmp_path):

@@ -106,6 +106,18 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
     assert "oneDNN custom operations" in worker_log
     assert "oneDNN" not in result.stdout and "absl::InitializeLog" not in result.stdout
 
+    # The best export serves: `disttrain predict` on every test JPEG the evaluator scored
+    # (each file's class is its folder) is exactly as accurate as the evaluator recorded.
+    best = json.loads((run_dir / "export" / "best" / "metrics.json").read_text())
+    assert [p.name for p in (run_dir / "export" / "serving").iterdir()] == [str(best["step"])]
+    files = sorted(str(path) for path in (builtin_data / "test").glob("*/*.jpg"))
+    table = cli("predict", "--run-dir", str(run_dir), *files, check=True).stdout.splitlines()
+    assert table[0].split() == ["IMAGE", "CLASS", "PROBABILITY"]
+    rows = [line.split() for line in table[1:]]
+    assert [image for image, _, _ in rows] == files and best["examples"] == len(files)
+    correct = sum(Path(image).parent.name == label for image, label, _ in rows)
+    assert correct / len(files) == best["accuracy"] > ACCURACY_AFTER_600_STEPS
+
 
 def test_killed_worker_restarts_alone_and_the_job_completes(tmp_path, builtin_data, disttrain_home):
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"

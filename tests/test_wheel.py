@@ -388,6 +388,7 @@ def test_the_verbs_that_run_tensorflow_here_say_what_to_install_without_it(submi
     verbs = {
         "disttrain eval": ["eval", "--run-dir", "runs/x", "--once"],
         "disttrain board": ["board", "--run-dir", "runs/x"],
+        "disttrain predict": ["predict", "--run-dir", "runs/x", "x.jpg"],
         "disttrain data convert": ["data", "convert", "src", "out"],
         "disttrain task": ["task", "--config", "config.yaml"],
     }
