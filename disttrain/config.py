@@ -136,6 +136,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     log_every_seconds: float = 5.0
+    # The chief warns when no chunk has finished for this long, naming what it waits for
+    # (a worker or ps that is stopped or hung stalls the job without an error). 0: off.
+    stall_warning_seconds: float = 60.0
     # Compute dtype; variables stay float32. mixed_float16 adds dynamic loss scaling.
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # Compile the forward and backward pass with XLA.
@@ -223,10 +226,15 @@ class ClusterConfig:
     chief_timeout_seconds: float = 300.0
     # Restarts the launcher may spend on failed tasks before it declares the job failed.
     max_restarts: int = 3
+    # A task whose heartbeat (disttrain/heartbeat.py) is older than this is stopped or hung:
+    # it is killed and restarted as a crashed one, spending a restart. 0: never.
+    hung_task_seconds: int = 300
 
 
 # A rule of a section: (accepts the value?, what is accepted); see `rule_problems`.
 Rule = tuple[Callable[[Any], bool], str]
+MIN_HUNG_TASK_SECONDS = 10
+
 
 # Ranges checked after loading: key path -> (predicate, what is accepted).
 CONFIG_RULES: dict[str, Rule] = {
@@ -264,6 +272,7 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.clip_global_norm": (lambda v: v >= 0, "a number >= 0 (0: off)"),
     "train.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
+    "train.stall_warning_seconds": (lambda v: v >= 0, "a number >= 0 (0: off)"),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.max_unevaluated": (lambda v: v >= 0, "an integer >= 0 (0: do not wait)"),
@@ -275,6 +284,12 @@ CONFIG_RULES: dict[str, Rule] = {
     "cluster.peer_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.chief_timeout_seconds": (lambda v: v > 0, "a number > 0"),
     "cluster.max_restarts": (lambda v: v >= 0, "an integer >= 0"),
+    # A heartbeat every few seconds (at most a quarter of this): shorter would restart a
+    # task for a pause of its interpreter (a large import, a loaded machine).
+    "cluster.hung_task_seconds": (
+        lambda v: v == 0 or v >= MIN_HUNG_TASK_SECONDS,
+        f"0 (off) or an integer >= {MIN_HUNG_TASK_SECONDS}",
+    ),
 }
 
 
@@ -294,6 +309,7 @@ class Config:
     def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
         """What no single key's rule can see: the shape, and secrets inside URLs."""
         problems = _query_string_problems(self) + _containerless_url_problems(self)
+        problems += _stall_warning_problems(self)
         if self.cluster.ps > 0 and self.cluster.workers == 0:
             problems.append(
                 ConfigError(
@@ -651,6 +667,21 @@ def _query_string_problems(config: Config) -> list[ConfigError]:
 
 # URL schemes whose first part names a container (Blob, ADLS Gen2) or a bucket.
 _CONTAINER_SCHEMES = ("az", "abfs", "abfss", "s3", "gs", "gcs")
+
+
+def _stall_warning_problems(config: Config) -> list[ConfigError]:
+    """The stall warning must come before the restart of the hung task it warns about."""
+    warn, restart = config.train.stall_warning_seconds, config.cluster.hung_task_seconds
+    if not warn or restart < MIN_HUNG_TASK_SECONDS or warn < restart:  # off, or refused already
+        return []
+    key = "train.stall_warning_seconds"
+    return [
+        ConfigError(
+            f"{key}: got {warn} with cluster.hung_task_seconds = {restart}; accepted: less "
+            "than cluster.hung_task_seconds (the hung task is restarted by then), or 0 (off)",
+            key,
+        )
+    ]
 
 
 def _containerless_url_problems(config: Config) -> list[ConfigError]:

@@ -16,6 +16,7 @@ from disttrain.checkpoints import wait_for_first_checkpoint
 from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
 from disttrain.config import Config, ConfigError, config_from_dict
 from disttrain.failures import Unrecoverable
+from disttrain.heartbeat import start_heartbeat_from_env
 from disttrain.peers import accepts, resolves, wait_for_peers
 from disttrain.progress import log
 from disttrain.startup import phase_done
@@ -42,6 +43,8 @@ def load_task_config(path_or_url: str) -> Config:
 
 def run_task(config_path: str) -> None:
     config = load_task_config(config_path)
+    # First, before the imports and the peer wait: a task stopped there is as hung.
+    start_heartbeat_from_env(config.cluster.hung_task_seconds, log)
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = task_from_tf_config(tf_config)
     shape = ClusterShape.of(config)

@@ -35,6 +35,7 @@ from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
+from disttrain.stall import StallWatch, worker_running
 from disttrain.startup import log_first_step, phase_done
 from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer, make_train_chunk
 from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
@@ -50,6 +51,8 @@ class Dispatcher:
     receive: Callable[[object], tuple[float, int, int, int]]  # loss, correct, examples, bad
     max_in_flight: int
     drain: Callable[[], None]
+    # Where a sent chunk runs now, for the stall warning; "" when it cannot tell.
+    where: Callable[[object], str] = lambda _handle: ""
 
 
 def train(config: Config, task: Task, shape: ClusterShape) -> None:
@@ -101,7 +104,10 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         traced = coordinator is not None
         write = traced_checkpoint_writer(checkpoint) if traced else checkpoint.write
         loop = TrainLoop(config, run_dir, is_chief, write, step_var, dispatcher, staging)
-        loop.run(start)
+        try:
+            loop.run(start)
+        finally:
+            loop.stall.stop()
         if is_chief:
             log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
     finally:
@@ -235,7 +241,13 @@ def _coordinator_dispatcher(config, shape, strategy, coordinator, split, chunk) 
         # Two chunks queued per worker keep every worker busy without unbounded queues.
         max_in_flight=2 * shape.workers,
         drain=coordinator.join,
+        where=_worker_running_it,
     )
+
+
+def _worker_running_it(remote_value) -> str:
+    index = worker_running(remote_value)
+    return "no worker is running it: queued" if index is None else f"running on worker-{index}"
 
 
 class TrainLoop:
@@ -272,12 +284,19 @@ class TrainLoop:
         self.writer = tf.summary.create_file_writer(str(events)) if is_chief else None
         self.mirror = SummaryMirror(events, run_dir, TRAIN_LOGS, log=log) if is_chief else None
         self.learning_rate = make_learning_rate(config.train)  # the optimizer's schedule
+        self.stall = StallWatch(
+            config.train.stall_warning_seconds if is_chief else 0,
+            config.cluster.hung_task_seconds,
+            self._waiting_for,
+            log,
+        )
 
     def run(self, start: int) -> None:
         total, every = self.config.train.steps, self.config.checkpoint.every_steps
         self.completed = start
         self.progress = Progress(start, total, self.config.train.log_every_seconds)
         step = start
+        self.stall.start()
         while step < total:
             next_checkpoint = (step // every + 1) * every
             size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
@@ -289,12 +308,26 @@ class TrainLoop:
                 self._receive_oldest()
             if step == next_checkpoint or step == total:
                 self._save(step)
+        self.stall.stop()  # what follows waits on storage, not on chunks
         self._finish(start, total)
 
+    def _waiting_for(self) -> str:
+        """What the loop waits on (for the stall warning, from its thread): the oldest
+        chunk in flight and where it runs."""
+        try:
+            handle, size = self.pending[0]
+        except IndexError:
+            return f"step {self.completed}: no chunk in flight (tracing, sending or checkpointing)"
+        where = self.dispatcher.where(handle)
+        steps = f"steps {self.completed}-{self.completed + size}"
+        return f"{steps}, {where}" if where else steps
+
     def _receive_oldest(self) -> None:
-        handle, size = self.pending.popleft()
+        handle, size = self.pending[0]  # still pending while awaited: the stall watch names it
         loss_sum, correct, examples, bad = (float(v) for v in self.dispatcher.receive(handle))
+        self.pending.popleft()
         self.completed += size
+        self.stall.progressed()
         if self.is_chief:
             log_first_step()  # remote function registration and the chunk's steps
         if not self.is_chief:

@@ -32,6 +32,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from disttrain.config import MIN_HUNG_TASK_SECONDS
 from launchers.chart_values import MOVED, camel, value_fields
 from launchers.k8s_options import K8sOptions
 from launchers.kube_syntax import Syntax
@@ -55,11 +56,16 @@ HAND_WRITTEN: dict[str, Any] = {
         "cluster": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["workers", "ps", "maxRestarts"],
+            "required": ["workers", "ps", "maxRestarts", "hungTaskSeconds"],
             "properties": {
                 "workers": {"type": "integer", "minimum": 0},
                 "ps": {"type": "integer", "minimum": 0},
                 "maxRestarts": {"type": "integer", "minimum": 0},
+                "hungTaskSeconds": {
+                    "type": "integer",
+                    "anyOf": [{"const": 0}, {"minimum": MIN_HUNG_TASK_SECONDS}],
+                    "description": f"0 (off) or at least {MIN_HUNG_TASK_SECONDS}",
+                },
             },
             "if": {"required": ["ps"], "properties": {"ps": {"minimum": 1}}},
             "then": {

@@ -38,7 +38,7 @@ MOVED = {"port": ("cluster", "port")}
 # The release of each chart is the job's name with this suffix (helm.releases, stop).
 RELEASE_SUFFIX = {TRAIN_CHART: "", EVAL_CHART: "-eval", BOARD_CHART: "-tensorboard"}
 # The trainer's cluster keys that the values hold under `cluster` (camelCase).
-CLUSTER_KEYS = ("workers", "ps", "max_restarts")
+CLUSTER_KEYS = ("workers", "ps", "max_restarts", "hung_task_seconds")
 NAME_MAX = 40  # the charts' `disttrain.name` truncates here (the config's name rule: 40)
 
 

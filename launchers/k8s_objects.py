@@ -31,7 +31,9 @@ OnFailure`, so a failed task restarts in place (same pod, same DNS name, `logs -
 shows the failed run). A worker that dies restarts alone; the coordinator reschedules its
 work. A ps that dies makes the chief's coordinator fail (TensorFlow raises on a lost ps), so
 the chief restarts too and resumes from the latest published checkpoint. `backoffLimit =
-cluster.max_restarts` ends a task that keeps failing; the job fails when its chief does.
+cluster.max_restarts` ends a task that keeps failing; the job fails when its chief does. A
+task that is stopped or frozen fails nothing by itself: its liveness probe fails once its
+heartbeat file is older than `cluster.hung_task_seconds`, and the kubelet restarts it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, dump_config
+from disttrain.heartbeat import HEARTBEAT_ENV, probe_command
 from launchers.chart_values import (
     BOARD_CHART,
     CHARTS,
@@ -89,6 +92,11 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 ROLE_LABEL = "disttrain.io/role"
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"
 INDEX_LABEL = "disttrain.io/index"
+# In the container's own filesystem, not /mnt: a restarted container starts without it, and
+# a hostPath scratch is shared by every pod on the node (one would beat for another).
+HEARTBEAT_FILE = "/tmp/disttrain-heartbeat"
+# How often the kubelet runs the liveness probe; a probe is given as long to answer.
+PROBE_PERIOD_SECONDS = 10
 
 
 # ---------------------------------------------------------------- names, labels, addresses
@@ -227,7 +235,12 @@ def task_job(
     env = [{"name": "TF_CONFIG", "value": tf_config}]
     env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
     command = EVAL_ONCE_COMMAND if task.role == EVALUATOR and eval_once else TASK_COMMAND
+    hung_task_seconds = config.cluster.hung_task_seconds if command == TASK_COMMAND else 0
+    if hung_task_seconds:
+        env.append({"name": HEARTBEAT_ENV, "value": HEARTBEAT_FILE})
     container = _container(k8s, k8s.role(task.role), command, env)
+    if hung_task_seconds:
+        container["livenessProbe"] = liveness_probe(hung_task_seconds)
     if task.role != EVALUATOR:
         container["ports"] = [{"name": "grpc", "containerPort": k8s.port}]
     pod = _pod_spec(config, k8s, k8s.role(task.role), container, "OnFailure")
@@ -246,6 +259,19 @@ def task_job(
         "kind": "Job",
         "metadata": _metadata(k8s, job_name(config.name, task), task_labels),
         "spec": spec,
+    }
+
+
+def liveness_probe(hung_task_seconds: int) -> dict:
+    """Restart the container once its heartbeat is older than `hung_task_seconds`: a task
+    stopped or frozen (disttrain/heartbeat.py). The first probe waits that long too, and
+    the task beats from its first second."""
+    return {
+        "exec": {"command": probe_command(HEARTBEAT_FILE, hung_task_seconds)},
+        "initialDelaySeconds": hung_task_seconds,
+        "periodSeconds": PROBE_PERIOD_SECONDS,
+        "timeoutSeconds": PROBE_PERIOD_SECONDS,
+        "failureThreshold": 1,
     }
 
 

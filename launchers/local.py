@@ -9,7 +9,9 @@ failure semantics within `cluster.max_restarts`:
 * a ps or the chief that fails takes the chief and every ps down with it; they restart
   together and the chief resumes from the latest published checkpoint;
 * without ps (MultiWorkerMirroredStrategy), a chief or worker that fails takes every
-  chief and worker down: they restart together from the latest published checkpoint.
+  chief and worker down: they restart together from the latest published checkpoint;
+* a task whose heartbeat file (disttrain/heartbeat.py) is older than
+  `cluster.hung_task_seconds`, stopped or frozen, is killed and then fails as above.
 
 The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
 own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
@@ -50,6 +52,7 @@ from disttrain.cluster import (
 )
 from disttrain.config import Config, ConfigError, Rule, dump_config
 from disttrain.failures import EXIT_UNRECOVERABLE
+from disttrain.heartbeat import HEARTBEAT_ENV, silent_for
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, LineFilter
@@ -77,6 +80,9 @@ from launchers.prepare import (
 POLL_SECONDS = 0.2
 STOP_GRACE_SECONDS = 10.0
 INTERRUPTED = 130  # the job's exit code after Ctrl-C or `disttrain stop`, as a shell's
+# A launcher that could not poll for this long (stopped, or its machine suspended) gives
+# every task a new heartbeat timeout: their silence was its own.
+LAUNCHER_PAUSE_SECONDS = 5.0
 # Once the chief is done, servers notice DONE within seconds; the evaluator may still be
 # evaluating the last checkpoint.
 AFTER_CHIEF_GRACE_SECONDS = 180.0
@@ -174,6 +180,8 @@ def plan_job(
             **TASK_ENV,
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         }
+        if config.cluster.hung_task_seconds:
+            env[HEARTBEAT_ENV] = str(state_dir / "heartbeats" / task.name)
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
         tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
     return LocalPlan(config.name, warnings, config, str(state_dir), config_path, tasks)
@@ -390,6 +398,9 @@ class Supervisor:
         self.by_task = {t.task: t for t in job.tasks}
         self.procs: dict[Task, subprocess.Popen] = {}
         self.start_times: dict[Task, int | None] = {}
+        self.launched_at: dict[Task, float] = {}  # wall-clock, as heartbeat files' times
+        self.polled_at = self.watching_since = time.time()
+        self.killed_silent: set[int] = set()
         self.relays: dict[Task, threading.Thread] = {}
         self.restarts: dict[Task, int] = {t.task: 0 for t in job.tasks}
         self.finished: dict[Task, int] = {}
@@ -459,6 +470,7 @@ class Supervisor:
                 failure = self._handle_failure(task, code)
                 if failure:
                     return failure
+            self._kill_silent_tasks()
             self._save_state()
             if chief_done_at and not self.procs:
                 self._end("succeeded", "")
@@ -507,6 +519,28 @@ class Supervisor:
             self._start(member)
         return 0
 
+    def _kill_silent_tasks(self) -> None:
+        """SIGKILL every task whose heartbeat is older than `cluster.hung_task_seconds`
+        (stopped, or frozen): the next poll sees it exit and restarts it as a crashed one."""
+        limit, now = self.config.cluster.hung_task_seconds, time.time()
+        if now - self.polled_at > LAUNCHER_PAUSE_SECONDS:
+            self.watching_since = now
+        self.polled_at = now
+        for task, proc in self.procs.items():
+            heartbeat = self.by_task[task].env.get(HEARTBEAT_ENV)
+            if not heartbeat or proc.pid in self.killed_silent:
+                continue
+            since = max(self.launched_at[task], self.watching_since)
+            silent = silent_for(Path(heartbeat), since, now)
+            if silent > limit:
+                print(
+                    f"[launcher] {task.name} sent no heartbeat for {silent:.0f}s "
+                    f"(cluster.hung_task_seconds = {limit}): stopped or hung; killing it",
+                    flush=True,
+                )
+                _kill_group(proc.pid)
+                self.killed_silent.add(proc.pid)  # not waited for: it may be stuck in the kernel
+
     def _last_error(self, task: Task) -> str:
         """The `error: ...` line a task prints before exiting with EXIT_UNRECOVERABLE."""
         self.relays[task].join(timeout=10)  # its last lines may still be on their way
@@ -546,6 +580,7 @@ class Supervisor:
             )
             self.procs[task] = proc
             self.start_times[task] = start_time_of(proc.pid)
+            self.launched_at[task] = time.time()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         relay = threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True)

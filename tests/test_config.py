@@ -166,3 +166,27 @@ def test_a_url_that_names_no_container_is_refused_before_anything_is_written(url
     assert lines[0] == "the config has 2 problems:"
     assert lines[1].strip().startswith(f"run_dir: got {url!r}, which names no container")
     assert load_config(None, ["run_dir=az://runs/x"]).run_dir == "az://runs/x"
+
+
+def test_a_hung_task_timeout_is_off_or_long_enough_for_a_few_heartbeats():
+    assert load_config(None, ["cluster.hung_task_seconds=0"]).cluster.hung_task_seconds == 0
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["cluster.hung_task_seconds=5"])
+    assert str(error.value) == (
+        "cluster.hung_task_seconds: got 5; accepted: 0 (off) or an integer >= 10"
+    )
+
+
+def test_the_stall_warning_must_come_before_the_hung_task_restart():
+    with pytest.raises(ConfigError) as error:
+        load_config(None, ["train.stall_warning_seconds=120", "cluster.hung_task_seconds=100"])
+    assert str(error.value) == (
+        "train.stall_warning_seconds: got 120.0 with cluster.hung_task_seconds = 100; accepted: "
+        "less than cluster.hung_task_seconds (the hung task is restarted by then), or 0 (off)"
+    )
+    # Either one off: nothing to order.
+    assert load_config(None, ["train.stall_warning_seconds=0"]).train.stall_warning_seconds == 0
+    no_restart = ["train.stall_warning_seconds=500", "cluster.hung_task_seconds=0"]
+    assert load_config(None, no_restart).train.stall_warning_seconds == 500
+    with pytest.raises(ConfigError, match=r"train.stall_warning_seconds: got -1.0; accepted: a "):
+        load_config(None, ["train.stall_warning_seconds=-1"])

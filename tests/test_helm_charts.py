@@ -43,11 +43,12 @@ BASE = [
     "launcher.k8s.tensorboard.enabled=true",
 ]
 SHAPES = {
-    "1w0ps": ["cluster.workers=1", "cluster.ps=0"],
+    "1w0ps": ["cluster.workers=1", "cluster.ps=0", "cluster.hung_task_seconds=0"],
     "2w1ps": ["cluster.workers=2", "cluster.ps=1", "launcher.k8s.worker.gpus=1"],
     "4w2ps": [
         "cluster.workers=4",
         "cluster.ps=2",
+        "cluster.hung_task_seconds=90",
         "launcher.k8s.worker.node_selector={jobrole: worker}",
         "launcher.k8s.ps.node_selector={jobrole: ps}",
         "launcher.k8s.ps.tolerations=[{key: dedicated, operator: Equal, value: ps, "

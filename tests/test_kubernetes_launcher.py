@@ -217,6 +217,38 @@ def test_restart_policies_and_budget_follow_the_failure_semantics():
     assert objs[0]["kind"] == "Job" and objs[0]["metadata"]["name"] == "default"
 
 
+def test_a_task_whose_heartbeat_stops_fails_its_liveness_probe(tmp_path):
+    """Every task's container names its heartbeat file, and its probe, run here as the
+    kubelet runs it (this interpreter for the image's python3), passes while the file is
+    fresh and fails once it is older than cluster.hung_task_seconds, or missing."""
+    hung_after_30s = ["cluster.hung_task_seconds=30", "train.stall_warning_seconds=10"]
+    jobs = jobs_by_task(job_objects(*k8s_job(*hung_after_30s)))
+    assert len(jobs) == 5
+    for task, job in jobs.items():
+        probe = container_of(job)["livenessProbe"]
+        *_, heartbeat, limit = probe["exec"]["command"]
+        assert env_of(job)["DISTTRAIN_HEARTBEAT_FILE"] == heartbeat, task
+        assert (limit, probe["initialDelaySeconds"], probe["failureThreshold"]) == ("30", 30, 1)
+    command = probe["exec"]["command"]
+    path = tmp_path / "heartbeat"
+
+    def probe_passes() -> bool:
+        run = [sys.executable, *command[1:-2], str(path), command[-1]]
+        return subprocess.run(run, capture_output=True).returncode == 0
+
+    assert not probe_passes()  # no heartbeat yet
+    path.touch()
+    assert probe_passes()
+    os.utime(path, (path.stat().st_mtime - 31,) * 2)
+    assert not probe_passes()
+
+
+def test_no_liveness_probe_without_a_hung_task_timeout():
+    for job in jobs_by_task(job_objects(*k8s_job("cluster.hung_task_seconds=0"))).values():
+        assert "livenessProbe" not in container_of(job)
+        assert "DISTTRAIN_HEARTBEAT_FILE" not in env_of(job)
+
+
 def test_workers_get_gpus_with_the_matching_toleration_and_ps_do_not():
     jobs = jobs_by_task(job_objects(*k8s_job(*SHAPES["4w2ps-gpu"])))
     worker, ps = jobs[Task("worker", 3)], jobs[Task("ps", 1)]

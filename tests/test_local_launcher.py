@@ -144,6 +144,43 @@ def test_killed_worker_restarts_alone_and_the_job_completes(tmp_path, builtin_da
     assert json.loads((run_dir / "DONE").read_text())["step"] == 500
 
 
+def test_stopped_worker_is_warned_about_then_restarted_and_the_job_completes(
+    tmp_path, builtin_data, disttrain_home
+):
+    """SIGSTOP fails nothing: the chief warns that it waits on the stopped worker, the
+    launcher kills the worker once its heartbeat is older than cluster.hung_task_seconds,
+    and the worker restarts as a crashed one would."""
+    run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
+    quick = ["train.steps=300", "eval.enabled=false"]
+    quick += ["train.stall_warning_seconds=3", "cluster.hung_task_seconds=15"]
+    proc = start_cli(
+        "train",
+        *small_job(run_dir, builtin_data, *(arg for key in quick for arg in ("--set", key))),
+        log_path=log,
+    )
+    try:
+        wait_for(lambda: trained_step(log) >= 50, 240, "training to start", proc, log)
+        os.kill(task_pid(disttrain_home, "t", "worker-1"), signal.SIGSTOP)
+        stopped_at = len(log.read_text())
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    after_stop = log.read_text()[stopped_at:]
+    warned = re.search(
+        r"no chunk finished for \d+s \| waiting for steps \d+-\d+, running on "
+        r"worker-1 \| a task without a heartbeat for cluster.hung_task_seconds "
+        r"\(15s\) is restarted",
+        after_stop,
+    )
+    killed = after_stop.find("[launcher] worker-1 sent no heartbeat for ")
+    assert warned and 0 <= warned.start() < killed, after_stop[-3000:]
+    assert "worker-1 exited with code -9; restarting worker-1 (1/3" in after_stop
+    state = job_state(disttrain_home, "t")
+    restarts = {name: info["restarts"] for name, info in state["tasks"].items()}
+    assert restarts == {"ps-0": 0, "worker-0": 0, "worker-1": 1, "chief-0": 0}
+    assert json.loads((run_dir / "DONE").read_text())["step"] == 300
+
+
 def kill_after_a_checkpoint(
     tmp_path: Path, data: Path, home: Path, victim: str, after_step: int, *sets: str
 ) -> tuple[str, int]:

@@ -127,6 +127,7 @@ gets its own task only; one task alone gets an empty cluster.
 {{- $_ := set $cluster "workers" (int .Values.cluster.workers) -}}
 {{- $_ := set $cluster "ps" (int .Values.cluster.ps) -}}
 {{- $_ := set $cluster "max_restarts" (int .Values.cluster.maxRestarts) -}}
+{{- $_ := set $cluster "hung_task_seconds" (int .Values.cluster.hungTaskSeconds) -}}
 {{- $_ := set $config "cluster" $cluster -}}
 {{- toYaml $config -}}
 {{- end -}}
@@ -145,7 +146,8 @@ data:
 {{/*
 A pod spec. Arguments (a dict): root, role (values section: chief|worker|ps|evaluator|
 tensorboard), command (list), env (list of {name, value}), port (0: none), restartPolicy,
-hostname ("" for none), configMap (the config's ConfigMap; "" for none), portName.
+hostname ("" for none), configMap (the config's ConfigMap; "" for none), portName,
+hungTaskSeconds (0: no liveness probe).
 */}}
 {{- define "disttrain.podSpec" -}}
 {{- $root := .root -}}
@@ -224,6 +226,20 @@ containers:
       - name: {{ .portName }}
         containerPort: {{ .port }}
     {{- end }}
+    {{- if .hungTaskSeconds }}
+    livenessProbe:
+      exec:
+        command:
+          - python3
+          - -c
+          - "import os, sys, time; sys.exit(time.time() - os.stat(sys.argv[1]).st_mtime > float(sys.argv[2]))"
+          - /tmp/disttrain-heartbeat
+          - {{ .hungTaskSeconds | quote }}
+      initialDelaySeconds: {{ .hungTaskSeconds }}
+      periodSeconds: 10
+      timeoutSeconds: 10
+      failureThreshold: 1
+    {{- end }}
 volumes:
   {{- if .configMap }}
   - name: config
@@ -293,8 +309,13 @@ tolerations:
 {{- $component := ternary "evaluator" "trainer" (eq .role "evaluator") -}}
 {{- $env := list (dict "name" "TF_CONFIG" "value" (include "disttrain.tfConfig" (list $root .role .index))) (dict "name" "GRPC_FAIL_FAST" "value" "use_caller") -}}
 {{- $command := list "disttrain" "task" "--config" "/etc/disttrain/config.yaml" -}}
+{{- $hungTaskSeconds := int $root.Values.cluster.hungTaskSeconds -}}
 {{- if and (eq .role "evaluator") $root.Values.eval.once -}}
 {{- $command = list "disttrain" "eval" "--config" "/etc/disttrain/config.yaml" "--once" -}}
+{{- $hungTaskSeconds = 0 -}}
+{{- end -}}
+{{- if $hungTaskSeconds -}}
+{{- $env = append $env (dict "name" "DISTTRAIN_HEARTBEAT_FILE" "value" "/tmp/disttrain-heartbeat") -}}
 {{- end -}}
 {{- $port := ternary 0 (int $root.Values.cluster.port) (eq .role "evaluator") -}}
 apiVersion: batch/v1
@@ -314,7 +335,7 @@ spec:
       labels:
         {{- include "disttrain.podLabels" (list $root $component .role .index) | nindent 8 }}
     spec:
-      {{- include "disttrain.podSpec" (dict "root" $root "role" .role "command" $command "env" $env "port" $port "portName" "grpc" "restartPolicy" "OnFailure" "hostname" $host "configMap" .configMap) | nindent 6 }}
+      {{- include "disttrain.podSpec" (dict "root" $root "role" .role "command" $command "env" $env "port" $port "portName" "grpc" "restartPolicy" "OnFailure" "hostname" $host "configMap" .configMap "hungTaskSeconds" $hungTaskSeconds) | nindent 6 }}
 {{- end -}}
 
 {{/* The 2017 sample's values shape: a Secret from storage.accountbase64/keybase64. */}}
