@@ -212,6 +212,7 @@ def make_train_chunk(
         for variable, value, old in zip(model.non_trainable_variables, updated, given):
             # Batch-norm statistics and dropout seeds. A frozen layer's weights come back as
             # the very tensors they were read as: not written back (to the ps) every step.
+            # (An XLA-compiled pass returns new tensors: then every one is written, unchanged.)
             if value is not old:
                 variable.assign(value)
         # The loss-scale optimizer unscales, and skips a step whose gradients overflowed.

@@ -108,7 +108,10 @@ def check_init_from(config: Config) -> None:
         return
     from disttrain.warm_start import init_source_problem
 
-    problem = init_source_problem(config.train)
+    try:
+        problem = init_source_problem(config.train)
+    except StorageError as exc:  # no credentials for it, say
+        raise ConfigError(f"train.init_from: {exc}", "train.init_from") from None
     if problem:
         raise ConfigError(problem, "train.init_from")
 
