@@ -143,6 +143,16 @@ class TrainConfig:
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"] = "float32"
     # Compile the forward and backward pass with XLA.
     jit_compile: bool = False
+    # Start a new run from other weights, the model's only (not the optimizer's state, not
+    # the step): another run's dir, whose published checkpoint is read, or a Keras weights
+    # file (.weights.h5, .keras); a path or fsspec URL. A run dir with a checkpoint of its
+    # own resumes from it instead. "": random initial weights.
+    init_from: str = ""
+    # init_from a run dir: the step of the checkpoint to read; 0: its newest.
+    init_from_step: int = 0
+    # Layers whose names start with one of these prefixes are not trained (fine-tuning a
+    # pretrained backbone); the layers of a nested model are matched too.
+    freeze: list[str] = field(default_factory=list)
 
     def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
         """The recipe's keys that only make sense together, or only with one schedule."""
@@ -177,6 +187,7 @@ class TrainConfig:
                 f"{self.lr_values!r} with lr_boundaries {self.lr_boundaries!r}",
                 "one rate more than boundaries, at least one boundary (lr_schedule: piecewise)",
             )
+        problems += self.init_from_problems(prefix)
         if self.lr_schedule == "cosine":
             if self.min_learning_rate > self.learning_rate:
                 refuse(
@@ -191,6 +202,31 @@ class TrainConfig:
                     "fewer than train.steps (or set train.decay_steps)",
                 )
         return problems
+
+    def init_from_problems(self, prefix: str = "") -> list[ConfigError]:
+        """A weights file only in a format Keras 3 loads; a step only with a run dir."""
+        source, accepted = (
+            self.init_from,
+            "a run dir, or a Keras weights file (.weights.h5, .keras)",
+        )
+        if source.endswith((".h5", ".hdf5")) and not is_keras_weights_file(source):
+            key = prefix + "init_from"
+            got = f"{source!r}, a legacy HDF5 file"
+            return [ConfigError(f"{key}: got {got}; accepted: {accepted}", key)]
+        if self.init_from_step > 0 and (not source or is_keras_weights_file(source)):
+            key = prefix + "init_from_step"
+            got = f"{self.init_from_step} with init_from {source!r}"
+            accepted = "0 (a step is read only when train.init_from is a run dir)"
+            return [ConfigError(f"{key}: got {got}; accepted: {accepted}", key)]
+        return []
+
+
+# The files `train.init_from` loads with Keras; anything else names a run dir.
+KERAS_WEIGHTS_SUFFIXES = (".weights.h5", ".keras")
+
+
+def is_keras_weights_file(source: str) -> bool:
+    return source.endswith(KERAS_WEIGHTS_SUFFIXES)
 
 
 @dataclass
@@ -273,6 +309,11 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.label_smoothing": (lambda v: 0.0 <= v < 1.0, "a number in [0, 1)"),
     "train.log_every_seconds": (lambda v: v > 0, "a number > 0"),
     "train.stall_warning_seconds": (lambda v: v >= 0, "a number >= 0 (0: off)"),
+    "train.init_from_step": (lambda v: v >= 0, "an integer >= 0 (0: the newest checkpoint)"),
+    "train.freeze": (
+        lambda v: all(p.strip() == p != "" for p in v) and len(set(v)) == len(v),
+        "layer-name prefixes, each non-empty, without spaces around it, none twice",
+    ),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.max_unevaluated": (lambda v: v >= 0, "an integer >= 0 (0: do not wait)"),
@@ -310,6 +351,15 @@ class Config:
         """What no single key's rule can see: the shape, and secrets inside URLs."""
         problems = _query_string_problems(self) + _containerless_url_problems(self)
         problems += _stall_warning_problems(self)
+        if self.train.init_from and same_location(self.train.init_from, self.run_dir):
+            problems.append(
+                ConfigError(
+                    f"train.init_from: got {self.train.init_from!r}, this run's own run_dir; "
+                    "accepted: another run's dir or a weights file (a run dir resumes from its "
+                    "own checkpoints by itself)",
+                    "train.init_from",
+                )
+            )
         if self.cluster.ps > 0 and self.cluster.workers == 0:
             problems.append(
                 ConfigError(
@@ -651,6 +701,18 @@ def _lookup(config: Config, key: str) -> Any:
     return node
 
 
+# The keys that may hold a URL, checked for secrets and for a missing container.
+URL_KEYS = ("run_dir", "data.root", "train.init_from")
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two paths or URLs name the same place (a trailing "/" aside; a relative
+    local path against the absolute one it resolves to)."""
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def _query_string_problems(config: Config) -> list[ConfigError]:
     """A URL's query (`?sv=...&sig=...`) is a SAS token: it would travel into config.yaml,
     ConfigMaps and Helm values. Refused before anything is written, without echoing it."""
@@ -660,7 +722,7 @@ def _query_string_problems(config: Config) -> list[ConfigError]:
             "a query string (give a SAS token through AZURE_STORAGE_SAS_TOKEN or a Secret)",
             key,
         )
-        for key in ("run_dir", "data.root")
+        for key in URL_KEYS
         if "://" in (value := _lookup(config, key)) and "?" in value
     ]
 
@@ -688,7 +750,7 @@ def _containerless_url_problems(config: Config) -> list[ConfigError]:
     """`az://` or `az:///path` names no container: fsspec would take the path for a local
     folder named `az:` and train into it. Refused here, before anything is written."""
     problems = []
-    for key in ("run_dir", "data.root"):
+    for key in URL_KEYS:
         value = _lookup(config, key)
         scheme, found, rest = value.partition("://")
         container = rest.split("/", 1)[0].split("@", 1)[0]  # abfs://<container>@<account>

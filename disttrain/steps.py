@@ -203,13 +203,18 @@ def make_train_chunk(
     def replica_step(images, labels):
         if crop_min_area:  # outside the XLA-compiled pass: crop_and_resize stays a TF op
             images = random_crops(images, crop_min_area)
+        given = read(model.non_trainable_variables)
         grads, per_example, logits, updated = forward_backward(
-            read(model.trainable_variables), read(model.non_trainable_variables), images, labels
+            read(model.trainable_variables), given, images, labels
         )
         if clip_global_norm:
             grads = clipped(grads)
-        for variable, value in zip(model.non_trainable_variables, updated):
-            variable.assign(value)  # batch-norm statistics and dropout seeds
+        for variable, value, old in zip(model.non_trainable_variables, updated, given):
+            # Batch-norm statistics and dropout seeds. A frozen layer's weights come back as
+            # the very tensors they were read as: not written back (to the ps) every step.
+            # (An XLA-compiled pass returns new tensors: then every one is written, unchanged.)
+            if value is not old:
+                variable.assign(value)
         # The loss-scale optimizer unscales, and skips a step whose gradients overflowed.
         targets = update_targets(model.trainable_variables)
         optimizer.apply_gradients(zip(split_gradients(grads, model.trainable_variables), targets))

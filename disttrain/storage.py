@@ -326,6 +326,24 @@ def read_file_at(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def file_exists(url: str) -> bool:
+    """Whether one file (a weights file, not a run dir) exists at a path or URL."""
+    fs, path = open_filesystem(url)
+    return fs.isfile(path)
+
+
+def local_copy(url: str, scratch: Path) -> Path:
+    """A local path to the file at `url`: the file itself when it is local, else a copy
+    in `scratch` under the same name (h5py and TensorFlow's readers open local files)."""
+    fs, path = open_filesystem(url)
+    if "file" in _protocols(fs):
+        return Path(path)
+    local = scratch / posixpath.basename(path)
+    scratch.mkdir(parents=True, exist_ok=True)
+    fs.get_file(path, str(local))
+    return local
+
+
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     protocol = fs.protocol
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)

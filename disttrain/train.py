@@ -41,6 +41,7 @@ from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer
 from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
 from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
+from disttrain.warm_start import freeze_layers, warm_start
 
 
 @dataclass
@@ -72,16 +73,22 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         model = build_model(
             config.model, config.data.image_size, len(split.class_names), config.train.precision
         )
+        # Before the optimizer is built: it makes slots for the trainable variables only.
+        frozen = freeze_layers(model, config.train.freeze) if config.train.freeze else ""
         optimizer = make_optimizer(config.train, model)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     log(describe_placement(model.variables))
     log(describe_recipe(config.train))
+    if frozen:
+        log(frozen)
     phase_done("model build")
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var)
     staging = Path(tempfile.mkdtemp(prefix=f"disttrain-{task.name}-"))
     try:
         require_same_classes(run_dir, split.class_names)
         start = restore_latest(checkpoint, step_var, run_dir, staging / "restore")
+        if config.train.init_from:
+            log(warm_start(model, config.train, start, staging / "init_from"))
         if is_chief:  # the run's record, whichever launcher (or none) started it; written
             # only once the run dir's checkpoint fits this config, so a failed resume with
             # another model or other classes leaves the run's own config.yaml in place

@@ -28,6 +28,8 @@ def check_k8s_config(config: Config, k8s: K8sOptions) -> None:
         locations.append(("data.root", config.data.root))
     if config.data.source == "tfds" and config.data.tfds_data_dir:
         locations.append(("data.tfds_data_dir", config.data.tfds_data_dir))
+    if config.train.init_from:
+        locations.append(("train.init_from", config.train.init_from))
     problems += [p for key, where in locations if (p := _unreachable(key, where, k8s))]
     if problems:
         raise ConfigError.of(problems)

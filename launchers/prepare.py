@@ -63,8 +63,9 @@ def check_data(config: Config) -> None:
 
 
 def check_inputs(config: Config, log: Callable[[str], None]) -> None:
-    """Bad input (the data, the run dir) is refused before a local job writes anything: the
-    built-in dataset made, both splits listed, the run dir probed."""
+    """Bad input (the data, the run dir, the weights to start from) is refused before a
+    local job writes anything: the built-in dataset made, both splits listed, the run dir
+    probed, `train.init_from` found."""
     if config.data.source == "builtin":
         from disttrain.data.builtin import ensure_builtin_dataset
 
@@ -72,6 +73,7 @@ def check_inputs(config: Config, log: Callable[[str], None]) -> None:
         log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
     check_data(config)
     check_run_dir(config, log)
+    check_init_from(config)
 
 
 def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
@@ -116,6 +118,21 @@ def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
         log(preflight(config.run_dir))
     except StorageError as exc:
         raise ConfigError(f"run_dir: {exc}") from None
+
+
+def check_init_from(config: Config) -> None:
+    """The weights a new run starts from exist (`train.init_from`); a run dir that resumes
+    from its own checkpoint ignores them, so they are not looked for then."""
+    if not config.train.init_from or RunDir(config.run_dir).exists(LATEST_FILE):
+        return
+    from disttrain.warm_start import init_source_problem
+
+    try:
+        problem = init_source_problem(config.train)
+    except StorageError as exc:  # no credentials for it, say
+        raise ConfigError(f"train.init_from: {exc}", "train.init_from") from None
+    if problem:
+        raise ConfigError(problem, "train.init_from")
 
 
 def check_cluster_run_dir(config: Config, k8s: K8sOptions, log: Callable[[str], None]) -> None:

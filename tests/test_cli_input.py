@@ -37,6 +37,24 @@ def test_missing_data_directory_is_refused_before_anything_starts(tmp_path, dist
     assert_refused(result, f"data.root: '{missing}' is not a folder", disttrain_home)
 
 
+def test_a_missing_init_from_is_refused_before_anything_starts(
+    tmp_path, builtin_data, disttrain_home
+):
+    missing = tmp_path / "base.weights.h5"
+    result = cli(
+        "train",
+        "--set",
+        f"data.root={builtin_data}",
+        "--set",
+        f"run_dir={tmp_path / 'r'}",
+        "--set",
+        f"train.init_from={missing}",
+    )
+    assert_refused(
+        result, f"train.init_from: got '{missing}', which does not exist; accepted:", disttrain_home
+    )
+
+
 def test_unknown_launcher_lists_the_installed_ones(disttrain_home):
     result = cli("train", "--launcher", "slurm", env={"COLUMNS": "200"})
     assert_refused(result, "'slurm' is not one of 'helm', 'k8s', 'local'", disttrain_home)

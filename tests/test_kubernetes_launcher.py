@@ -386,6 +386,10 @@ def test_dry_run_yaml_is_plain_multi_document_yaml():
             ["data.source=tfds", "data.tfds_data_dir=/home/me/tfds"],
             "data.tfds_data_dir: got '/home/me/tfds', which a pod cannot reach",
         ),
+        (
+            ["train.init_from=/home/me/base.weights.h5"],
+            "train.init_from: got '/home/me/base.weights.h5', which a pod cannot reach",
+        ),
         (["name=Upper"], "name: got 'Upper'"),
         (["launcher.k8s.namespace=Bad_NS"], "launcher.k8s.namespace: got 'Bad_NS'"),
         (["launcher.k8s.storage.secret="], "launcher.k8s.storage.secret: empty"),

@@ -286,10 +286,16 @@ def scalars(events_dir, tag: str) -> dict[int, float]:
 
 
 @pytest.mark.integration
-def test_a_cosine_recipe_with_warmup_trains_with_a_ps_and_logs_its_learning_rate(
+def test_a_cosine_recipe_with_warmup_fine_tunes_with_a_ps_and_logs_its_learning_rate(
     tmp_path, builtin_data, disttrain_home
 ):
+    """A whole recipe under ParameterServerStrategy, starting from a weights file written by
+    plain Keras, its convolutions frozen: the chief loads the file into the ps variables,
+    and training leaves the frozen ones bit-identical while the dense layers move."""
     run_dir = tmp_path / "run"
+    keras.utils.set_random_seed(7)
+    pretrained = build_model(ModelConfig(), 32, 6)  # the default model for the built-in data
+    pretrained.save_weights(tmp_path / "pretrained.weights.h5")
     recipe = [
         "cluster.workers=1",
         "eval.enabled=false",
@@ -307,6 +313,8 @@ def test_a_cosine_recipe_with_warmup_trains_with_a_ps_and_logs_its_learning_rate
         "train.weight_decay=0.0001",
         "train.clip_global_norm=1.0",
         "train.label_smoothing=0.1",
+        f"train.init_from={tmp_path / 'pretrained.weights.h5'}",
+        "train.freeze=[conv2d]",
     ]
     args = small_job(run_dir, builtin_data, *[a for s in recipe for a in ("--set", s)])
     cli("train", *args, check=True)
@@ -325,3 +333,16 @@ def test_a_cosine_recipe_with_warmup_trains_with_a_ps_and_logs_its_learning_rate
         assert value == pytest.approx(learning_rate_at(expected, step), rel=1e-5)
     assert logged[2] < logged[4] == pytest.approx(0.05) and logged[12] == pytest.approx(0.005)
     assert json.loads((run_dir / "DONE").read_text())["step"] == 12
+
+    assert (
+        f"init_from | loaded | the model's weights from {tmp_path / 'pretrained.weights.h5'} "
+        "(not its optimizer or step) | starting at step 0"
+    ) in chief
+    assert "freeze | not trained: conv2d, conv2d_1, conv2d_2 (" in chief
+    trained = build_model(ModelConfig(), 32, 6)
+    prefix = run_dir / "checkpoints" / "ckpt-12" / "ckpt"
+    tf.train.Checkpoint(model=trained).read(str(prefix)).expect_partial()
+    for layer, started in zip(trained.layers, pretrained.layers):
+        for after, before in zip(layer.weights, started.weights):
+            same = after.numpy().tobytes() == before.numpy().tobytes()
+            assert same is isinstance(layer, keras.layers.Conv2D), after.path
