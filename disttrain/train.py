@@ -110,7 +110,12 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         phase_done("per-worker datasets")
         traced = coordinator is not None
         write = traced_checkpoint_writer(checkpoint) if traced else checkpoint.write
-        loop = TrainLoop(config, run_dir, is_chief, write, step_var, dispatcher, staging)
+        # Set at each checkpoint: the global step, and the optimizer's count of applied
+        # updates, which concurrent ParameterServerStrategy workers undercount (Keras
+        # increments it by read-then-write: 189 of 200 steps were counted, measured with
+        # 2 workers); the learning-rate schedule reads that count.
+        counters = [step_var, optimizer.iterations]
+        loop = TrainLoop(config, run_dir, is_chief, write, counters, dispatcher, staging)
         try:
             loop.run(start)
         finally:
@@ -266,12 +271,12 @@ class TrainLoop:
         run_dir: RunDir,
         is_chief: bool,
         write_checkpoint: Callable[[tf.Tensor], object],
-        step_var: tf.Variable,
+        step_counters: list[tf.Variable],
         dispatcher: Dispatcher,
         staging: Path,
     ):
         self.config, self.run_dir, self.is_chief = config, run_dir, is_chief
-        self.write_checkpoint, self.step_var = write_checkpoint, step_var
+        self.write_checkpoint, self.step_counters = write_checkpoint, step_counters
         self.dispatcher = dispatcher
         self.staging = staging
         self.pending: deque[tuple[object, int]] = deque()
@@ -367,7 +372,8 @@ class TrainLoop:
         while self.pending:
             self._receive_oldest()
         self.dispatcher.drain()
-        self.step_var.assign(step)
+        for counter in self.step_counters:
+            counter.assign(step)
         folder = self._write_staged(step)
         if self.is_chief:
             self.publisher.submit(folder, step)

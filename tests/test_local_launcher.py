@@ -201,37 +201,56 @@ def kill_after_a_checkpoint(
     return log.read_text(), published
 
 
-def test_killed_ps_restarts_chief_and_ps_which_resume_from_the_last_checkpoint(
-    tmp_path, builtin_data, disttrain_home
+@pytest.mark.parametrize("victim", ["ps-0", "chief-0"])
+def test_lost_ps_or_chief_restarts_both_which_resume_from_the_last_checkpoint(
+    tmp_path, builtin_data, disttrain_home, victim
 ):
+    """The chief's variables live on the ps: losing either loses the training state since
+    the last checkpoint, so both restart and resume from it (the old ps hold nothing used)."""
     text, published = kill_after_a_checkpoint(
         tmp_path,
         builtin_data,
         disttrain_home,
-        "ps-0",
+        victim,
         200,
         "train.steps=600",
         "checkpoint.every_steps=100",
     )
-    assert "ps-0 exited with code -9; restarting ps-0, chief-0" in text
+    assert f"{victim} exited with code -9; restarting ps-0, chief-0" in text
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", text)]
     assert len(resumed) == 1 and resumed[0] >= published >= 200
     state = job_state(disttrain_home, "t")
     assert state["tasks"]["chief-0"]["restarts"] == 1
     assert state["tasks"]["worker-0"]["restarts"] == 0
     assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 600
+    assert_each_checkpoint_holds_the_updates_of_its_step(tmp_path / "run")
 
 
-def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
-    tmp_path, builtin_data, disttrain_home
+def assert_each_checkpoint_holds_the_updates_of_its_step(run_dir: Path) -> None:
+    """Nothing trained twice into the published state: in every checkpoint, the step
+    counter, the optimizer's count of applied updates and the folder's step agree."""
+    import tensorflow as tf
+
+    folders = sorted((run_dir / "checkpoints").glob("ckpt-*"))
+    assert folders
+    for folder in folders:
+        reader = tf.train.load_checkpoint(str(folder / "ckpt"))
+        step = reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
+        updates = reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
+        assert int(step) == int(updates) == int(folder.name.removeprefix("ckpt-")), folder
+
+
+@pytest.mark.parametrize("victim", ["worker-0", "chief-0"])
+def test_lost_replica_without_ps_restarts_every_replica_once_and_they_resume(
+    tmp_path, builtin_data, disttrain_home, victim
 ):
-    """MultiWorkerMirroredStrategy: a lost worker aborts the chief's all-reduce, so the
-    launcher restarts chief and workers as one restart, from the last checkpoint."""
+    """MultiWorkerMirroredStrategy: a lost worker or chief aborts the others' all-reduce,
+    so the launcher restarts chief and workers as one restart, from the last checkpoint."""
     text, published = kill_after_a_checkpoint(
         tmp_path,
         builtin_data,
         disttrain_home,
-        "worker-0",
+        victim,
         100,
         "train.steps=400",
         "checkpoint.every_steps=100",
@@ -246,6 +265,7 @@ def test_killed_worker_without_ps_restarts_every_replica_once_and_they_resume(
     tasks = job_state(disttrain_home, "t")["tasks"]
     assert [tasks[t]["restarts"] for t in ("chief-0", "worker-0", "worker-1")] == [1, 1, 1]
     assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 400
+    assert_each_checkpoint_holds_the_updates_of_its_step(tmp_path / "run")
 
 
 def steps_after_last_restart(log: Path) -> int:
