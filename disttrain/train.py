@@ -33,6 +33,7 @@ from disttrain.data.sources import describe_split, list_split
 from disttrain.data.split import Split
 from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
+from disttrain.lease import HeldLease
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.startup import log_first_step, phase_done
@@ -52,8 +53,9 @@ class Dispatcher:
     drain: Callable[[], None]
 
 
-def train(config: Config, task: Task, shape: ClusterShape) -> None:
-    run_dir = RunDir(config.run_dir)
+def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | None = None) -> None:
+    """Train; the chief writes through the run dir its `lease` fences (task.py takes it)."""
+    run_dir = lease.run_dir if lease is not None else RunDir(config.run_dir)
     is_chief = task.role == CHIEF
     strategy, coordinator = make_strategy(shape, config.model.partition_min_shard_bytes)
     phase_done("connect to cluster")
@@ -104,6 +106,8 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
         loop.run(start)
         if is_chief:
             log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
+            if lease is not None:  # DONE is written: the next job may take the run dir now
+                lease.release()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
