@@ -72,6 +72,10 @@ class Owner:
     def is_live(self, now: float) -> bool:
         return not self.released and now < self.expires_at
 
+    def excludes(self, other: Owner, now: float) -> bool:
+        """Whether this holder keeps `other` out: another job's lease, still live."""
+        return self.identity != other.identity and self.is_live(now)
+
     def renewed(self, lease_seconds: float, now: float) -> Owner:
         return replace(self, heartbeat_at=now, expires_at=now + lease_seconds, released=False)
 
@@ -112,7 +116,8 @@ class LeaseHeld(Unrecoverable):
         super().__init__(
             f"run dir {url} is held by {holder.describe()}: a run dir has one writer at a "
             f"time. Stop job {holder.job}, wait until its lease expires, or take the run dir "
-            f"over with `disttrain train --take-over` (its writers stop at their next write)"
+            f"over: `disttrain train --take-over` (local launcher), or delete {url}/{LEASE_FILE}"
+            "; its writers stop at their next write"
         )
 
 
@@ -140,7 +145,7 @@ def check_not_held(run_dir: RunDir, me: Owner, take_over: bool = False) -> Owner
     if found is None:
         return None
     holder = found[0]
-    if holder.identity != me.identity and holder.is_live(time.time()) and not take_over:
+    if holder.excludes(me, time.time()) and not take_over:
         raise LeaseHeld(run_dir.url, holder)
     return holder
 
@@ -158,9 +163,8 @@ def acquire(
         now = time.time()
         found = read_lease(run_dir)
         holder, version = found if found else (None, None)
-        if holder is not None and holder.identity != me.identity and holder.is_live(now):
-            if not take_over:
-                raise LeaseHeld(run_dir.url, holder)
+        if holder is not None and holder.excludes(me, now) and not take_over:
+            raise LeaseHeld(run_dir.url, holder)
         mine = me.renewed(lease_seconds, now)
         written = run_dir.write_if_unchanged(LEASE_FILE, mine.to_bytes(), version)
         if written is not None:
@@ -178,7 +182,7 @@ def _acquired_line(run_dir: RunDir, mine: Owner, holder: Owner | None, now: floa
         how = "it was free"
     elif holder.identity == mine.identity:
         how = f"from this job's incarnation {holder.incarnation} (pid {holder.pid})"
-    elif holder.is_live(now):
+    elif holder.excludes(mine, now):
         how = f"taken over from {holder.describe(now)}"
     else:
         how = f"after {holder.describe(now)}"
