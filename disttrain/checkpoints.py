@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from disttrain.done import is_done
+from disttrain.failures import Unrecoverable
 from disttrain.storage import (
     BEST_METRICS,
     BEST_NEXT_METRICS,
@@ -295,7 +296,10 @@ class BackgroundPublisher:
     """Publishes staged checkpoints on a thread so the training loop never waits on storage.
 
     At most one checkpoint waits behind the one uploading: a newer one supersedes it (its
-    staging folder is dropped), so a slow store costs checkpoints, not memory or disk.
+    staging folder is dropped), so a slow store costs checkpoints, not memory or disk. A
+    failed publish is retried with the next checkpoint, except an Unrecoverable one (the
+    run dir's lease lost to another job): that one is raised by the next `submit` or
+    `flush`, in the training loop, and nothing more is published.
     """
 
     def __init__(
@@ -314,11 +318,13 @@ class BackgroundPublisher:
         self._busy = False
         self._cond = threading.Condition()
         self._errors: list[str] = []
+        self._fatal: Unrecoverable | None = None
         self.published: list[int] = []
         self._thread = threading.Thread(target=self._run, name="checkpoint-publisher", daemon=True)
         self._thread.start()
 
     def submit(self, staged_folder: Path, step: int) -> None:
+        self._raise_fatal()
         with self._cond:
             if self._pending is not None:
                 dropped_folder, dropped_step = self._pending
@@ -331,10 +337,15 @@ class BackgroundPublisher:
         """Block until everything submitted is published (or has failed and been reported)."""
         with self._cond:
             self._cond.wait_for(lambda: self._pending is None and not self._busy)
+        self._raise_fatal()
 
     @property
     def errors(self) -> list[str]:
         return list(self._errors)
+
+    def _raise_fatal(self) -> None:
+        if self._fatal is not None:
+            raise self._fatal
 
     def _run(self) -> None:
         while True:
@@ -343,6 +354,7 @@ class BackgroundPublisher:
                 folder, step = self._pending
                 self._pending, self._busy = None, True
             try:
+                self._raise_fatal()  # nothing is published after an Unrecoverable error
                 publish_checkpoint(
                     self._run_dir,
                     folder,
@@ -355,6 +367,10 @@ class BackgroundPublisher:
                 )
                 self.published.append(step)
                 self._log(f"checkpoint | published | ckpt-{step} | {self._run_dir.url}")
+            except Unrecoverable as exc:
+                if self._fatal is None:
+                    self._fatal = exc
+                    self._log(f"checkpoint | ERROR | ckpt-{step} not published | {exc}")
             except Exception as exc:  # keep training; the next checkpoint tries again
                 self._errors.append(f"ckpt-{step}: {describe(exc)}")
                 self._log(f"checkpoint | ERROR | ckpt-{step} not published | {describe(exc)}")

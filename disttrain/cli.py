@@ -226,7 +226,17 @@ def train(
         typer.Option(
             "--force",
             help="local: start the job even if the resource check says this machine "
-            "cannot hold it (launcher.local.force).",
+            "cannot hold it (launcher.local.force). It does not take a run dir over.",
+        ),
+    ] = False,
+    take_over: Annotated[
+        bool,
+        typer.Option(
+            "--take-over",
+            help="local: take the run dir over from the job that holds its lease (one "
+            "writer a run dir); that job's chief and evaluator stop at their next write "
+            "(launcher.local.take_over). Without it, a held run dir is refused until its "
+            "lease expires (checkpoint.lease_seconds after its last heartbeat).",
         ),
     ] = False,
 ) -> None:
@@ -240,7 +250,7 @@ def train(
     launchers/); the README's "Data and models" section lists the data sources.
     """
     try:
-        cfg, backend = _job(config, set_ or [], launcher, namespace, context, force)
+        cfg, backend = _job(config, set_ or [], launcher, namespace, context, force, take_over)
         plan = backend.plan(cfg)
         for warning in plan.warnings:
             typer.echo(f"WARNING: {warning}", err=True)
@@ -266,13 +276,19 @@ def _job(
     namespace: str | None,
     context: str | None,
     force: bool = False,
+    take_over: bool = False,
 ):
     """The config and its launcher, which validated its own `launcher.<section>` and took
-    the flags it declares (--namespace, --context: launcher.k8s keys; --force:
+    the flags it declares (--namespace, --context: launcher.k8s keys; --force, --take-over:
     launcher.local)."""
     from launchers import load_job
 
-    flags = {"namespace": namespace, "context": context, "force": force or None}
+    flags = {
+        "namespace": namespace,
+        "context": context,
+        "force": force or None,
+        "take-over": take_over or None,
+    }
     return load_job(config, overrides, launcher, flags)
 
 
@@ -344,16 +360,20 @@ def eval_(
     except (ConfigError, StorageError) as exc:
         _fail(str(exc))
     from disttrain.evaluator import Evaluator
+    from disttrain.failures import EXIT_UNRECOVERABLE, Unrecoverable
 
-    evaluator = Evaluator(cfg)
     try:
-        if once:
-            if evaluator.run_once() is None:
-                raise typer.Exit(1)
-        elif not evaluator.run_continuously(timeout):
-            _fail(f"no new checkpoint in {timeout:g}s (--timeout)", code=1)
-    finally:
-        evaluator.close()
+        evaluator = Evaluator(cfg)
+        try:
+            if once:
+                if evaluator.run_once() is None:
+                    raise typer.Exit(1)
+            elif not evaluator.run_continuously(timeout):
+                _fail(f"no new checkpoint in {timeout:g}s (--timeout)", code=1)
+        finally:
+            evaluator.close()
+    except Unrecoverable as exc:  # e.g. another job holds the run dir's lease
+        _fail(str(exc), code=EXIT_UNRECOVERABLE)
 
 
 @app.command()

@@ -237,6 +237,10 @@ class CheckpointConfig:
     # many (the newest; deleting an older one is logged as a warning): a dead evaluator
     # must not make retention unbounded. 0: retention does not wait for the evaluator.
     max_unevaluated: int = 10
+    # The run dir's lease (disttrain/lease.py): how long after the chief's last heartbeat
+    # another job may take the run dir without --take-over. The chief renews it every
+    # fifth of this; a restart of the same job takes it back at once.
+    lease_seconds: float = 300.0
 
 
 @dataclass
@@ -317,6 +321,10 @@ CONFIG_RULES: dict[str, Rule] = {
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.max_unevaluated": (lambda v: v >= 0, "an integer >= 0 (0: do not wait)"),
+    "checkpoint.lease_seconds": (
+        lambda v: v >= 10,
+        "a number of seconds >= 10 (the chief renews the lease every fifth of it)",
+    ),
     "eval.batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "eval.poll_seconds": (lambda v: v > 0, "a number > 0"),
     "eval.max_examples": (lambda v: v >= 0, "an integer >= 0"),

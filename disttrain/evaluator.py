@@ -32,6 +32,8 @@ from disttrain.data.pipeline import eval_dataset
 from disttrain.data.sources import list_split
 from disttrain.done import is_done
 from disttrain.export import best_metrics, export_saved_model, publish_export, repair_best_export
+from disttrain.failures import Unrecoverable
+from disttrain.lease import fence_for_job
 from disttrain.models import build_model
 from disttrain.progress import eval_line, log
 from disttrain.steps import make_eval_batch
@@ -53,6 +55,8 @@ class Evaluator:
     def __init__(self, config: Config):
         self.config = config
         self.run_dir = RunDir(config.run_dir)
+        # It writes only while the run dir's lease names its job (lease.py).
+        self.run_dir.fence = fence_for_job(self.run_dir, config.name)
         self.split = list_split(config.data, config.data.test_split)
         self.model = build_model(config.model, config.data.image_size, len(self.split.class_names))
         self.checkpoint = tf.train.Checkpoint(model=self.model)
@@ -89,6 +93,8 @@ class Evaluator:
                 if self.poll(evaluated):
                     log(f"eval | finished | checkpoints evaluated in this run: {len(evaluated)}")
                     return True
+            except Unrecoverable:  # another job holds the run dir: waiting will not help
+                raise
             except Exception as exc:  # storage outage: the next poll tries again
                 log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
             if len(evaluated | self.unusable) > seen:

@@ -15,17 +15,25 @@ produces: every storage error goes through `redact`.
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import os
 import posixpath
 import re
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import fsspec
+from fsspec.asyn import sync
 from fsspec.core import url_to_fs
+
+from disttrain.failures import Unrecoverable
 
 T = TypeVar("T")
 
@@ -33,6 +41,9 @@ T = TypeVar("T")
 CONFIG_FILE = "config.yaml"
 CLASS_NAMES_FILE = "class_names.json"  # the classes a run trains on, in label order
 DONE_FILE = "DONE"
+# The owner record of the job that writes the run dir (disttrain/lease.py); on a local path,
+# LEASE.lock beside it is what makes a change of owner atomic (flock).
+LEASE_FILE = "LEASE"
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "checkpoints/LATEST"
 TRAIN_LOGS = "logs/train"
@@ -225,6 +236,11 @@ class RunDir:
         self.is_local = "file" in _protocols(self.fs)
         if self.is_local:
             self.root = os.path.abspath(self.root)
+        self.is_azure = protocol_of(self.url) in AZURE_PROTOCOLS
+        # Set by the holder of the run dir's lease (lease.py): called before every write,
+        # it raises once another job owns the run dir, so a writer that lost it stops.
+        self.fence: Callable[[], None] | None = None
+        self.flock_refused = False  # a network filesystem without flock: see conditional_writes
 
     def __repr__(self) -> str:
         return f"RunDir({self.url!r})"
@@ -247,6 +263,7 @@ class RunDir:
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write a whole object; readers never see it half-written."""
+        self._check_fence()
         target = self.path(relative)
         self._make_parent(target)
         if self.is_local:
@@ -266,6 +283,7 @@ class RunDir:
         self.write_text(relative, existing + line.rstrip("\n") + "\n")
 
     def put_file(self, local_path: str | Path, relative: str) -> None:
+        self._check_fence()
         target = self.path(relative)
         self._make_parent(target)
         self.fs.put_file(str(local_path), target)
@@ -311,8 +329,120 @@ class RunDir:
         os.replace(self.path(relative), self.path(to))
 
     def delete(self, relative: str) -> None:
+        self._check_fence()
         if self.exists(relative):
             self.fs.rm(self.path(relative), recursive=True)
+
+    def read_versioned(self, relative: str) -> tuple[bytes, str] | None:
+        """An object's bytes and a version that changes with every write (Azure: its ETag;
+        elsewhere: the bytes' sha256); None when there is no such object."""
+        if self.is_azure:
+            return self._azure_read_versioned(relative)
+        try:
+            data = self.read_bytes(relative)
+        except FileNotFoundError:
+            return None
+        return data, _digest(data)
+
+    def write_if_unchanged(self, relative: str, data: bytes, version: str | None) -> str | None:
+        """Write an object only if it is still at `version` (None: only if there is none).
+
+        Returns the new version, or None when another writer changed (or created) the
+        object first. Atomic where the backend allows (`conditional_writes` says how); not
+        checked by `fence`: this is how the lease itself is written.
+        """
+        if self.is_azure:
+            return self._azure_write_if_unchanged(relative, data, version)
+        if self.is_local:
+            with _file_lock(self.path(relative) + ".lock") as locked:
+                self.flock_refused = self.flock_refused or not locked
+                return self._compare_and_write(relative, data, version)
+        return self._compare_and_write(relative, data, version)
+
+    @property
+    def conditional_writes(self) -> str:
+        """How `write_if_unchanged` is made atomic on this backend (for log lines)."""
+        if self.is_azure:
+            return "atomic: Azure conditional writes (If-None-Match: *, If-Match: ETag)"
+        if self.is_local and not self.flock_refused:
+            return "atomic: an flock on LEASE.lock in the run dir"
+        if self.is_local:
+            return (
+                "best effort: this filesystem refuses flock, so two writers starting in the "
+                "same instant may both win"
+            )
+        return (
+            f"best effort: {'/'.join(_protocols(self.fs))}:// has no conditional write here, "
+            "so two writers starting in the same instant may both win"
+        )
+
+    def _compare_and_write(self, relative: str, data: bytes, version: str | None) -> str | None:
+        found = self.read_versioned(relative)
+        if (found[1] if found else None) != version:
+            return None
+        target = self.path(relative)
+        self._make_parent(target)
+        if self.is_local:  # a unique name: threads of one process may race to here
+            partial = f"{target}.partial-{os.getpid()}-{threading.get_ident()}"
+            with open(partial, "wb") as out:
+                out.write(data)
+            os.replace(partial, target)
+        else:
+            self.fs.pipe_file(target, data)
+        return _digest(data)
+
+    def _azure_read_versioned(self, relative: str) -> tuple[bytes, str] | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        async def download() -> tuple[bytes, str]:
+            async with self._azure_blob(relative) as blob:
+                stream = await blob.download_blob()
+                return await stream.readall(), stream.properties.etag
+
+        try:
+            return sync(self.fs.loop, download)
+        except ResourceNotFoundError:
+            return None
+
+    def _azure_write_if_unchanged(
+        self, relative: str, data: bytes, version: str | None
+    ) -> str | None:
+        """Put Blob with If-None-Match: * (version None) or If-Match: <ETag> (azure-storage-blob
+        sends the first for overwrite=False, the second for match_condition IfNotModified)."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import (
+            ResourceExistsError,
+            ResourceModifiedError,
+            ResourceNotFoundError,
+        )
+
+        condition = (
+            {}
+            if version is None
+            else {
+                "etag": version,
+                "match_condition": MatchConditions.IfNotModified,
+            }
+        )
+
+        async def upload() -> str:
+            async with self._azure_blob(relative) as blob:
+                result = await blob.upload_blob(data, overwrite=version is not None, **condition)
+                return result["etag"]
+
+        try:
+            return sync(self.fs.loop, upload)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            return None  # 409 it exists, 412 its ETag moved on, 404 it was deleted
+
+    def _azure_blob(self, relative: str):
+        """adlfs's own async client for one blob: its credentials and retry policy."""
+        container, blob, _ = self.fs.split_path(self.path(relative))
+        return self.fs.service_client.get_blob_client(container=container, blob=blob)
+
+    def _check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence()
 
     def _make_parent(self, target: str) -> None:
         if self.is_local:
@@ -342,6 +472,31 @@ def local_copy(url: str, scratch: Path) -> Path:
     scratch.mkdir(parents=True, exist_ok=True)
     fs.get_file(path, str(local))
     return local
+
+
+@contextmanager
+def _file_lock(path: str) -> Iterator[bool]:
+    """An exclusive flock on `path`, created if needed and never deleted (deleting a lock
+    file lets a second locker lock a new file while the first still holds the old one). The
+    kernel drops the lock however its holder ends. Yields False, unlocked, on a filesystem
+    that refuses flock (some network shares): writing there is better than not at all."""
+    os.makedirs(posixpath.dirname(path), exist_ok=True)
+    descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(descriptor)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
@@ -424,6 +579,8 @@ def with_retries(
         try:
             return action()
         except Exception as exc:  # storage SDKs raise many unrelated types
+            if isinstance(exc, Unrecoverable):  # e.g. a lost lease: no retry can help
+                raise
             if is_refused(exc):
                 raise GaveUp(what, describe(exc), "refused: not retried") from None
             elapsed = time.monotonic() - started

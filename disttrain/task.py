@@ -17,6 +17,7 @@ from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, 
 from disttrain.config import Config, ConfigError, config_from_dict
 from disttrain.failures import Unrecoverable
 from disttrain.heartbeat import start_heartbeat_from_env
+from disttrain.lease import hold_run_dir
 from disttrain.peers import accepts, resolves, wait_for_peers
 from disttrain.progress import log
 from disttrain.startup import phase_done
@@ -55,6 +56,9 @@ def run_task(config_path: str) -> None:
     if task.role == EVALUATOR:
         run_evaluator(config)
         return
+    # One writer a run dir (lease.py): the chief takes the lease first, so a job refused
+    # for another job's run dir fails in seconds (exit 4), before TensorFlow and its peers.
+    lease = hold_run_dir(RunDir(config.run_dir), config, log) if task.role == CHIEF else None
     # TensorFlow is imported before waiting for peers: the peers import it at the same
     # time, so the chief's import overlaps their start instead of following it.
     trains = task.role == CHIEF or shape.strategy == "multi_worker_mirrored"
@@ -68,7 +72,7 @@ def run_task(config_path: str) -> None:
     wait_for_needed_peers(config, shape, tf_config, task)
     phase_done("peer wait")
     if trains:
-        train(config, task, shape)
+        train(config, task, shape, lease)
     else:
         serve(config, task, tf_config)
 

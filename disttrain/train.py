@@ -33,6 +33,7 @@ from disttrain.data.sources import describe_split, list_split
 from disttrain.data.split import Split
 from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
+from disttrain.lease import HeldLease
 from disttrain.models import build_model
 from disttrain.progress import Progress, log
 from disttrain.stall import StallWatch, worker_running
@@ -56,8 +57,9 @@ class Dispatcher:
     where: Callable[[object], str] = lambda _handle: ""
 
 
-def train(config: Config, task: Task, shape: ClusterShape) -> None:
-    run_dir = RunDir(config.run_dir)
+def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | None = None) -> None:
+    """Train; the chief writes through the run dir its `lease` fences (task.py takes it)."""
+    run_dir = lease.run_dir if lease is not None else RunDir(config.run_dir)
     is_chief = task.role == CHIEF
     strategy, coordinator = make_strategy(shape, config.model.partition_min_shard_bytes)
     phase_done("connect to cluster")
@@ -122,6 +124,8 @@ def train(config: Config, task: Task, shape: ClusterShape) -> None:
             loop.stall.stop()
         if is_chief:
             log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
+            if lease is not None:  # DONE is written: the next job may take the run dir now
+                lease.release()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

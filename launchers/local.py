@@ -75,6 +75,7 @@ from launchers.prepare import (
     final_report,
     holds_nothing,
     prepare_run_dir,
+    release_run_dir,
 )
 
 POLL_SECONDS = 0.2
@@ -116,6 +117,9 @@ class LocalOptions:
     first_port: int = FIRST_TASK_PORT
     # Start a job that the resource check says this machine cannot hold (`--force`).
     force: bool = field(default=False, metadata={"flag": "force"})
+    # Take the run dir over from the job that holds its lease (`--take-over`); that job's
+    # chief and evaluator stop at their next write. Not implied by --force.
+    take_over: bool = field(default=False, metadata={"flag": "take-over"})
 
     RULES: ClassVar[dict[str, Rule]] = {
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
@@ -240,21 +244,25 @@ class LocalLauncher(Launcher):
         assert isinstance(plan, LocalPlan)
         check_training_installed()
         job, config = plan, plan.config
+        take_over = self.options["local"].take_over
         refuse_if_held(Path(job.state_dir))
-        check_inputs(config, print)
+        check_inputs(config, print, take_over)
         run_dir_was_new = holds_nothing(config)
 
         def prepare() -> None:
-            prepare_run_dir(config, print)
+            prepare_run_dir(config, print, take_over)
             Path(job.state_dir, "logs").mkdir(parents=True, exist_ok=True)
             Path(job.config_path).write_text(dump_config(config))
 
         # Refused here, naming the holder, if another launcher holds the name: before
         # this, nothing of the job is written (its config.yaml, job.json, logs).
         with hold_job_name(Path(job.state_dir)) as owner:
-            code = Supervisor(job, config, owner).run(prepare)
-            if code == INTERRUPTED and run_dir_was_new:
-                discard_untrained(config, print)
+            try:
+                code = Supervisor(job, config, owner).run(prepare)
+                if code == INTERRUPTED and run_dir_was_new:
+                    discard_untrained(config, print)
+            finally:
+                release_run_dir(config, print)
         if code == 0:
             print(final_report(config))
         return code

@@ -12,6 +12,15 @@ from collections.abc import Callable
 from disttrain.config import Config, ConfigError, dump_config
 from disttrain.done import done_step
 from disttrain.extras import TRAIN_MODULES, require
+from disttrain.lease import (
+    KUBERNETES,
+    LeaseHeld,
+    Owner,
+    acquire,
+    check_not_held,
+    release_job,
+    this_process,
+)
 from disttrain.storage import (
     AZURE_PROTOCOLS,
     CONFIG_FILE,
@@ -20,6 +29,7 @@ from disttrain.storage import (
     LATEST_FILE,
     RunDir,
     StorageError,
+    describe,
     preflight,
     protocol_of,
 )
@@ -62,28 +72,35 @@ def check_data(config: Config) -> None:
         raise ConfigError(f"data.root: {exc}") from None
 
 
-def check_inputs(config: Config, log: Callable[[str], None]) -> None:
+def check_inputs(config: Config, log: Callable[[str], None], take_over: bool = False) -> None:
     """Bad input (the data, the run dir, the weights to start from) is refused before a
-    local job writes anything: the built-in dataset made, both splits listed, the run dir
-    probed, `train.init_from` found."""
+    local job writes anything: the built-in dataset made, both splits listed, the run dir's
+    lease read and the run dir probed, `train.init_from` found."""
     if config.data.source == "builtin":
         from disttrain.data.builtin import ensure_builtin_dataset
 
         log("data | preparing the built-in dataset (generated once, then cached)")
         log(f"data | built-in dataset at {ensure_builtin_dataset(config.data.root or None)}")
     check_data(config)
-    check_run_dir(config, log)
+    check_run_dir(config, log, this_process(config.name), take_over)
     check_init_from(config)
 
 
-def prepare_run_dir(config: Config, log: Callable[[str], None]) -> None:
-    """Write the resolved config and clear a previous run's DONE marker (after
-    `check_inputs`, by the job that holds the name).
+def prepare_run_dir(config: Config, log: Callable[[str], None], take_over: bool = False) -> None:
+    """Take the run dir's lease for the job, then write the resolved config and clear a
+    previous run's DONE marker (after `check_inputs`, by the job that holds the name).
 
-    Submitting a job into a run dir that holds a finished run continues that run: the
-    chief resumes from its latest checkpoint (so raising train.steps trains further).
+    The lease comes first, atomically: of two jobs that passed `check_inputs` at the same
+    moment, the second is refused here, before it writes anything. Its chief takes it
+    over from the launcher, as the same job. Submitting a job into a run dir that holds a
+    finished run continues that run: the chief resumes from its latest checkpoint (so
+    raising train.steps trains further).
     """
     run_dir = RunDir(config.run_dir)
+    try:
+        acquire(run_dir, this_process(config.name), config.checkpoint.lease_seconds, take_over, log)
+    except LeaseHeld as exc:
+        raise ConfigError(f"run_dir: {exc}", "run_dir") from None
     if run_dir.exists(DONE_FILE):
         step = done_step(run_dir)
         log(
@@ -112,8 +129,31 @@ def discard_untrained(config: Config, log: Callable[[str], None]) -> None:
     log("run dir | interrupted before the first checkpoint: removed what the job wrote")
 
 
-def check_run_dir(config: Config, log: Callable[[str], None]) -> None:
-    """Write, list, read back and delete a probe in the run dir before any task starts."""
+def release_run_dir(config: Config, log: Callable[[str], None]) -> None:
+    """The local job ended: release the run dir's lease if it still names this job (its
+    chief releases it after DONE; not after a crash, a stop or Ctrl-C)."""
+    try:
+        if release_job(RunDir(config.run_dir), this_process(config.name)):
+            log(f"lease | released | {config.run_dir} | job {config.name}")
+    except Exception as exc:  # it expires checkpoint.lease_seconds after the last heartbeat
+        log(f"lease | WARNING | not released, it expires by itself | {describe(exc)}")
+
+
+def check_run_dir(
+    config: Config, log: Callable[[str], None], owner: Owner, take_over: bool = False
+) -> None:
+    """Before any task starts: refuse a run dir whose lease another job holds (`owner` is
+    what this job's chief will be), unless `take_over`; then write, list, read back and
+    delete a probe in it. A refused job writes nothing in the run dir."""
+    try:
+        run_dir = RunDir(config.run_dir)
+        holder = check_not_held(run_dir, owner, take_over)
+    except LeaseHeld as exc:
+        raise ConfigError(f"run_dir: {exc}", "run_dir") from None
+    except Exception:  # storage trouble: the probe below names its cause
+        holder = None
+    if take_over and holder is not None and holder.identity != owner.identity:
+        log(f"run dir | --take-over | {config.run_dir} | from {holder.describe()}")
     try:
         log(preflight(config.run_dir))
     except StorageError as exc:
@@ -148,7 +188,15 @@ def check_cluster_run_dir(config: Config, k8s: K8sOptions, log: Callable[[str], 
     if reason:
         log(f"storage | preflight skipped | {config.run_dir} | {reason}")
         return
-    check_run_dir(config, log)
+    check_run_dir(config, log, kubernetes_chief(config.name))
+
+
+def kubernetes_chief(job: str) -> Owner:
+    """Who the chief of a Kubernetes job is to the run dir's lease (its pod's host name)."""
+    from disttrain.cluster import CHIEF, Task
+    from launchers.k8s_objects import task_host
+
+    return Owner(job, KUBERNETES, task_host(job, Task(CHIEF, 0)), "", 0)
 
 
 def _why_not_checked_here(config: Config, k8s: K8sOptions) -> str | None:

@@ -45,8 +45,8 @@ class SlowPopen(subprocess.Popen):
 
 local.subprocess.Popen = SlowPopen
 local.check_training_installed = lambda: None
-local.check_inputs = lambda config, say: None
-local.prepare_run_dir = lambda config, say: None
+local.check_inputs = lambda config, say, take_over: None
+local.prepare_run_dir = lambda config, say, take_over: None
 config = replace(Config(), name=name, run_dir=run_dir)
 state_dir = local.default_state_dir() / name
 tasks = []
