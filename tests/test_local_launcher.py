@@ -10,7 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from events import scalars
 from processes import cli, kill_tree, small_job, start_cli
+
+from disttrain.config import load_config
+from disttrain.steps import learning_rate_at, make_learning_rate
 
 pytestmark = pytest.mark.integration
 
@@ -207,18 +211,19 @@ def test_lost_ps_or_chief_restarts_both_which_resume_from_the_last_checkpoint(
 ):
     """The chief's variables live on the ps: losing either loses the training state since
     the last checkpoint, so both restart and resume from it (the old ps hold nothing used)."""
+    recipe = ["train.lr_schedule=cosine", "train.warmup_steps=100", "train.steps=600"]
     text, published = kill_after_a_checkpoint(
-        tmp_path,
-        builtin_data,
-        disttrain_home,
-        victim,
-        200,
-        "train.steps=600",
-        "checkpoint.every_steps=100",
+        tmp_path, builtin_data, disttrain_home, victim, 200, *recipe, "checkpoint.every_steps=100"
     )
     assert f"{victim} exited with code -9; restarting ps-0, chief-0" in text
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", text)]
     assert len(resumed) == 1 and resumed[0] >= published >= 200
+    # The schedule continues where it stopped, on both sides of the restart.
+    logged = scalars(tmp_path / "run" / "logs" / "train", "learning_rate")
+    schedule = make_learning_rate(load_config(None, recipe).train)
+    assert min(logged) < resumed[0] < max(logged) == 600
+    for step, value in logged.items():
+        assert value == pytest.approx(learning_rate_at(schedule, step), rel=1e-5), step
     state = job_state(disttrain_home, "t")
     assert state["tasks"]["chief-0"]["restarts"] == 1
     assert state["tasks"]["worker-0"]["restarts"] == 0

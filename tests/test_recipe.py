@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from events import scalars
 from processes import REPO, cli, small_job
 
 from disttrain.config import ConfigError, DataConfig, ModelConfig, TrainConfig, load_config
@@ -272,17 +273,6 @@ def test_random_flip_is_a_data_key_on_by_default():
     assert load_config(None, ["data.random_flip=false"]).data.random_flip is False
     with pytest.raises(ConfigError, match="data.random_flip: got 'no'; accepted: true or false"):
         load_config(None, ["data.random_flip='no'"])
-
-
-def scalars(events_dir, tag: str) -> dict[int, float]:
-    """step -> value of one scalar in a folder of TensorBoard event files."""
-    found = {}
-    for path in sorted(events_dir.glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    found[event.step] = float(tf.make_ndarray(value.tensor))
-    return found
 
 
 @pytest.mark.integration
