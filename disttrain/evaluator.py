@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from disttrain.checkpoints import (
@@ -33,8 +34,10 @@ from disttrain.data.sources import list_split
 from disttrain.done import is_done
 from disttrain.export import best_metrics, export_saved_model, publish_export, repair_best_export
 from disttrain.failures import Unrecoverable
+from disttrain.hparams import write_hparams
 from disttrain.lease import fence_for_job
 from disttrain.models import build_model
+from disttrain.pictures import write_confusion_matrix
 from disttrain.progress import eval_line, log
 from disttrain.steps import make_eval_batch
 from disttrain.storage import (
@@ -85,6 +88,8 @@ class Evaluator:
         except Exception as exc:  # the next replacement of the best export repairs it too
             log(f"eval | WARNING | could not repair {BEST_EXPORT} | {describe(exc)}")
         evaluated = self.evaluated_steps()
+        with self.writer.as_default():  # once per start: the config this evaluator runs
+            write_hparams(self.config)
         self._say_what_it_waits_for(timeout_seconds)
         last_news = time.monotonic()
         while True:
@@ -155,7 +160,8 @@ class Evaluator:
             log(f"eval | skipped | ckpt-{step} is gone or unusable")
             return None
         self.checkpoint.read(str(found[1])).expect_partial()
-        result = {"step": step, **self.measure()}
+        measured, confusion = self.measure_with_confusion()
+        result = {"step": step, **measured}
         log(eval_line(result))
         if not record:
             return result
@@ -165,12 +171,25 @@ class Evaluator:
         with self.writer.as_default(step=step):
             tf.summary.scalar("loss", result["loss"])
             tf.summary.scalar("accuracy", result["accuracy"])
+            self._write_confusion_matrix(confusion, step)
         self.writer.flush()
         self.mirror.request_sync()
         self.run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
         return result
 
+    def _write_confusion_matrix(self, confusion: np.ndarray, step: int) -> None:
+        try:
+            write_confusion_matrix(confusion, self.split.class_names, step)
+        except Exception as exc:  # a picture never costs the evaluation its record
+            log(f"eval | WARNING | no confusion matrix for ckpt-{step} | {describe(exc)}")
+
     def measure(self) -> dict:
+        """The loss, accuracy and examples of one pass over the test split."""
+        return self.measure_with_confusion()[0]
+
+    def measure_with_confusion(self) -> tuple[dict, np.ndarray]:
+        """`measure`'s numbers and the pass's confusion matrix (rows: true class, columns:
+        predicted; in the split's label order, that of the run's class_names.json)."""
         eval_config = self.config.eval
         dataset = eval_dataset(
             self.config.data,
@@ -181,16 +200,20 @@ class Evaluator:
         )
         self.passes += 1
         loss_sum, correct, examples = 0.0, 0, 0
+        classes = len(self.split.class_names)
+        confusion = np.zeros([classes, classes], np.int64)
         for images, labels in dataset:
-            batch_loss, batch_correct, batch_examples = self.eval_batch(images, labels)
+            batch_loss, batch_correct, batch_examples, predicted = self.eval_batch(images, labels)
             loss_sum += float(batch_loss)
             correct += int(batch_correct)
             examples += int(batch_examples)
-        return {
+            np.add.at(confusion, (labels.numpy(), predicted.numpy()), 1)
+        measured = {
             "loss": loss_sum / max(examples, 1),
             "accuracy": correct / max(examples, 1),
             "examples": examples,
         }
+        return measured, confusion
 
     def keep_best(self, result: dict) -> None:
         """Export the model as export/best/ when `result` beats the current best."""

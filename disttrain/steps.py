@@ -251,7 +251,8 @@ def per_example_loss(labels, logits, label_smoothing: float = 0.0):
 
 
 def make_eval_batch(model: keras.Model):
-    """A tf.function(images, labels) -> (loss_sum, correct, examples) for uint8 images."""
+    """A tf.function(images, labels) -> (loss_sum, correct, examples, predicted classes) for
+    uint8 images."""
 
     @tf.function
     def eval_batch(images, labels):
@@ -259,7 +260,8 @@ def make_eval_batch(model: keras.Model):
             model(prepare_on_device(images, training=False), training=False), tf.float32
         )
         per_example = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-        return _batch_sums(per_example, logits, labels)
+        predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
+        return (*_batch_sums(per_example, logits, labels), predicted)
 
     return eval_batch
 

@@ -35,11 +35,19 @@ from disttrain.done import write_done
 from disttrain.failures import Unrecoverable
 from disttrain.lease import HeldLease
 from disttrain.models import build_model
+from disttrain.pictures import write_training_images
 from disttrain.progress import Progress, log
 from disttrain.stall import StallWatch, worker_running
 from disttrain.startup import log_first_step, phase_done
 from disttrain.steps import learning_rate_at, make_learning_rate, make_optimizer, make_train_chunk
-from disttrain.storage import CLASS_NAMES_FILE, CONFIG_FILE, DONE_FILE, TRAIN_LOGS, RunDir
+from disttrain.storage import (
+    CLASS_NAMES_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
+    TRAIN_LOGS,
+    RunDir,
+    describe,
+)
 from disttrain.strategy import describe_placement, make_strategy
 from disttrain.summaries import SummaryMirror
 from disttrain.warm_start import freeze_layers, warm_start
@@ -118,6 +126,8 @@ def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | No
         # 2 workers); the learning-rate schedule reads that count.
         counters = [step_var, optimizer.iterations]
         loop = TrainLoop(config, run_dir, is_chief, write, counters, dispatcher, staging)
+        if is_chief:
+            loop.show_training_images(split, start)
         try:
             loop.run(start)
         finally:
@@ -306,6 +316,18 @@ class TrainLoop:
             self._waiting_for,
             log,
         )
+
+    def show_training_images(self, split: Split, step: int) -> None:
+        """A few training images as the step sees them, once per start (chief only)."""
+        if step >= self.config.train.steps:
+            return
+        try:
+            with self.writer.as_default():
+                write_training_images(self.config.data, split, step, self.config.train.seed)
+            self.writer.flush()
+            self.mirror.request_sync()
+        except Exception as exc:  # a picture never stops training
+            log(f"summaries | WARNING | no training images | {describe(exc)}")
 
     def run(self, start: int) -> None:
         total, every = self.config.train.steps, self.config.checkpoint.every_steps
