@@ -125,9 +125,9 @@ def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | No
         # increments it by read-then-write: 189 of 200 steps were counted, measured with
         # 2 workers); the learning-rate schedule reads that count.
         counters = [step_var, optimizer.iterations]
-        loop = TrainLoop(config, run_dir, is_chief, write, counters, dispatcher, staging)
-        if is_chief:
-            loop.show_training_images(split, start)
+        loop = TrainLoop(
+            config, run_dir, is_chief, write, counters, dispatcher, staging, images_of=split
+        )
         try:
             loop.run(start)
         finally:
@@ -288,11 +288,14 @@ class TrainLoop:
         step_counters: list[tf.Variable],
         dispatcher: Dispatcher,
         staging: Path,
+        images_of: Split | None = None,
     ):
         self.config, self.run_dir, self.is_chief = config, run_dir, is_chief
         self.write_checkpoint, self.step_counters = write_checkpoint, step_counters
         self.dispatcher = dispatcher
         self.staging = staging
+        # The split a few training images are shown from (chief), once, after the first step.
+        self.images_of = images_of if is_chief else None
         self.pending: deque[tuple[object, int]] = deque()
         self.completed = 0
         self.bad_files = 0  # distinct undecodable files met (each counted once per worker)
@@ -317,13 +320,20 @@ class TrainLoop:
             log,
         )
 
-    def show_training_images(self, split: Split, step: int) -> None:
-        """A few training images as the step sees them, once per start (chief only)."""
-        if step >= self.config.train.steps:
-            return
+    def _show_training_images(self) -> None:
+        """A few training images as the step sees them, at the step this start began from.
+
+        Called after the first step, not before: building their dataset (tf.data traces
+        its functions) takes the chief as long as a few steps, which then stays out of the
+        time to the first step and, under ParameterServerStrategy, overlaps the chunks in
+        flight.
+        """
+        split, self.images_of = self.images_of, None
         try:
             with self.writer.as_default():
-                write_training_images(self.config.data, split, step, self.config.train.seed)
+                write_training_images(
+                    self.config.data, split, self.started_at, self.config.train.seed
+                )
             self.writer.flush()
             self.mirror.request_sync()
         except Exception as exc:  # a picture never stops training
@@ -331,7 +341,7 @@ class TrainLoop:
 
     def run(self, start: int) -> None:
         total, every = self.config.train.steps, self.config.checkpoint.every_steps
-        self.completed = start
+        self.completed = self.started_at = start
         self.progress = Progress(start, total, self.config.train.log_every_seconds)
         step = start
         self.stall.start()
@@ -370,6 +380,8 @@ class TrainLoop:
             log_first_step()  # remote function registration and the chunk's steps
         if not self.is_chief:
             return
+        if self.images_of is not None:
+            self._show_training_images()
         if bad:  # the paths are in the log of the worker that read them
             self.bad_files += int(bad)
             log(f"data | bad files skipped so far: {self.bad_files} | not decodable")
