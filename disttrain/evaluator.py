@@ -179,7 +179,7 @@ class Evaluator:
 
     def _write_confusion_matrix(self, confusion: np.ndarray, step: int) -> None:
         try:
-            write_confusion_matrix(confusion, self.split.class_names, step)
+            write_confusion_matrix(confusion, self.run_class_names(), step)
         except Exception as exc:  # a picture never costs the evaluation its record
             log(f"eval | WARNING | no confusion matrix for ckpt-{step} | {describe(exc)}")
 
@@ -189,7 +189,7 @@ class Evaluator:
 
     def measure_with_confusion(self) -> tuple[dict, np.ndarray]:
         """`measure`'s numbers and the pass's confusion matrix (rows: true class, columns:
-        predicted; in the split's label order, that of the run's class_names.json)."""
+        predicted; in label order, that of `run_class_names`)."""
         eval_config = self.config.eval
         dataset = eval_dataset(
             self.config.data,

@@ -324,9 +324,9 @@ class TrainLoop:
         """A few training images as the step sees them, at the step this start began from.
 
         Called after the first step, not before: building their dataset (tf.data traces
-        its functions) takes the chief as long as a few steps, which then stays out of the
-        time to the first step and, under ParameterServerStrategy, overlaps the chunks in
-        flight.
+        its functions) takes the chief seconds on a busy machine, which then stay out of
+        the time to the first step and, under ParameterServerStrategy, overlap the chunks
+        in flight.
         """
         split, self.images_of = self.images_of, None
         try:
