@@ -630,7 +630,8 @@ def test_a_crash_looping_task_shows_its_whole_phase_in_status():
             ],
         ),
     )
-    job = client.V1Job(status=client.V1JobStatus(), metadata=pod.metadata)
+    # Each restart is a new pod of the task's Job: its failures are the restarts spent.
+    job = client.V1Job(status=client.V1JobStatus(failed=3), metadata=pod.metadata)
     row = _task_row("worker-1", job, pod)
     assert row["phase"] == "CrashLoopBackOff"  # was cut to "CrashLoopB"
     header, line = format_table([row]).splitlines()
