@@ -165,15 +165,6 @@ STOPS_AS_PREEMPTED = """
 """
 
 
-def evict(cluster: KubeCluster, namespace: str, pod: str) -> None:
-    """The eviction API, as `kubectl drain` calls it, through the Python client."""
-    from kubernetes import client, config
-
-    api = client.CoreV1Api(config.new_client_from_config(str(cluster.kubeconfig)))
-    eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=namespace))
-    api.create_namespaced_pod_eviction(pod, namespace, eviction)
-
-
 def running_pod(cluster: KubeCluster, namespace: str, job: str, not_uid: str = "") -> dict:
     def running() -> dict | None:
         found = [
@@ -214,7 +205,7 @@ def test_the_pod_failure_policy_fails_on_exit_4_and_replaces_disrupted_pods_for_
     )
 
     evicted = running_pod(kube_cluster, kube_namespace, "evicted")
-    evict(kube_cluster, kube_namespace, evicted["metadata"]["name"])
+    kube_cluster.evict(kube_namespace, evicted["metadata"]["name"])
     deleted = running_pod(kube_cluster, kube_namespace, "preempted")
     name = deleted["metadata"]["name"]
     kube_cluster.kubectl("delete", "pod", "-n", kube_namespace, name, "--wait=false")

@@ -42,6 +42,9 @@ NODE_LABELS = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
 NODE_IP = "198.18.0.1"  # reported as hostIP; the host holds it once a gateway is opened
 PODINIT = Path(__file__).with_name("podinit.py")
 VENV_BIN = Path(sys.executable).parent
+# The checkout these tests belong to, first on every container's PYTHONPATH, as an image
+# built from it would hold its code: the venv's editable install may point at another one.
+CHECKOUT = Path(__file__).resolve().parents[2]
 # Real kubelets back off 10 s doubling to 5 min; tests cannot wait that long.
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0)
 
@@ -316,6 +319,7 @@ class PodRunner:
             "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self._home()),
             "HOSTNAME": pod["spec"].get("hostname") or self.name,
+            "PYTHONPATH": str(CHECKOUT),
             # What the project's Dockerfiles set for a python entry point.
             "PYTHONUNBUFFERED": "1",
             "LANG": "C.UTF-8",
