@@ -11,7 +11,12 @@ failure semantics within `cluster.max_restarts`:
 * without ps (MultiWorkerMirroredStrategy), a chief or worker that fails takes every
   chief and worker down: they restart together from the latest published checkpoint;
 * a task whose heartbeat file (disttrain/heartbeat.py) is older than
-  `cluster.hung_task_seconds`, stopped or frozen, is killed and then fails as above.
+  `cluster.hung_task_seconds`, stopped or frozen, is killed and then fails as above;
+* a task that exits 4 fails the job at once; one that exits 5 (it stopped on SIGTERM from
+  elsewhere, disttrain/preemption.py) restarts as above without spending the budget.
+
+Ctrl-C and `stop` send SIGTERM to every task and SIGKILL after
+`launcher.local.stop_grace_seconds`: the chief publishes its last checkpoint meanwhile.
 
 The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
 own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
