@@ -154,6 +154,7 @@ def test_killed_worker_restarts_alone_and_a_sigtermed_chief_resumes_from_its_own
     assert restarts == {"ps-0": 1, "worker-0": 0, "worker-1": 1, "chief-0": 1}
     assert not alive(ps_pid)
     assert json.loads((run_dir / "DONE").read_text())["step"] == 500
+    assert_each_checkpoint_holds_the_updates_of_its_step(run_dir)  # the preempted one too
 
 
 def test_stopped_worker_is_warned_about_then_restarted_and_the_job_completes(
