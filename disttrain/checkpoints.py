@@ -333,11 +333,16 @@ class BackgroundPublisher:
             self._pending = (staged_folder, step)
             self._cond.notify_all()
 
-    def flush(self) -> None:
-        """Block until everything submitted is published (or has failed and been reported)."""
+    def flush(self, timeout: float | None = None) -> bool:
+        """Block until everything submitted is published (or has failed and been reported),
+        at most `timeout` seconds; whether it is."""
         with self._cond:
-            self._cond.wait_for(lambda: self._pending is None and not self._busy)
+            done = self._cond.wait_for(
+                lambda: self._pending is None and not self._busy,
+                max(timeout, 0) if timeout is not None else None,
+            )
         self._raise_fatal()
+        return done
 
     @property
     def errors(self) -> list[str]:

@@ -6,6 +6,7 @@ the Kubernetes client.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -301,10 +302,13 @@ def task(
 ) -> None:
     """Run one task of a job; the role comes from TF_CONFIG. Launchers run this for you."""
     _require_training("disttrain task")
+    from disttrain.preemption import Preempted
     from disttrain.task import run_task
 
     try:
         run_task(config)
+    except Preempted as exc:
+        _exit_preempted(str(exc))
     except ConfigError as exc:
         _fail(str(exc))
     except Exception as exc:
@@ -317,6 +321,22 @@ def task(
         if cause is not None:  # a restart would fail the same way: say why, once
             _fail(str(cause), code=EXIT_UNRECOVERABLE)
         raise
+
+
+def _exit_preempted(why: str) -> None:
+    """Exit with EXIT_PREEMPTED now. Not through the interpreter's shutdown: it would wait
+    for an upload thread still running past its deadline, or TensorFlow's own threads, while
+    the grace period runs out."""
+    import logging
+
+    from disttrain.failures import EXIT_PREEMPTED
+    from disttrain.progress import log
+
+    log(why)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_PREEMPTED)
 
 
 @app.command("eval")

@@ -153,6 +153,10 @@ class TrainConfig:
     # Layers whose names start with one of these prefixes are not trained (fine-tuning a
     # pretrained backbone); the layers of a nested model are matched too.
     freeze: list[str] = field(default_factory=list)
+    # On SIGTERM the chief publishes a checkpoint of the steps trained so far within this
+    # part of the grace period (disttrain/preemption.py), then exits to be restarted. 0: it
+    # exits at once, losing the steps since the last checkpoint.
+    preemption_checkpoint: float = 0.75
 
     def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
         """The recipe's keys that only make sense together, or only with one schedule."""
@@ -317,6 +321,10 @@ CONFIG_RULES: dict[str, Rule] = {
     "train.freeze": (
         lambda v: all(p.strip() == p != "" for p in v) and len(set(v)) == len(v),
         "layer-name prefixes, each non-empty, without spaces around it, none twice",
+    ),
+    "train.preemption_checkpoint": (
+        lambda v: 0.0 <= v < 1.0,
+        "a number in [0, 1): the part of the grace period after SIGTERM (0: off)",
     ),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),

@@ -1,7 +1,10 @@
-"""Errors a restart cannot fix, and the exit code that tells a launcher so.
+"""Errors a restart cannot fix, and the exit codes that tell a launcher what to do.
 
 A task that exits with EXIT_UNRECOVERABLE has printed `error: <why>` as its last line;
-the local launcher fails the job with that reason instead of spending restarts on it.
+the launchers fail the job with that reason instead of spending restarts on it (the
+local launcher itself, Kubernetes through each Job's podFailurePolicy). A task that
+exits with EXIT_PREEMPTED was asked to stop (SIGTERM) and did, after saving what it
+could (disttrain/preemption.py): a launcher starts it again without counting a failure.
 Pure Python: launchers import it without TensorFlow.
 """
 
@@ -14,6 +17,7 @@ import re
 from disttrain.cluster import task_from_tf_config
 
 EXIT_UNRECOVERABLE = 4
+EXIT_PREEMPTED = 5
 
 # The assertion message of the input pipeline's `data.on_bad_file: fail` check.
 BAD_FILE_MESSAGE = "bad image file (data.on_bad_file: fail):"

@@ -3,7 +3,8 @@
 A server has no idea how many steps remain; it stops when the chief's DONE marker
 appears in the run dir, or when the chief has been unreachable for
 `cluster.chief_timeout_seconds` (a job that failed for good must not leave servers,
-and their GPUs, running forever).
+and their GPUs, running forever). On SIGTERM it serves on until the chief has gone, within
+the grace period, and exits as preempted (disttrain/preemption.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 
 import tensorflow as tf
 
+from disttrain import preemption
 from disttrain.cluster import CHIEF, Task
 from disttrain.config import Config
 from disttrain.done import is_done
@@ -34,27 +36,36 @@ def serve(config: Config, task: Task, tf_config: dict) -> None:
         start=True,
     )
     log(f"{task.name} | serving | {tf_config['cluster'][task.role][task.index]}")
-    reason = wait_for_end(
-        RunDir(config.run_dir),
-        config.train.steps,
-        tf_config["cluster"][CHIEF][0],
-        config.cluster.chief_timeout_seconds,
-    )
+    chief = tf_config["cluster"][CHIEF][0]
+    with preemption.polled():
+        reason = wait_for_end(
+            RunDir(config.run_dir), config.train.steps, chief, config.cluster.chief_timeout_seconds
+        )
+    if preemption.requested():
+        stop_when_the_chief_has_gone(task, chief)
     # Stay up until the chief has gone: it may still be tearing down its remote context,
     # and a server vanishing under it fills the chief's log with gRPC errors.
-    wait_until_closed(tf_config["cluster"][CHIEF][0], CHIEF_EXIT_GRACE_SECONDS)
+    wait_until_closed(chief, CHIEF_EXIT_GRACE_SECONDS)
     log(f"{task.name} | stopping | {reason}")
 
 
+def stop_when_the_chief_has_gone(task: Task, chief_address: str) -> None:
+    """SIGTERM: serve on while the chief publishes its last checkpoint (it reads the
+    variables here, and its chunks in flight run here), at most until this task must exit."""
+    wait_until_closed(chief_address, preemption.exit_deadline() - time.monotonic())
+    gone = "the chief has gone" if not accepts(chief_address) else "the grace period ends"
+    raise preemption.Preempted(f"{task.name} | preempted | stopped serving: {gone}")
+
+
 def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout: float) -> str:
-    """Block until DONE exists or the chief is gone for good; say which.
+    """Block until DONE exists, the chief is gone for good or SIGTERM came; say which.
 
     The countdown starts only once the chief has been reached: a chief pod still pending
     (a GPU node scaling up, a long image pull) gets STARTUP_ALLOWANCE times longer, so
     servers do not complete, and never come back, before training began.
     """
     started, seen, unreachable_since = time.monotonic(), False, None
-    while True:
+    while not preemption.requested():
         if _done(run_dir, steps):
             return "the chief wrote DONE"
         now = time.monotonic()
@@ -69,6 +80,7 @@ def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout:
         elif now - unreachable_since > chief_timeout:
             return f"the chief ({chief_address}) was unreachable for {chief_timeout:.0f}s"
         time.sleep(POLL_SECONDS)
+    return "SIGTERM"
 
 
 def wait_until_closed(address: str, timeout: float) -> None:

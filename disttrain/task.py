@@ -19,6 +19,7 @@ from disttrain.failures import Unrecoverable
 from disttrain.heartbeat import start_heartbeat_from_env
 from disttrain.lease import hold_run_dir
 from disttrain.peers import accepts, resolves, wait_for_peers
+from disttrain.preemption import watch_for_sigterm
 from disttrain.progress import log
 from disttrain.startup import phase_done
 from disttrain.storage import RunDir
@@ -43,6 +44,7 @@ def load_task_config(path_or_url: str) -> Config:
 
 
 def run_task(config_path: str) -> None:
+    watch_for_sigterm()  # a task stopped now exits as preempted (EXIT_PREEMPTED)
     config = load_task_config(config_path)
     # First, before the imports and the peer wait: a task stopped there is as hung.
     start_heartbeat_from_env(config.cluster.hung_task_seconds, log)

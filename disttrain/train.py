@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import tensorflow as tf
 
+from disttrain import preemption
 from disttrain.checkpoints import (
     BackgroundPublisher,
     awaiting_evaluation,
@@ -63,6 +66,9 @@ class Dispatcher:
     drain: Callable[[], None]
     # Where a sent chunk runs now, for the stall warning; "" when it cannot tell.
     where: Callable[[object], str] = lambda _handle: ""
+    # Whether every chunk sent has finished, without waiting. None: under MWMS the replicas
+    # save together, at a step they would first have to agree on, so none saves alone.
+    idle: Callable[[], bool] | None = None
 
 
 def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | None = None) -> None:
@@ -129,7 +135,8 @@ def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | No
             config, run_dir, is_chief, write, counters, dispatcher, staging, images_of=split
         )
         try:
-            loop.run(start)
+            with preemption.polled():  # SIGTERM: the loop stops at its next chunk
+                loop.run(start)
         finally:
             loop.stall.stop()
         if is_chief:
@@ -249,6 +256,7 @@ def make_dispatcher(
         receive=lambda sums: tuple(s.numpy() for s in sums),
         max_in_flight=1,
         drain=lambda: None,
+        idle=(lambda: True) if shape.strategy == "single_process" else None,
     )
 
 
@@ -268,6 +276,7 @@ def _coordinator_dispatcher(config, shape, strategy, coordinator, split, chunk) 
         max_in_flight=2 * shape.workers,
         drain=coordinator.join,
         where=_worker_running_it,
+        idle=coordinator.done,
     )
 
 
@@ -346,6 +355,8 @@ class TrainLoop:
         step = start
         self.stall.start()
         while step < total:
+            if preemption.requested():
+                self._stop_for_preemption()
             next_checkpoint = (step // every + 1) * every
             size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
             self.pending.append((self.dispatcher.send(size), size))
@@ -417,6 +428,34 @@ class TrainLoop:
             self.publisher.submit(folder, step)
         else:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _stop_for_preemption(self) -> NoReturn:
+        """SIGTERM: publish the steps trained so far, within `train.preemption_checkpoint`
+        of the grace period, and stop. Chunks in flight get half of that time to finish;
+        those still running then are not in the checkpoint (at most max_in_flight chunks)."""
+        part, idle = self.config.train.preemption_checkpoint, self.dispatcher.idle
+        if not (self.is_chief and part and idle):
+            why = "under MWMS the replicas save together" if part and not idle else "off"
+            raise preemption.Preempted(f"train | preempted | no checkpoint ({why})")
+        deadline = preemption.deadline(part)
+        drain_until = (time.monotonic() + deadline) / 2
+        while not idle() and time.monotonic() < drain_until:
+            time.sleep(0.05)
+        if idle():
+            while self.pending:
+                self._receive_oldest()
+        self._report(0, force=True)
+        step, in_flight = self.completed, len(self.pending)
+        for counter in self.step_counters:
+            counter.assign(step)
+        self.publisher.submit(self._write_staged(step), step)
+        published = self.publisher.flush(deadline - time.monotonic())
+        self.writer.flush()
+        self.mirror.request_sync()
+        outcome = "published" if published and step in self.publisher.published else "NOT published"
+        raise preemption.Preempted(
+            f"train | preempted | ckpt-{step} {outcome} | chunks in flight left out: {in_flight}"
+        )
 
     def _write_staged(self, step: int) -> Path:
         """Write a checkpoint to local staging; returns its own folder for the publisher.

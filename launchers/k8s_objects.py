@@ -24,16 +24,21 @@ literal string `disttrain.cluster.tf_config_json` gives for that task (no runtim
 `$(JOB_COMPLETION_INDEX)` substitution inside JSON that a manifest reader, the charts' test
 and the trainer's index regex would otherwise see differently); each task has its own
 restart budget (`backoffLimit`, where an Indexed Job needs `backoffLimitPerIndex`, only GA in
-Kubernetes 1.33 while we support 1.25); and a worker's restarts never count against the chief.
+Kubernetes 1.33 while we support 1.26); and a worker's restarts never count against the chief.
 
-Failure semantics (docs/architecture.md) without an operator: pods use `restartPolicy:
-OnFailure`, so a failed task restarts in place (same pod, same DNS name, `logs --previous`
-shows the failed run). A worker that dies restarts alone; the coordinator reschedules its
-work. A ps that dies makes the chief's coordinator fail (TensorFlow raises on a lost ps), so
-the chief restarts too and resumes from the latest published checkpoint. `backoffLimit =
-cluster.max_restarts` ends a task that keeps failing; the job fails when its chief does. A
-task that is stopped or frozen fails nothing by itself: its liveness probe fails once its
-heartbeat file is older than `cluster.hung_task_seconds`, and the kubelet restarts it.
+Failure semantics (docs/architecture.md) without an operator: a failed task's Job starts a
+new pod (`restartPolicy: Never`, which a podFailurePolicy needs), with the same hostname and
+subdomain, so the same DNS name; `logs --previous` reads the pod before. A worker that dies
+restarts alone; the coordinator reschedules its work. A ps that dies makes the chief's
+coordinator fail (TensorFlow raises on a lost ps), so the chief restarts too and resumes
+from the latest published checkpoint. `backoffLimit = cluster.max_restarts` ends a task that
+keeps failing; the job fails when its chief does. `FAILURE_POLICY` fails a task's Job at once
+on exit code 4 (a restart cannot fix it) and does not count a pod the cluster disrupted
+(drain, eviction, preemption) nor one that stopped on SIGTERM (exit 5): a new pod replaces
+it, after the old one has ended (the Job controller waits when a podFailurePolicy is set).
+A task that is stopped or frozen fails nothing by itself: its liveness probe fails once its
+heartbeat file is older than `cluster.hung_task_seconds`, and the kubelet kills it (SIGKILL
+after the grace period, as a stopped process ignores SIGTERM): a failure, counted.
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, dump_config
+from disttrain.failures import EXIT_PREEMPTED, EXIT_UNRECOVERABLE
 from disttrain.heartbeat import HEARTBEAT_ENV, probe_command
+from disttrain.preemption import GRACE_ENV
 from launchers.chart_values import (
     BOARD_CHART,
     CHARTS,
@@ -97,6 +104,26 @@ INDEX_LABEL = "disttrain.io/index"
 HEARTBEAT_FILE = "/tmp/disttrain-heartbeat"
 # How often the kubelet runs the liveness probe; a probe is given as long to answer.
 PROBE_PERIOD_SECONDS = 10
+# Every task's Job (launchers/charts/_shared/_disttrain.tpl renders the same): the Job
+# controller's matchPodFailurePolicy takes the first rule that matches a failed pod. The
+# empty onPodConditions of an exit-code rule are for the published API schemas of 1.26 to
+# 1.28, which wrongly require the field (kubectl's client-side validation uses them); the
+# API server checks that only one of the two is non-empty.
+FAILURE_POLICY = {
+    "rules": [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"operator": "In", "values": [EXIT_UNRECOVERABLE]},
+            "onPodConditions": [],
+        },
+        {
+            "action": "Ignore",
+            "onExitCodes": {"operator": "In", "values": [EXIT_PREEMPTED]},
+            "onPodConditions": [],
+        },
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+}
 
 
 # ---------------------------------------------------------------- names, labels, addresses
@@ -234,6 +261,7 @@ def task_job(
     tf_config = tf_config_json(shape, address_of(config.name, k8s.namespace, k8s.port), task)
     env = [{"name": "TF_CONFIG", "value": tf_config}]
     env += [{"name": key, "value": value} for key, value in TASK_ENV.items()]
+    env.append({"name": GRACE_ENV, "value": str(k8s.termination_grace_seconds)})
     command = EVAL_ONCE_COMMAND if task.role == EVALUATOR and eval_once else TASK_COMMAND
     hung_task_seconds = config.cluster.hung_task_seconds if command == TASK_COMMAND else 0
     if hung_task_seconds:
@@ -243,11 +271,12 @@ def task_job(
         container["livenessProbe"] = liveness_probe(hung_task_seconds)
     if task.role != EVALUATOR:
         container["ports"] = [{"name": "grpc", "containerPort": k8s.port}]
-    pod = _pod_spec(config, k8s, k8s.role(task.role), container, "OnFailure")
+    pod = _pod_spec(config, k8s, k8s.role(task.role), container, "Never")
     pod["hostname"] = task_host(config.name, task)
     pod["subdomain"] = config.name
     spec = {
         "backoffLimit": config.cluster.max_restarts,
+        "podFailurePolicy": copy.deepcopy(FAILURE_POLICY),
         "template": {"metadata": {"labels": pod_labels(k8s, task_labels)}, "spec": pod},
     }
     if k8s.active_deadline_seconds:
@@ -364,6 +393,7 @@ def _pod_spec(
 ) -> dict:
     spec = {
         "restartPolicy": restart,
+        "terminationGracePeriodSeconds": k8s.termination_grace_seconds,
         "automountServiceAccountToken": bool(k8s.service_account),
         "enableServiceLinks": False,
         "securityContext": {

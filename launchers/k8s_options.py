@@ -147,6 +147,9 @@ class K8sOptions:
     storage: StorageOptions = field(default_factory=StorageOptions)
     active_deadline_seconds: int = 0  # 0: no deadline
     ttl_seconds_after_finished: int = -1  # -1: keep the finished job's objects
+    # Every pod's terminationGracePeriodSeconds, between SIGTERM and SIGKILL: the chief
+    # publishes its last checkpoint within `train.preemption_checkpoint` of it.
+    termination_grace_seconds: int = 30
 
     RULES: ClassVar[dict[str, Rule]] = {
         "namespace": (
@@ -160,6 +163,7 @@ class K8sOptions:
         "port": (Syntax(minimum=1, maximum=65535), "a port from 1 to 65535"),
         "active_deadline_seconds": (Syntax(minimum=0), "an integer >= 0 (0: none)"),
         "ttl_seconds_after_finished": (Syntax(minimum=-1), "an integer >= -1 (-1: keep)"),
+        "termination_grace_seconds": (Syntax(minimum=1), "an integer >= 1 (seconds)"),
         "image_pull_secrets": (
             kube_syntax.OBJECT_NAMES,
             "Secret names (lower-case letters, digits, '-' and '.')",

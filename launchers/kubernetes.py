@@ -304,14 +304,32 @@ class Cluster:
     # ---------------------------------------------------------------- results and tables
 
     def job_result(self, name: str) -> tuple[str, str]:
-        """(running|succeeded|failed, reason) from the chief's Job conditions."""
-        job = self.call("read", "Job", name, absent_ok=True)
-        if job is None:
+        """(running|succeeded|failed, reason): the chief's Job's result, unless another
+        task's Job failed by its podFailurePolicy (exit code 4: a restart cannot fix it),
+        which fails the job at once, as the local launcher does."""
+        jobs = self.task_jobs(name)
+        chief = next((job for job in jobs if job.metadata.name == name), None)
+        if chief is None:
             raise LauncherError(
                 f"no job {name!r} in namespace {self.namespace} "
                 f"(`disttrain list -l k8s -n {self.namespace}` lists the jobs there)"
             )
-        return _result_of(job)
+        result, reason = _result_of(chief)
+        stopped = [job for job in jobs if _failed_by_policy(job)]
+        if stopped and result != "succeeded":
+            return "failed", self._why_it_stopped(name, stopped[0])
+        return result, reason
+
+    def _why_it_stopped(self, name: str, job) -> str:
+        """`<task> stopped: <its last error line>`, from the pod that failed its Job."""
+        task = _task_name(job)
+        role, index = task.rsplit("-", 1)
+        pods = self.pods(name, **{ROLE_LABEL: role, INDEX_LABEL: index})
+        failed = [pod for pod in pods if pod.status.phase == "Failed"]
+        tail = self._log_tail(failed[-1]) if failed else ""
+        errors = [line for line in tail.splitlines() if line.startswith("error: ")]
+        why = errors[-1].removeprefix("error: ") if errors else _failed_condition(job)
+        return f"{task} stopped: {why}"
 
     def job_status(self, name: str) -> JobStatus:
         """One row per task, read from its Job, so a task whose pod the Job controller
@@ -328,7 +346,10 @@ class Cluster:
         rows = []
         for job in self.task_jobs(name):
             task = _task_name(job)
-            rows.append(_task_row(task, job, pods.pop(task, None)))
+            row = _task_row(task, job, pods.pop(task, None))
+            if _failed_by_policy(job):
+                row["reason"] = self._why_it_stopped(name, job)
+            rows.append(row)
         for task, pod in pods.items():  # pods of a Deployment (TensorBoard)
             rows.append(_task_row(task, None, pod))
         return JobStatus(name, result, reason, self.namespace, rows, progress)
@@ -400,18 +421,24 @@ class Cluster:
     def print_logs(
         self, name: str, role: str | None, index: int, follow: bool, previous: bool
     ) -> None:
+        """The newest pod's log of each task (or of one task); with `previous`, the pod's
+        before it: a task restarts as a new pod of its Job (restartPolicy Never)."""
         extra = {} if role is None else {ROLE_LABEL: role, INDEX_LABEL: str(index)}
-        pods = self.pods(name, **extra)
+        by_task: dict[str, list] = {}
+        for pod in self.pods(name, **extra):  # oldest first within each task
+            by_task.setdefault(_task_name(pod), []).append(pod)
+        pods = [runs[-2 if previous else -1] for runs in by_task.values() if len(runs) > previous]
         if not pods:
             what = "any task" if role is None else f"task {role}-{index}"
-            raise LauncherError(f"job {name} in namespace {self.namespace} has no pod for {what}")
-        if role is not None:
-            pods = pods[-1:]  # the newest pod of the task
+            earlier = " before its current one" if previous and by_task else ""
+            raise LauncherError(
+                f"job {name} in namespace {self.namespace} has no pod{earlier} for {what}"
+            )
         for pod in pods:
             prefix = f"[{_task_name(pod)}] " if len(pods) > 1 else ""
-            self._stream_log(pod.metadata.name, prefix, follow and len(pods) == 1, previous)
+            self._stream_log(pod.metadata.name, prefix, follow and len(pods) == 1)
 
-    def _stream_log(self, pod: str, prefix: str, follow: bool, previous: bool) -> None:
+    def _stream_log(self, pod: str, prefix: str, follow: bool) -> None:
         core = self.client.CoreV1Api(self.api_client)
         response = self.request(
             f"logs of pod {pod} in namespace {self.namespace}",
@@ -419,7 +446,6 @@ class Cluster:
             pod,
             self.namespace,
             follow=follow,
-            previous=previous,
             _preload_content=False,
             stream=follow,
         )
@@ -441,7 +467,7 @@ class Cluster:
             pods = self.pods(name, **{ROLE_LABEL: "chief"})
             running = [p for p in pods if p.status.phase == "Running"]
             if running:
-                self._stream_log(running[-1].metadata.name, "[chief-0] ", True, False)
+                self._stream_log(running[-1].metadata.name, "[chief-0] ", True)
             time.sleep(POLL_SECONDS)
 
     # ---------------------------------------------------------------- stop
@@ -496,10 +522,10 @@ def _task_row(task: str, job, pod) -> dict:
         phase = "Succeeded"
     else:
         phase = _phase(pod) if pod is not None else "Pending"
-    if pod is not None:
+    if job is not None:  # each restart is a new pod; the failures spent from backoffLimit
+        restarts = job.status.failed or 0
+    else:  # TensorBoard's pod restarts in place
         restarts = sum(s.restart_count for s in pod.status.container_statuses or [])
-    else:
-        restarts = (job.status.failed or 0) if job is not None else 0
     created = (pod or job).metadata.creation_timestamp
     return {
         "task": task,
@@ -541,6 +567,14 @@ def _result_of(chief_job) -> tuple[str, str]:
         if condition.status == "True" and condition.type in ("Complete", "SuccessCriteriaMet"):
             return "succeeded", ""
     return "running", ""
+
+
+def _failed_by_policy(job) -> bool:
+    """The Job failed at once by its podFailurePolicy's FailJob rule (exit code 4)."""
+    return any(
+        c.status == "True" and c.type == "Failed" and c.reason == "PodFailurePolicy"
+        for c in job.status.conditions or []
+    )
 
 
 def _failed_condition(job) -> str | None:

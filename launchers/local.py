@@ -11,7 +11,12 @@ failure semantics within `cluster.max_restarts`:
 * without ps (MultiWorkerMirroredStrategy), a chief or worker that fails takes every
   chief and worker down: they restart together from the latest published checkpoint;
 * a task whose heartbeat file (disttrain/heartbeat.py) is older than
-  `cluster.hung_task_seconds`, stopped or frozen, is killed and then fails as above.
+  `cluster.hung_task_seconds`, stopped or frozen, is killed and then fails as above;
+* a task that exits 4 fails the job at once; one that exits 5 (it stopped on SIGTERM from
+  elsewhere, disttrain/preemption.py) restarts as above without spending the budget.
+
+Ctrl-C and `stop` send SIGTERM to every task and SIGKILL after
+`launcher.local.stop_grace_seconds`: the chief publishes its last checkpoint meanwhile.
 
 The job succeeds when the chief exits 0; workers, ps and the evaluator then stop on their
 own. Each job keeps a state folder (`job.json`, one log per task) that `status`, `logs`
@@ -51,8 +56,9 @@ from disttrain.cluster import (
     tf_config_json,
 )
 from disttrain.config import Config, ConfigError, Rule, dump_config
-from disttrain.failures import EXIT_UNRECOVERABLE
+from disttrain.failures import EXIT_PREEMPTED, EXIT_UNRECOVERABLE
 from disttrain.heartbeat import HEARTBEAT_ENV, silent_for
+from disttrain.preemption import GRACE_ENV
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, LineFilter
@@ -79,7 +85,9 @@ from launchers.prepare import (
 )
 
 POLL_SECONDS = 0.2
-STOP_GRACE_SECONDS = 10.0
+# A task that ignores SIGTERM this long is killed; a launcher that has not let go of its
+# job's name after twice as long, too. The tasks know it (preemption.GRACE_ENV).
+STOP_GRACE_SECONDS = 30.0
 INTERRUPTED = 130  # the job's exit code after Ctrl-C or `disttrain stop`, as a shell's
 # A launcher that could not poll for this long (stopped, or its machine suspended) gives
 # every task a new heartbeat timeout: their silence was its own.
@@ -120,8 +128,12 @@ class LocalOptions:
     # Take the run dir over from the job that holds its lease (`--take-over`); that job's
     # chief and evaluator stop at their next write. Not implied by --force.
     take_over: bool = field(default=False, metadata={"flag": "take-over"})
+    # Ctrl-C and `stop`: SIGTERM, at most this long to exit (the chief publishes its last
+    # checkpoint, disttrain/preemption.py), then SIGKILL.
+    stop_grace_seconds: float = STOP_GRACE_SECONDS
 
     RULES: ClassVar[dict[str, Rule]] = {
+        "stop_grace_seconds": (lambda v: v > 0, "a number of seconds > 0"),
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
         "first_port": (lambda v: 1024 <= v <= 65535, "a port from 1024 to 65535"),
     }
@@ -141,6 +153,7 @@ class LocalPlan(Plan):
     state_dir: str = ""
     config_path: str = ""
     tasks: list[TaskPlan] = field(default_factory=list)
+    stop_grace_seconds: float = STOP_GRACE_SECONDS
 
     def render(self) -> str:
         """Each task's environment and command: exactly what `submit` starts, ports included."""
@@ -182,13 +195,22 @@ def plan_job(
         env = {
             "TF_CONFIG": tf_config_json(shape, address_of, task),
             **TASK_ENV,
+            GRACE_ENV: f"{options.stop_grace_seconds:g}",
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
         }
         if config.cluster.hung_task_seconds:
             env[HEARTBEAT_ENV] = str(state_dir / "heartbeats" / task.name)
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
         tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
-    return LocalPlan(config.name, warnings, config, str(state_dir), config_path, tasks)
+    return LocalPlan(
+        config.name,
+        warnings,
+        config,
+        str(state_dir),
+        config_path,
+        tasks,
+        options.stop_grace_seconds,
+    )
 
 
 def free_ports(count: int, first: int | None = None) -> list[int]:
@@ -371,7 +393,7 @@ def _stop_launcher(state_dir: Path, state: dict) -> str:
             break
         if is_running(owner.pid, owner.start_time):  # never a process that took its pid
             os.kill(owner.pid, sig)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS * 2
+        deadline = time.monotonic() + state.get("stop_grace_seconds", STOP_GRACE_SECONDS) * 2
         while name_is_held(state_dir) and time.monotonic() < deadline:
             time.sleep(0.1)
     return f"launcher (pid {owner.pid})"
@@ -500,7 +522,7 @@ class Supervisor:
         reason = ""
         if code == EXIT_UNRECOVERABLE:  # the task said a restart would fail the same way
             reason = f"{task.name} stopped: {self._last_error(task)}"
-        elif self.used >= self.budget:
+        elif self.used >= self.budget and code != EXIT_PREEMPTED:
             reason = (
                 f"{task.name} exited with code {code}; the restart budget "
                 f"(cluster.max_restarts = {self.budget}) is used up"
@@ -510,11 +532,15 @@ class Supervisor:
             self._stop_all()
             self._end("failed", reason)
             return 1
-        self.used += 1
         group = self._restarted_with(task)
+        if code == EXIT_PREEMPTED:  # asked to stop (SIGTERM from outside), not a failure
+            spent = f"not counted: it stopped on SIGTERM; {self.used}/{self.budget} restarts used"
+        else:
+            self.used += 1
+            spent = f"{self.used}/{self.budget} restarts used"
         print(
             f"[launcher] {task.name} exited with code {code}; restarting "
-            f"{', '.join(t.name for t in group)} ({self.used}/{self.budget} restarts used)",
+            f"{', '.join(t.name for t in group)} ({spent})",
             flush=True,
         )
         stopped = [self.procs.pop(member) for member in group if member in self.procs]
@@ -614,7 +640,7 @@ class Supervisor:
         procs = list(self.procs.values())
         for proc in procs:
             _kill_group(proc.pid, signal.SIGTERM)
-        _wait_for_exit(procs, STOP_GRACE_SECONDS)
+        _wait_for_exit(procs, self.job.stop_grace_seconds)
         for proc in procs:
             _kill_group(proc.pid, signal.SIGKILL)
         for proc in self.procs.values():
@@ -658,6 +684,7 @@ class Supervisor:
             "result": self.result,
             "reason": self.reason,
             "run_dir": self.config.run_dir,
+            "stop_grace_seconds": self.job.stop_grace_seconds,
             "tasks": tasks,
         }
         write_job_state(Path(self.job.state_dir), state)

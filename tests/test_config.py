@@ -108,6 +108,17 @@ def test_the_crop_area_must_be_a_fraction_of_the_image():
         load_config(None, ["data.crop_min_area=1.5"])
 
 
+def test_the_preemption_checkpoint_is_a_part_of_the_grace_period_and_grace_is_positive():
+    assert load_config(None, ["train.preemption_checkpoint=0"]).train.preemption_checkpoint == 0
+    with pytest.raises(
+        ConfigError, match=r"train.preemption_checkpoint: got 1.0; accepted: a number in \[0, 1\)"
+    ):
+        load_config(None, ["train.preemption_checkpoint=1"])
+    for key, got in (("local.stop_grace_seconds", "0.0"), ("k8s.termination_grace_seconds", "0")):
+        with pytest.raises(ConfigError, match=rf"launcher.{key}: got {got}; accepted: "):
+            load_job(None, [f"launcher.{key}=0"], key.split(".")[0])
+
+
 def test_choice_lists_the_accepted_values():
     with pytest.raises(ConfigError, match="data.source: got 'imagenet'; accepted: builtin"):
         load_config(None, ["data.source=imagenet"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -24,9 +25,11 @@ from kubecluster.disttrain_jobs import (
     SHARE,
     assert_trained,
     blob_job_args,
+    chief_log,
     chief_result,
     holds,
     job_args,
+    last_reported_step,
     objects_of_jobs,
     pod_logs,
     pods_of,
@@ -145,9 +148,16 @@ def test_k8s_job_trains_to_completion_and_status_logs_stop_work(k8s):
     print(f"\ne2e k8s job (chief, 2 workers, 1 ps, evaluator; 200 steps): {wall:.1f} s")
 
 
-def test_dry_run_applied_with_kubectl_trains_even_when_a_worker_pod_is_deleted(k8s):
+def test_dry_run_applied_with_kubectl_survives_a_deleted_chief_and_an_evicted_worker_for_free(
+    k8s,
+):
+    """`kubectl delete pod` of the chief between two checkpoints: the kubelet sends SIGTERM and
+    waits the pod's grace period; the chief publishes the steps it trained and exits 5, and
+    its replacement resumes there. A worker evicted through the eviction API (DisruptionTarget)
+    is replaced too. Neither spends its Job's backoffLimit."""
     cluster, namespace, env = k8s
-    args = job_args(namespace, "applied", workers=2, evaluator=False)
+    sets = ("--set", "train.steps=300", "--set", "checkpoint.every_steps=1000")
+    args = job_args(namespace, "applied", *sets, workers=2, evaluator=False)
     manifest = cli("train", "--launcher", "k8s", "--dry-run", *args, env=env, check=True).stdout
     applied = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest).stdout
     assert "job.batch/applied created" in applied
@@ -155,20 +165,32 @@ def test_dry_run_applied_with_kubectl_trains_even_when_a_worker_pod_is_deleted(k
     cluster.wait_for(
         "training to start", lambda: training_started(cluster, namespace, "applied"), timeout=120
     )
-    (victim,) = pods_of(cluster, namespace, "applied", role="worker", index="1")
-    cluster.kubectl("delete", "pod", "-n", namespace, victim["metadata"]["name"], "--wait=false")
+    (chief,) = pods_of(cluster, namespace, "applied", role="chief")
+    (worker,) = pods_of(cluster, namespace, "applied", role="worker", index="1")
+    reported = last_reported_step(chief_log(cluster, namespace, "applied"))
+    cluster.kubectl("delete", "pod", "-n", namespace, chief["metadata"]["name"], "--wait=false")
+    cluster.evict(namespace, worker["metadata"]["name"])
+    for role, index, old in (("chief", "0", chief), ("worker", "1", worker)):
+        cluster.wait_for(
+            f"a replacement {role}-{index} pod",
+            lambda r=role, i=index, u=old["metadata"]["uid"]: any(
+                p["metadata"]["uid"] != u
+                for p in pods_of(cluster, namespace, "applied", role=r, index=i)
+            ),
+            timeout=120,
+        )
     cluster.wait_for(
-        "a replacement worker-1 pod",
-        lambda: any(
-            p["metadata"]["uid"] != victim["metadata"]["uid"]
-            for p in pods_of(cluster, namespace, "applied", role="worker", index="1")
-        ),
-    )
-    cluster.wait_for(
-        "the job to finish", lambda: chief_result(cluster, namespace, "applied"), timeout=240
+        "the job to finish", lambda: chief_result(cluster, namespace, "applied"), timeout=300
     )
     assert chief_result(cluster, namespace, "applied") == "Complete", cluster.describe()
-    assert_trained(cluster, namespace, "applied")
+    assert_trained(cluster, namespace, "applied", steps=300)
+
+    logs = "\n".join(pod_logs(cluster, namespace).values())
+    (published,) = [int(s) for s in re.findall(r"preempted \| ckpt-(\d+) published", logs)]
+    assert 0 < reported <= published < 300, logs[-3000:]  # no interval checkpoint before 1000
+    assert f"checkpoint | restored | ckpt-{published} | resuming at step {published}" in logs
+    for job in ("applied", "applied-worker-1"):
+        assert cluster.get("Job", namespace, job, "batch/v1")["status"]["failed"] == 0, job
 
 
 def test_killed_ps_brings_back_ps_and_chief_which_resume_from_the_checkpoint(k8s):
@@ -188,17 +210,26 @@ def test_killed_ps_brings_back_ps_and_chief_which_resume_from_the_checkpoint(k8s
     )
     assert chief_result(cluster, namespace, "psfault") == "Complete", cluster.describe()
     assert_trained(cluster, namespace, "psfault", steps=400)
-    restarts = {
-        p["metadata"]["labels"]["disttrain.io/role"]: p["status"]["containerStatuses"][0][
-            "restartCount"
-        ]
-        for p in pods_of(cluster, namespace, "psfault")
+    # Each restart is a new pod, counted against its Job's backoffLimit.
+    failed = {
+        job: cluster.get("Job", namespace, job, "batch/v1")["status"].get("failed", 0)
+        for job in ("psfault", "psfault-ps-0")
     }
-    assert restarts["ps"] >= 1 and restarts["chief"] >= 1, restarts
-    chief = pods_of(cluster, namespace, "psfault", role="chief")[-1]["metadata"]["name"]
+    assert failed["psfault-ps-0"] >= 1 and failed["psfault"] >= 1, failed
+    (chief,) = [
+        p["metadata"]["name"]
+        for p in pods_of(cluster, namespace, "psfault", role="chief")
+        if p["status"]["phase"] == "Succeeded"
+    ]
     current = cluster.kubectl("logs", "-n", namespace, chief).stdout
     resumed = [line for line in current.splitlines() if "checkpoint | restored" in line]
     assert resumed and "resuming at step 0" not in resumed[0], current[-3000:]
+    # --previous is the task's pod before: the killed ps served and never saw DONE.
+    where = ["-l", "k8s", "-n", namespace]
+    killed = cli("logs", "psfault", "ps", "0", "--previous", *where, env=env, check=True).stdout
+    assert "ps-0 | serving" in killed and "stopping" not in killed, killed[-2000:]
+    last = cli("logs", "psfault", "ps", "0", *where, env=env, check=True).stdout
+    assert "ps-0 | stopping | the chief wrote DONE" in last, last[-2000:]
 
 
 def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_why(k8s):
@@ -227,6 +258,34 @@ def test_a_task_that_keeps_failing_exhausts_its_backoff_limit_and_status_says_wh
     described = cli("describe", "broken", *where, env=env, check=True).stdout
     assert "failed (BackoffLimitExceeded" in described.splitlines()[0], described
     assert "Job/broken" in described, described
+
+
+def test_a_task_that_exits_4_fails_the_job_at_once_and_status_names_it_and_why(k8s):
+    """Exit code 4 (a restart cannot fix it: here, a run dir trained on other classes) fails
+    the task's Job on its first pod, by the podFailurePolicy, not after backoffLimit more."""
+    cluster, namespace, env = k8s
+    folder = run_dir(cluster, namespace, "unfixable")
+    folder.mkdir(parents=True)
+    (folder / "class_names.json").write_text(json.dumps(["cat", "dog"]))
+    args = job_args(namespace, "unfixable", "--set", "cluster.ps=0", workers=0, evaluator=False)
+    result = cli("train", "--launcher", "k8s", "--wait", *args, env=env, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    why = f"chief-0 stopped: run dir /azure/{SHARE}/runs/{namespace}/unfixable trains on the "
+    why += "classes cat, dog; this config's data has circle, cross"
+    assert f"job unfixable: failed ({why}" in result.stdout, result.stdout
+    assert len(pods_of(cluster, namespace, "unfixable", role="chief")) == 1  # of backoffLimit 3
+    (condition,) = [
+        c
+        for c in cluster.get("Job", namespace, "unfixable", "batch/v1")["status"]["conditions"]
+        if c["type"] == "Failed"
+    ]
+    assert condition["reason"] == "PodFailurePolicy", condition
+    status = cli("status", "unfixable", "-l", "k8s", "-n", namespace, env=env).stdout
+    assert status.splitlines()[0].startswith(
+        f"job unfixable (namespace {namespace}): failed ({why}"
+    )
+    chief_row = next(line for line in status.splitlines() if line.startswith("chief-0"))
+    assert "Failed" in chief_row and why in chief_row, status
 
 
 def test_two_jobs_share_a_namespace_without_colliding(k8s):

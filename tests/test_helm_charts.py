@@ -31,7 +31,7 @@ from launchers.pod_security import restricted_violations
 
 ROOT = Path(__file__).resolve().parent.parent
 CHARTS = ("distrib-tensorflow", "eval-tensorflow", "tensorboard")
-K8S_VERSIONS = ("1.37.0", "1.25.0")
+K8S_VERSIONS = ("1.37.0", "1.26.0")
 EXAMPLE_VALUES = ROOT / "configs" / "values.override.yaml"
 PLANTED_KEY = "PLANTEDkey0123456789+/abcdefSECRETVALUE=="
 BASE = [

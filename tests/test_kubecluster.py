@@ -152,6 +152,82 @@ def test_failing_pod_exhausts_backoff_limit(kube_cluster, kube_namespace):
         assert terminated["exitCode"] == 3 and terminated["reason"] == "Error"
 
 
+# A task that takes 3 s to stop on SIGTERM (disttrain's chief publishing), then exits 5.
+STOPS_AS_PREEMPTED = """
+    import signal, sys, time
+    def stop(*_):
+        print("SIGTERM", flush=True)
+        time.sleep(3)
+        sys.exit(5)
+    signal.signal(signal.SIGTERM, stop)
+    print("running", flush=True)
+    time.sleep(600)
+"""
+
+
+def running_pod(cluster: KubeCluster, namespace: str, job: str, not_uid: str = "") -> dict:
+    def running() -> dict | None:
+        found = [
+            p
+            for p in pods_of(cluster, namespace, job)
+            if p["status"].get("phase") == "Running" and p["metadata"]["uid"] != not_uid
+        ]
+        return found[0] if found else None
+
+    return cluster.wait_for(f"a running pod of {job}", running)
+
+
+def test_the_pod_failure_policy_fails_on_exit_4_and_replaces_disrupted_pods_for_free(
+    kube_cluster, kube_namespace
+):
+    """disttrain's podFailurePolicy (launchers/k8s_objects.py), as the Job controller applies
+    it: exit 4 fails the Job after one pod; a pod evicted through the eviction API (it gets
+    DisruptionTarget, and dies of SIGTERM) or one that exits 5 after a plain delete is
+    replaced, once it has ended, without counting against backoffLimit 0."""
+    from launchers.k8s_objects import FAILURE_POLICY
+
+    def job(name: str, script: str) -> dict:
+        return python_job(name, script, backoffLimit=0, podFailurePolicy=FAILURE_POLICY)
+
+    apply(
+        kube_cluster,
+        kube_namespace,
+        job("broken", "import sys; print('error: no fix'); sys.exit(4)"),
+        job("evicted", "import time; print('running', flush=True); time.sleep(600)"),
+        job("preempted", STOPS_AS_PREEMPTED),
+    )
+    condition = wait_job(kube_cluster, kube_namespace, "broken")
+    (pod,) = pods_of(kube_cluster, kube_namespace, "broken")
+    assert (condition["type"], condition["reason"]) == ("Failed", "PodFailurePolicy")
+    assert condition["message"] == (
+        f"Container main for pod {kube_namespace}/{pod['metadata']['name']} failed with exit "
+        "code 4 matching FailJob rule at index 0"
+    )
+
+    evicted = running_pod(kube_cluster, kube_namespace, "evicted")
+    kube_cluster.evict(kube_namespace, evicted["metadata"]["name"])
+    deleted = running_pod(kube_cluster, kube_namespace, "preempted")
+    name = deleted["metadata"]["name"]
+    kube_cluster.kubectl("delete", "pod", "-n", kube_namespace, name, "--wait=false")
+    # Still stopping (3 s): not replaced before it has ended.
+    (terminating,) = pods_of(kube_cluster, kube_namespace, "preempted")
+    assert terminating["metadata"]["deletionTimestamp"]
+    for job_name, old in (("evicted", evicted), ("preempted", deleted)):
+        uid = old["metadata"]["uid"]
+        running_pod(kube_cluster, kube_namespace, job_name, not_uid=uid)
+        status = kube_cluster.get("Job", kube_namespace, job_name, "batch/v1")["status"]
+        assert status["failed"] == 0 and not job_condition(kube_cluster, kube_namespace, job_name)
+        # The old pod ended, was counted (as nothing) and let go: it is gone from the API.
+        kube_cluster.wait_for(
+            f"the old {job_name} pod to be removed",
+            lambda n=job_name, u=uid: u not in uids_of(kube_cluster, kube_namespace, n),
+        )
+
+
+def uids_of(cluster: KubeCluster, namespace: str, job: str) -> set[str]:
+    return {pod["metadata"]["uid"] for pod in pods_of(cluster, namespace, job)}
+
+
 COUNTING = """
     import pathlib, sys
     counter = pathlib.Path("/scratch/attempts")

@@ -36,7 +36,7 @@ from launchers.pod_security import restricted_violations
 from launchers.prepare import LOCAL_CREDENTIALS, check_cluster_run_dir
 
 # Newest and oldest Kubernetes the launcher supports (README, "Kubernetes and Helm").
-K8S_VERSIONS = ("1.37.0", "1.25.0")
+K8S_VERSIONS = ("1.37.0", "1.26.0")
 # The trainer's regex for its shard index (disttrain/data/pipeline.py).
 INDEX_IN_TF_CONFIG = re.compile(r'"task"\s*:\s*\{[^}]*"index"\s*:\s*(\d+)')
 SHARE = [
@@ -205,11 +205,28 @@ def test_labels_name_the_app_instance_component_role_and_index(objects):
         )
 
 
-def test_restart_policies_and_budget_follow_the_failure_semantics():
-    config, k8s = k8s_job(*SHAPES["blob-board-deadline"], "cluster.max_restarts=5")
+def test_restart_policies_budget_and_grace_follow_the_failure_semantics():
+    config, k8s = k8s_job(
+        *SHAPES["blob-board-deadline"],
+        "cluster.max_restarts=5",
+        "launcher.k8s.termination_grace_seconds=45",
+    )
     objs = job_objects(config, k8s)
     for task, job in jobs_by_task(objs).items():
-        assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+        pod = job["spec"]["template"]["spec"]
+        # A podFailurePolicy needs Never: a restart is a new pod of the same Job.
+        assert pod["restartPolicy"] == "Never"
+        assert pod["terminationGracePeriodSeconds"] == 45
+        assert env_of(job)["DISTTRAIN_GRACE_SECONDS"] == "45"  # the task's own deadline
+        rules = [
+            (rule["action"], rule.get("onExitCodes", {}).get("values"), rule["onPodConditions"])
+            for rule in job["spec"]["podFailurePolicy"]["rules"]
+        ]
+        assert rules == [
+            ("FailJob", [4], []),  # a restart cannot fix it: the task's Job fails at once
+            ("Ignore", [5], []),  # it stopped on SIGTERM after saving: not a failure
+            ("Ignore", None, [{"type": "DisruptionTarget", "status": "True"}]),
+        ]
         assert job["spec"]["backoffLimit"] == 5
         assert job["spec"]["activeDeadlineSeconds"] == 7200
         # Only the owner has a TTL: its deletion takes every other object with it.
@@ -613,7 +630,8 @@ def test_a_crash_looping_task_shows_its_whole_phase_in_status():
             ],
         ),
     )
-    job = client.V1Job(status=client.V1JobStatus(), metadata=pod.metadata)
+    # Each restart is a new pod of the task's Job: its failures are the restarts spent.
+    job = client.V1Job(status=client.V1JobStatus(failed=3), metadata=pod.metadata)
     row = _task_row("worker-1", job, pod)
     assert row["phase"] == "CrashLoopBackOff"  # was cut to "CrashLoopB"
     header, line = format_table([row]).splitlines()

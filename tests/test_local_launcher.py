@@ -123,29 +123,38 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
     assert correct / len(files) == best["accuracy"] > ACCURACY_AFTER_600_STEPS
 
 
-def test_killed_worker_restarts_alone_and_the_job_completes(tmp_path, builtin_data, disttrain_home):
+def test_killed_worker_restarts_alone_and_a_sigtermed_chief_resumes_from_its_own_checkpoint(
+    tmp_path, builtin_data, disttrain_home
+):
+    """A killed worker restarts alone (one restart spent). A chief sent SIGTERM between two
+    checkpoints publishes the steps it trained, exits 5 and restarts with the ps without
+    spending the budget, resuming where it stopped rather than at the last interval."""
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    proc = start_cli(
-        "train",
-        *small_job(
-            run_dir, builtin_data, "--set", "train.steps=500", "--set", "eval.enabled=false"
-        ),
-        log_path=log,
-    )
+    sets = ("train.steps=500", "checkpoint.every_steps=1000", "eval.enabled=false")
+    args = [a for key_value in sets for a in ("--set", key_value)]
+    proc = start_cli("train", *small_job(run_dir, builtin_data, *args), log_path=log)
     try:
         wait_for(lambda: trained_step(log) >= 50, 240, "training to start", proc, log)
         ps_pid = task_pid(disttrain_home, "t", "ps-0")
         os.kill(task_pid(disttrain_home, "t", "worker-1"), signal.SIGKILL)
+        wait_for(lambda: "restarting worker-1" in log.read_text(), 60, "the restart", proc, log)
+        reported = wait_for(lambda: trained_step(log) >= 150 and trained_step(log), 240, "steps")
+        os.kill(task_pid(disttrain_home, "t", "chief-0"), signal.SIGTERM)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_tree(proc)
+    text = log.read_text()
+    (published,) = [int(s) for s in re.findall(r"preempted \| ckpt-(\d+) published", text)]
+    assert 0 < reported <= published < 500  # no interval checkpoint before 1000
+    assert re.search(rf"checkpoint \| restored \| ckpt-{published} \| resuming at step", text)
+    assert "worker-1 exited with code -9; restarting worker-1 (1/3 restarts used)" in text
+    assert "chief-0 exited with code 5; restarting ps-0, chief-0 (not counted" in text
     state = job_state(disttrain_home, "t")
-    assert state["tasks"]["worker-1"]["restarts"] == 1
-    assert state["tasks"]["ps-0"]["restarts"] == 0
-    assert state["tasks"]["chief-0"]["restarts"] == 0
+    restarts = {task: info["restarts"] for task, info in state["tasks"].items()}
+    assert restarts == {"ps-0": 1, "worker-0": 0, "worker-1": 1, "chief-0": 1}
     assert not alive(ps_pid)
-    assert "worker-1 exited with code -9; restarting worker-1 (1/3" in log.read_text()
     assert json.loads((run_dir / "DONE").read_text())["step"] == 500
+    assert_each_checkpoint_holds_the_updates_of_its_step(run_dir)  # the preempted one too
 
 
 def test_stopped_worker_is_warned_about_then_restarted_and_the_job_completes(
@@ -357,17 +366,17 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_a_new_run_dir_empty(
     assert "interrupted before the first checkpoint: removed what the job wrote" in log.read_text()
 
 
-def test_stop_from_another_terminal_ends_the_job(tmp_path, builtin_data, disttrain_home):
+def test_stop_from_another_terminal_ends_the_job_and_keeps_the_steps_it_trained(
+    tmp_path, builtin_data, disttrain_home
+):
+    """`stop` sends SIGTERM: the chief publishes a checkpoint of the steps it trained (the
+    servers keep serving until it has), and every task exits within the grace period."""
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    proc = start_cli(
-        "train",
-        *small_job(
-            run_dir, builtin_data, "--set", "train.steps=100000", "--set", "cluster.workers=1"
-        ),
-        log_path=log,
-    )
+    sets = ("train.steps=100000", "checkpoint.every_steps=100000", "cluster.workers=1")
+    args = [a for key_value in sets for a in ("--set", key_value)]
+    proc = start_cli("train", *small_job(run_dir, builtin_data, *args), log_path=log)
     try:
-        wait_for(lambda: trained_step(log) > 0, 240, "training to start", proc, log)
+        reported = wait_for(lambda: trained_step(log), 240, "training to start", proc, log)
         pids = [info["pid"] for info in job_state(disttrain_home, "t")["tasks"].values()]
         assert "stopped launcher" in cli("stop", "t", check=True).stdout
         proc.wait(timeout=60)
@@ -375,6 +384,10 @@ def test_stop_from_another_terminal_ends_the_job(tmp_path, builtin_data, disttra
         kill_tree(proc)
     assert not [p for p in pids if alive(p)]
     assert "job t: stopped" in cli("status", "t", check=True).stdout
+    text = log.read_text()
+    assert 0 < reported <= latest_step(run_dir) == trained_step(log), text[-3000:]
+    assert f"preempted | ckpt-{latest_step(run_dir)} published" in text
+    assert "ps-0 | preempted | stopped serving: the chief has gone" in text
 
 
 @pytest.mark.parametrize(

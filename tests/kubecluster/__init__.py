@@ -151,6 +151,15 @@ class KubeCluster:
             )
         return result
 
+    def evict(self, namespace: str, pod: str) -> None:
+        """Evict a pod through the API server's eviction API, with the kubernetes client,
+        as `kubectl drain` does for each pod: it gets DisruptionTarget, then SIGTERM."""
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        eviction = client.V1Eviction(metadata=client.V1ObjectMeta(name=pod, namespace=namespace))
+        api.create_namespaced_pod_eviction(pod, namespace, eviction)
+
     def open_gateway(self) -> str:
         """Wire this machine into the pod network; the address pods reach it at."""
         return self.network.open_gateway()

@@ -5,9 +5,9 @@ that ask for aggregated discovery accept the legacy documents, as against an old
 server), CRUD + list + watch of every type in `resources.RESOURCES` with labelSelector and
 fieldSelector, `status` and `scale` subresources, PATCH in all four flavours (server-side
 apply included), DELETE with propagationPolicy, `pods/log` with follow/previous/tailLines,
-`dryRun=All`, and errors as `Status` objects. Every object written is validated strictly
-(validation.py). `/openapi/v3` says so (openapi.py), so kubectl and helm leave field
-validation to the server; `/openapi/v2` answers 404.
+`pods/eviction` (`evict`), `dryRun=All`, and errors as `Status` objects. Every object
+written is validated strictly (validation.py). `/openapi/v3` says so (openapi.py), so
+kubectl and helm leave field validation to the server; `/openapi/v2` answers 404.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlparse
 from . import garbage, openapi, protobuf, resources
 from .patching import apply_content_type
 from .resources import BY_PATH, Resource
-from .store import ApiError, Store, not_found
+from .store import ApiError, Store, not_found, now
 from .validation import validate
 
 WATCH_DEFAULT_SECONDS = 1800
@@ -60,6 +60,22 @@ class ApiServer:
         if dry_run:
             return obj
         return self.store.create(res, namespace, obj)
+
+    def evict(self, namespace: str, name: str, eviction: dict) -> dict:
+        """POST pods/NAME/eviction, as Kubernetes' EvictionREST (pkg/registry/core/pod/
+        storage/eviction.go, addConditionAndDeletePod): the pod gets the DisruptionTarget
+        condition (EvictionByEvictionAPI), then is deleted gracefully with the Eviction's
+        deleteOptions. No PodDisruptionBudget is consulted: the launchers make none."""
+        if (eviction.get("metadata") or {}).get("name", name) != name:
+            raise ApiError(400, "BadRequest", "name in URL does not match name in Eviction object")
+        pods = resources.BY_KIND[("v1", "Pod")]
+        pod = self.store.get(pods, namespace, name)
+        if pod["status"].get("phase") not in ("Succeeded", "Failed"):
+            self.store.mutate(pods, namespace, name, _disrupted_by_eviction, "status")
+        options = eviction.get("deleteOptions") or {}
+        grace = options.get("gracePeriodSeconds")
+        garbage.delete(self.store, pods, namespace, name, options.get("propagationPolicy"), grace)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
 
     def replace(
         self,
@@ -123,6 +139,20 @@ def _check_identity(res: Resource, obj: dict) -> None:
             f"the API version in the data ({api_version}) and kind "
             f"({kind}) do not match the URL ({res.api_version}, {res.kind})",
         )
+
+
+def _disrupted_by_eviction(pod: dict) -> None:
+    conditions = pod["status"].setdefault("conditions", [])
+    conditions[:] = [c for c in conditions if c["type"] != "DisruptionTarget"]
+    conditions.append(
+        {
+            "type": "DisruptionTarget",
+            "status": "True",
+            "reason": "EvictionByEvictionAPI",
+            "message": "Eviction API: evicting",
+            "lastTransitionTime": now(),
+        }
+    )
 
 
 def _without_server_fields(obj: dict) -> dict:
@@ -256,6 +286,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             obj = self.api.store.get(res, ns, name)
             return self._json(200, _scale_of(obj) if sub == "scale" else obj)
+        if method == "POST" and sub == "eviction":
+            return self._json(201, self.api.evict(ns, name, _load(body) if body.strip() else {}))
         if method == "POST" and name is None:
             return self._json(201, self.api.create(res, ns, _load(body), dry_run))
         if method == "PUT" and name:

@@ -10,6 +10,7 @@ external.py) and mounts no share at all.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from . import KubeCluster
@@ -133,6 +134,12 @@ def chief_log(cluster: KubeCluster, namespace: str, name: str) -> str:
         return ""
     result = cluster.kubectl("logs", "-n", namespace, pods[-1]["metadata"]["name"], check=False)
     return result.stdout
+
+
+def last_reported_step(log: str) -> int:
+    """The step of the chief's last progress line (`train | step: N/...`), 0 before one."""
+    steps = re.findall(r"train \| step:\s+(\d+)/", log)
+    return int(steps[-1]) if steps else 0
 
 
 def training_started(cluster: KubeCluster, namespace: str, name: str) -> bool:

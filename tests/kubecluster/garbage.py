@@ -59,12 +59,12 @@ def delete(
             _orphan_dependents(store, obj["metadata"]["uid"])
         if propagation == "Foreground":
             return _start_foreground(store, res, namespace, name)
-        if obj["metadata"].get("finalizers"):
-            return store.mark_deleted(res, namespace, name)
         if res is PODS and _pod_is_active(obj) and grace_seconds != 0:
             grace = obj["spec"].get("terminationGracePeriodSeconds", 30)
             grace = grace if grace_seconds is None else grace_seconds
             return store.mark_deleted(res, namespace, name, deletionGracePeriodSeconds=grace)
+        if obj["metadata"].get("finalizers"):
+            return store.mark_deleted(res, namespace, name)
         return store.remove(res, namespace, name)
 
 

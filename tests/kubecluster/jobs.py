@@ -7,9 +7,17 @@
 * Failures: a pod that ends Failed, or is deleted before it finished, counts as failed
   and is replaced; with restartPolicy OnFailure the kubelet restarts containers in place
   and their restarts count too. More than `backoffLimit` failures fails the Job
-  (BackoffLimitExceeded) and stops its pods. `podFailurePolicy` rules on exit codes
-  (FailJob, Ignore, Count) and `successPolicy` rules (succeededIndexes/succeededCount)
-  are honoured.
+  (BackoffLimitExceeded) and stops its pods. `successPolicy` rules
+  (succeededIndexes/succeededCount) are honoured.
+* `podFailurePolicy`, as https://kubernetes.io/docs/concepts/workloads/controllers/job/#pod-failure-policy
+  describes it: each failed pod goes through `match_pod_failure_policy` (FailJob fails the
+  Job with reason PodFailurePolicy, Ignore does not count it against backoffLimit, Count
+  does). With a policy, a pod being deleted is not a failure until it is terminal, and its
+  replacement is created only then (`podReplacementPolicy: Failed`, the only value a policy
+  allows): the new pod never runs beside the old one, under the same hostname.
+* Every pod it creates carries the `batch.kubernetes.io/job-tracking` finalizer, removed
+  once the pod is terminal and counted (or its Job is gone or finished): a deleted pod
+  stays, terminal and with its exit codes, until the controller has seen how it ended.
 * Conditions SuccessCriteriaMet+Complete or FailureTarget+Failed; activeDeadlineSeconds
   (DeadlineExceeded); ttlSecondsAfterFinished deletes the finished Job and its pods.
 """
@@ -30,6 +38,8 @@ JOBS = BY_KIND[("batch/v1", "Job")]
 PODS = BY_KIND[("v1", "Pod")]
 EVENTS = BY_KIND[("v1", "Event")]
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
+TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
+TERMINAL = ("Succeeded", "Failed")
 
 
 def _parse_time(stamp: str) -> float:
@@ -85,6 +95,7 @@ class JobController:
                 self.sync(job)
             except ApiError:
                 pass  # raced with a deletion; the next pass sees it
+        self._release_finished_pods()
 
     def sync(self, job: dict) -> None:
         meta, spec, status = job["metadata"], job["spec"], job.get("status") or {}
@@ -101,7 +112,8 @@ class JobController:
             for p in self.store.list(PODS, namespace)[0]
             if any(r["uid"] == uid for r in p["metadata"].get("ownerReferences") or [])
         ]
-        failed_pods, succeeded_pods = self._newly_finished(uid, pods)
+        has_policy = bool(spec.get("podFailurePolicy"))
+        failed_pods, succeeded_pods = self._newly_finished(uid, pods, has_policy)
         status = copy.deepcopy(status)
         status.setdefault("startTime", now())
         status["failed"] = status.get("failed", 0) + len(failed_pods)
@@ -116,7 +128,10 @@ class JobController:
         if verdict:
             self._finish(job, status, active, *verdict)
             return
-        self._create_missing(job, status, active, done_indexes)
+        # With a podFailurePolicy (podReplacementPolicy Failed) a terminating pod is
+        # replaced only once it is terminal: it still holds its place.
+        terminating = [p for p in pods if _is_terminating(p)] if has_policy else []
+        self._create_missing(job, status, active + terminating, done_indexes)
         active = [
             p for p in self.store.list(PODS, namespace)[0] if _is_active(p) and _owned_by(p, uid)
         ]
@@ -133,15 +148,20 @@ class JobController:
         )
         self._write_status(job, status)
 
-    def _newly_finished(self, job_uid: str, pods: list[dict]) -> tuple[list[dict], list[dict]]:
-        """Pods that ended since the last pass: failed (incl. deleted while running), succeeded."""
+    def _newly_finished(
+        self, job_uid: str, pods: list[dict], wait_for_terminal: bool
+    ) -> tuple[list[dict], list[dict]]:
+        """Pods that ended since the last pass: failed (incl. deleted while running, or only
+        once terminal when `wait_for_terminal`: a podFailurePolicy reads how they ended),
+        succeeded."""
         counted = self.counted.setdefault(job_uid, set())
         previous = self.active_before.get(job_uid, {})
         present = {p["metadata"]["uid"]: p for p in pods}
         failed, succeeded = [], []
         for pod_uid, pod in present.items():
             phase = pod["status"].get("phase")
-            ended = phase in ("Succeeded", "Failed") or pod["metadata"].get("deletionTimestamp")
+            deleted = pod["metadata"].get("deletionTimestamp") and not wait_for_terminal
+            ended = phase in TERMINAL or deleted
             if ended and pod_uid not in counted:
                 counted.add(pod_uid)
                 (succeeded if phase == "Succeeded" else failed).append(pod)
@@ -163,16 +183,12 @@ class JobController:
         """(condition, reason, message) when the Job is now finished, else None."""
         spec = job["spec"]
         for pod in failed_pods:
-            rule = _matching_failure_rule(spec.get("podFailurePolicy"), pod)
-            if rule and rule["action"] == "FailJob":
-                return (
-                    "Failed",
-                    "PodFailurePolicy",
-                    f"Container {rule['_container']} for pod {pod['metadata']['namespace']}/"
-                    f"{pod['metadata']['name']} failed with exit code {rule['_code']} "
-                    "matching FailJob rule at index 0",
-                )
-            if rule and rule["action"] == "Ignore":
+            if pod["status"].get("phase") != "Failed":
+                continue  # vanished, or deleted without a policy: how it ended is unknown
+            message, counts, action = match_pod_failure_policy(spec.get("podFailurePolicy"), pod)
+            if action == "FailJob":
+                return "Failed", "PodFailurePolicy", message
+            if not counts:
                 status["failed"] -= 1
         restarts = sum(
             c.get("restartCount", 0)
@@ -265,6 +281,7 @@ class JobController:
             if index is not None
             else (f"{meta['name']}-{suffix}")
         )
+        pod_meta["finalizers"] = [TRACKING_FINALIZER]
         pod_meta["ownerReferences"] = [
             {
                 "apiVersion": "batch/v1",
@@ -307,6 +324,28 @@ class JobController:
             },
         }
         self.store.create(EVENTS, meta["namespace"], event)
+
+    def _release_finished_pods(self) -> None:
+        """Remove the tracking finalizer from terminal pods that are counted, or whose Job
+        is gone or finished; a deleted pod is then removed from the API."""
+        jobs = {job["metadata"]["uid"]: job for job in self.store.list(JOBS)[0]}
+        for pod in self.store.list(PODS)[0]:
+            meta = pod["metadata"]
+            if TRACKING_FINALIZER not in (meta.get("finalizers") or []):
+                continue
+            owner = next((r["uid"] for r in meta.get("ownerReferences") or []), "")
+            job = jobs.get(owner)
+            released = (
+                job is None
+                or job["metadata"].get("deletionTimestamp")
+                or _finished(job.get("status") or {})
+                or meta["uid"] in self.counted.get(owner, set())
+            )
+            if pod["status"].get("phase") in TERMINAL and released:
+                try:
+                    self.store.mutate(PODS, meta["namespace"], meta["name"], _drop_tracking)
+                except ApiError:
+                    pass  # gone meanwhile
 
     def _expire(self, job: dict) -> None:
         ttl = job["spec"].get("ttlSecondsAfterFinished")
@@ -357,19 +396,73 @@ def _index_of(pod: dict) -> int:
     return int(pod["metadata"]["annotations"][INDEX_KEY])
 
 
-def _matching_failure_rule(policy: dict | None, pod: dict) -> dict | None:
-    """The first podFailurePolicy rule whose onExitCodes match one of the pod's containers."""
-    for rule in (policy or {}).get("rules", []):
-        codes = rule.get("onExitCodes")
-        if not codes:
+def _is_terminating(pod: dict) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp")) and (
+        pod["status"].get("phase") not in TERMINAL
+    )
+
+
+def _drop_tracking(pod: dict) -> None:
+    pod["metadata"]["finalizers"] = [
+        f for f in pod["metadata"].get("finalizers") or [] if f != TRACKING_FINALIZER
+    ]
+
+
+def match_pod_failure_policy(policy: dict | None, pod: dict) -> tuple[str | None, bool, str | None]:
+    """(the FailJob message, whether it counts against backoffLimit, the action) for a failed
+    pod: Kubernetes' matchPodFailurePolicy (pkg/controller/job/pod_failure_policy.go). The
+    first rule that matches decides; no rule matching: counted, no action."""
+    namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    for index, rule in enumerate((policy or {}).get("rules", [])):
+        action = rule["action"]
+        if rule.get("onExitCodes") is not None:
+            container = _container_matching(pod["status"], rule["onExitCodes"])
+            if container is None:
+                continue
+            code = container["state"]["terminated"]["exitCode"]
+            message = (
+                f"Container {container['name']} for pod {namespace}/{name} failed with exit "
+                f"code {code} matching {action} rule at index {index}"
+            )
+        elif rule.get("onPodConditions") is not None:
+            condition = _condition_matching(pod["status"], rule["onPodConditions"])
+            if condition is None:
+                continue
+            message = (
+                f"Pod {namespace}/{name} has condition {condition['type']} matching {action} "
+                f"rule at index {index}"
+            )
+        else:
             continue
-        for container in pod["status"].get("containerStatuses", []):
-            if codes.get("containerName") not in (None, container["name"]):
-                continue
-            code = (container["state"].get("terminated") or {}).get("exitCode")
-            if code in (None, 0):
-                continue
-            inside = code in codes["values"]
-            if inside == (codes["operator"] == "In"):
-                return {**rule, "_container": container["name"], "_code": code}
+        return (message if action == "FailJob" else None), action != "Ignore", action
+    return None, True, None
+
+
+def _container_matching(status: dict, requirement: dict) -> dict | None:
+    """The first terminated container (then init container) whose non-zero exit code meets
+    the requirement (matchOnExitCodes, getMatchingContainerFromList)."""
+    containers = [
+        *(status.get("containerStatuses") or []),
+        *(status.get("initContainerStatuses") or []),
+    ]
+    for container in containers:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated is None or terminated["exitCode"] == 0:
+            continue  # still terminating, or succeeded: no exit code to match
+        if requirement.get("containerName") not in (None, container["name"]):
+            continue
+        listed = terminated["exitCode"] in requirement["values"]
+        if listed == (requirement["operator"] == "In"):
+            return container
+    return None
+
+
+def _condition_matching(status: dict, patterns: list[dict]) -> dict | None:
+    """The first pod condition of a pattern's type and status (matchOnPodConditions)."""
+    for condition in status.get("conditions", []):
+        for pattern in patterns:
+            if condition["type"] == pattern["type"] and condition["status"] == pattern.get(
+                "status", "True"
+            ):
+                return condition
     return None

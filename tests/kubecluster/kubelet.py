@@ -5,7 +5,9 @@ For a pod it: schedules it onto the one node, gives it a network namespace and a
 ConfigMap/Secret refs, the downward API), runs init containers then containers through
 podinit.py, applies the restart policy on exit (with a short back-off), keeps one log file
 per container instance (for `logs --previous`), and reports everything in the pod's status.
-A deleted pod gets SIGTERM, then SIGKILL after its grace period, then is removed.
+A deleted pod gets SIGTERM, then SIGKILL after its grace period; then, as a kubelet since
+Kubernetes 1.27 does, its last status (a terminal phase, each container's exit code) is
+written, and it is removed unless a finalizer still holds it (the Job controller's).
 
 The container image is recorded, not pulled: the command runs from the project's
 environment (its `.venv/bin` first on PATH), so `disttrain task ...` is the real thing.
@@ -40,6 +42,9 @@ NODE_LABELS = {"kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"}
 NODE_IP = "198.18.0.1"  # reported as hostIP; the host holds it once a gateway is opened
 PODINIT = Path(__file__).with_name("podinit.py")
 VENV_BIN = Path(sys.executable).parent
+# The checkout these tests belong to, first on every container's PYTHONPATH, as an image
+# built from it would hold its code: the venv's editable install may point at another one.
+CHECKOUT = Path(__file__).resolve().parents[2]
 # Real kubelets back off 10 s doubling to 5 min; tests cannot wait that long.
 RESTART_BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0)
 
@@ -119,8 +124,11 @@ class PodRunner:
             self._kill_all()
             if self.netns:
                 self.kubelet.network.detach(self.netns)
-        if phase and not self.stopping.is_set():
+        if self.stopping.is_set() and self.containers:  # deleted: how did it end?
+            phase = self._record_exits()
+        if phase:
             self._set_status(
+                containerStatuses=[_container_status(r) for r in self.containers.values()],
                 phase=phase,
                 conditions=self._conditions(pod, initialized=True, ready=False, done=True),
             )
@@ -218,6 +226,18 @@ class PodRunner:
         with self.lock:
             run.instances.append(instance)
 
+    def _record_exits(self) -> str:
+        """The exit codes of containers stopped by a deletion; the pod's terminal phase."""
+        for run in self.containers.values():
+            current = run.current
+            if current and current.process and current.exit_code is None:
+                code = current.process.wait()
+                current.exit_code = code if code >= 0 else 128 - code
+                current.finished_at = now()
+            run.restart_at = None
+        codes = [r.current.exit_code for r in self.containers.values() if r.current]
+        return "Succeeded" if codes and all(code == 0 for code in codes) else "Failed"
+
     def _kill_all(self) -> None:
         with self.lock:
             live = [
@@ -277,13 +297,14 @@ class PodRunner:
             for key, value in fields.items():
                 if value is None:
                     status.pop(key, None)
-                elif key == "conditions":
+                elif key == "conditions":  # others' conditions (DisruptionTarget) stay
+                    ours = {c["type"] for c in value}
                     status[key] = [
                         old[c["type"]]
                         if c["type"] in old and old[c["type"]]["status"] == c["status"]
                         else c
                         for c in value
-                    ]
+                    ] + [c for kind, c in old.items() if kind not in ours]
                 else:
                     status[key] = value
 
@@ -298,6 +319,7 @@ class PodRunner:
             "PATH": f"{VENV_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": str(self._home()),
             "HOSTNAME": pod["spec"].get("hostname") or self.name,
+            "PYTHONPATH": str(CHECKOUT),
             # What the project's Dockerfiles set for a python entry point.
             "PYTHONUNBUFFERED": "1",
             "LANG": "C.UTF-8",
@@ -654,8 +676,16 @@ class Kubelet:
         runner.start()
 
     def _remove(self, pod: dict) -> None:
+        """Remove a deleted pod whose containers have stopped, unless a finalizer holds it
+        (it is then terminal: Failed, if it never ran, as the pod GC marks such pods)."""
+        namespace, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
         try:
-            self.store.remove(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+            if not pod["metadata"].get("finalizers"):
+                self.store.remove(PODS, namespace, name)
+            elif pod["status"].get("phase") not in ("Succeeded", "Failed"):
+                self.store.mutate(
+                    PODS, namespace, name, lambda o: o["status"].update(phase="Failed"), "status"
+                )
         except ApiError:
             pass
 

@@ -259,13 +259,13 @@ def hosts_file(viewer: dict, pods: list[dict], services: list[dict]) -> str:
     own_ip = viewer["status"].get("podIP")
     own_name = viewer["spec"].get("hostname") or viewer["metadata"]["name"]
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    # As the EndpointSlice controller (k8s.io/endpointslice, podToEndpoint): a terminal pod
+    # leaves DNS; a terminating one stays "ready" only under publishNotReadyAddresses.
     live = [
         p
         for p in pods
-        if p.get("status", {}).get("podIP")
-        and p["status"].get("phase") in ("Pending", "Running")
-        and not p["metadata"].get("deletionTimestamp")
-    ]  # terminating pods leave DNS
+        if p.get("status", {}).get("podIP") and p["status"].get("phase") in ("Pending", "Running")
+    ]
     for svc in services:
         svc_ns, spec = svc["metadata"]["namespace"], svc.get("spec", {})
         publish_all = spec.get("publishNotReadyAddresses", False)
@@ -275,7 +275,7 @@ def hosts_file(viewer: dict, pods: list[dict], services: list[dict]) -> str:
             if p["metadata"]["namespace"] == svc_ns
             and spec.get("selector")
             and selector_matches({"matchLabels": spec["selector"]}, p["metadata"].get("labels"))
-            and (publish_all or _ready(p))
+            and (publish_all or (_ready(p) and not p["metadata"].get("deletionTimestamp")))
         ]
         same = svc_ns == namespace
         svc_names = " ".join(_names(svc["metadata"]["name"], svc_ns, same))

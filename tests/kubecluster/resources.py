@@ -38,7 +38,7 @@ VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update
 RESOURCES = [
     Resource("", "v1", "Namespace", "namespaces", False, ("status",), ("ns",)),
     Resource("", "v1", "Node", "nodes", False, ("status",), ("no",)),
-    Resource("", "v1", "Pod", "pods", True, ("status", "log"), ("po",)),
+    Resource("", "v1", "Pod", "pods", True, ("status", "log", "eviction"), ("po",)),
     Resource("", "v1", "Service", "services", True, ("status",), ("svc",)),
     Resource("", "v1", "Endpoints", "endpoints", True, (), ("ep",)),
     Resource("", "v1", "ConfigMap", "configmaps", True, (), ("cm",)),
@@ -141,17 +141,18 @@ def api_resource_list(group: str, version: str) -> dict | None:
             }
         )
         for sub in r.subresources:
-            verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
-            kind = {"log": "Pod", "scale": "Scale"}.get(sub, r.kind)
-            entries.append(
-                {
-                    "name": f"{r.plural}/{sub}",
-                    "singularName": "",
-                    "kind": kind,
-                    "namespaced": r.namespaced,
-                    "verbs": verbs,
-                }
-            )
+            verbs = {"log": ["get"], "eviction": ["create"]}.get(sub, ["get", "patch", "update"])
+            kind = {"log": "Pod", "scale": "Scale", "eviction": "Eviction"}.get(sub, r.kind)
+            entry = {
+                "name": f"{r.plural}/{sub}",
+                "singularName": "",
+                "kind": kind,
+                "namespaced": r.namespaced,
+                "verbs": verbs,
+            }
+            if sub == "eviction":  # served under the core path, typed policy/v1
+                entry.update(group="policy", version="v1")
+            entries.append(entry)
     group_version = f"{group}/{version}" if group else version
     return {
         "kind": "APIResourceList",

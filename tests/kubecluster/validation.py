@@ -130,6 +130,13 @@ def _check_job(res: Resource, obj: dict) -> None:
             "spec.template.spec.restartPolicy",
             f'Unsupported value: "{policy}": supported values: "OnFailure", "Never"',
         )
+    if spec.get("podFailurePolicy") and policy != "Never":  # a restart in place hides exits
+        raise invalid(
+            res,
+            name,
+            "spec.template.spec.restartPolicy",
+            f'Unsupported value: "{policy}": supported values: "Never" (with podFailurePolicy)',
+        )
     if spec.get("completionMode") == "Indexed" and spec.get("completions") is None:
         raise invalid(
             res, name, "spec.completions", "Required value: when completion mode is Indexed"

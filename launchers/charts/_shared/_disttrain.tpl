@@ -155,6 +155,7 @@ hungTaskSeconds (0: no liveness probe).
 {{- $secret := include "disttrain.secretName" $root -}}
 {{- $share := include "disttrain.share" $root -}}
 restartPolicy: {{ .restartPolicy }}
+terminationGracePeriodSeconds: {{ int $root.Values.terminationGraceSeconds }}
 automountServiceAccountToken: {{ not (empty $root.Values.serviceAccount) }}
 enableServiceLinks: false
 securityContext:
@@ -307,7 +308,7 @@ tolerations:
 {{- $name := include "disttrain.name" $root -}}
 {{- $host := printf "%s-%s-%d" $name .role (int .index) -}}
 {{- $component := ternary "evaluator" "trainer" (eq .role "evaluator") -}}
-{{- $env := list (dict "name" "TF_CONFIG" "value" (include "disttrain.tfConfig" (list $root .role .index))) (dict "name" "GRPC_FAIL_FAST" "value" "use_caller") -}}
+{{- $env := list (dict "name" "TF_CONFIG" "value" (include "disttrain.tfConfig" (list $root .role .index))) (dict "name" "GRPC_FAIL_FAST" "value" "use_caller") (dict "name" "DISTTRAIN_GRACE_SECONDS" "value" (toString (int $root.Values.terminationGraceSeconds))) -}}
 {{- $command := list "disttrain" "task" "--config" "/etc/disttrain/config.yaml" -}}
 {{- $hungTaskSeconds := int $root.Values.cluster.hungTaskSeconds -}}
 {{- if and (eq .role "evaluator") $root.Values.eval.once -}}
@@ -324,6 +325,17 @@ metadata:
   {{- include "disttrain.metadata" (list $root (ternary $name $host (eq .role "chief")) $root $component .role .index) | nindent 2 }}
 spec:
   backoffLimit: {{ int $root.Values.cluster.maxRestarts }}
+  {{- /* FAILURE_POLICY in k8s_objects.py: exit 4 fails the Job; exit 5 and disruptions are not counted */}}
+  podFailurePolicy:
+    rules:
+      - action: FailJob
+        onExitCodes: {operator: In, values: [4]}
+        onPodConditions: []
+      - action: Ignore
+        onExitCodes: {operator: In, values: [5]}
+        onPodConditions: []
+      - action: Ignore
+        onPodConditions: [{type: DisruptionTarget, status: "True"}]
   {{- if gt (int $root.Values.activeDeadlineSeconds) 0 }}
   activeDeadlineSeconds: {{ int $root.Values.activeDeadlineSeconds }}
   {{- end }}
@@ -335,7 +347,7 @@ spec:
       labels:
         {{- include "disttrain.podLabels" (list $root $component .role .index) | nindent 8 }}
     spec:
-      {{- include "disttrain.podSpec" (dict "root" $root "role" .role "command" $command "env" $env "port" $port "portName" "grpc" "restartPolicy" "OnFailure" "hostname" $host "configMap" .configMap "hungTaskSeconds" $hungTaskSeconds) | nindent 6 }}
+      {{- include "disttrain.podSpec" (dict "root" $root "role" .role "command" $command "env" $env "port" $port "portName" "grpc" "restartPolicy" "Never" "hostname" $host "configMap" .configMap "hungTaskSeconds" $hungTaskSeconds) | nindent 6 }}
 {{- end -}}
 
 {{/* The 2017 sample's values shape: a Secret from storage.accountbase64/keybase64. */}}
