@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+from azurite import ACCOUNT, ACCOUNT_KEY
 from processes import cli
 
 
@@ -133,3 +135,26 @@ def test_overrides_that_cannot_be_applied_are_reported_together():
     assert lines[0] == "error: the config has 2 problems:"
     overrides = [line.split(":")[0].strip() for line in lines[1:]]
     assert overrides == ["override 'train.steps.x=1'", "override 'data.source.y=2'"]
+
+
+# Nothing listens on port 9 (discard): every request fails to connect.
+UNREACHABLE_STORAGE = (
+    f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+    f"BlobEndpoint=http://127.0.0.1:9/{ACCOUNT};"
+)
+
+
+@pytest.mark.parametrize(
+    ("verb", "what"),
+    [(["eval", "--once"], "cannot read config.yaml"), (["board"], "cannot be read")],
+)
+def test_eval_and_board_on_unreachable_storage_say_so_in_one_line(verb, what):
+    env = {"AZURE_STORAGE_CONNECTION_STRING": UNREACHABLE_STORAGE}
+    result = cli(*verb, "--run-dir", "az://runs/x", env=env, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: run dir az://runs/x: {what}: cannot reach the storage endpoint "
+        "(ServiceRequestError: Cannot connect to host 127.0.0.1:9 ssl:default "
+        "[Connect call failed ('127.0.0.1', 9)])"
+    ]
+    assert ACCOUNT_KEY not in result.stderr
