@@ -19,6 +19,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from disttrain.cadence import CheckpointCadence
 from disttrain.checkpoints import (
     BackgroundPublisher,
     awaiting_evaluation,
@@ -274,21 +275,23 @@ class TrainLoop:
         self.learning_rate = make_learning_rate(config.train)  # the optimizer's schedule
 
     def run(self, start: int) -> None:
-        total, every = self.config.train.steps, self.config.checkpoint.every_steps
+        total, saving = self.config.train.steps, self.config.checkpoint
+        cadence = CheckpointCadence(saving.every_steps, saving.every_seconds)
         self.completed = start
         self.progress = Progress(start, total, self.config.train.log_every_seconds)
         step = start
         while step < total:
-            next_checkpoint = (step // every + 1) * every
-            size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
+            boundary = cadence.steps_to_boundary(step)
+            size = min(self.config.train.steps_per_schedule, total - step, boundary)
             self.pending.append((self.dispatcher.send(size), size))
             if step == start:
                 phase_done("tracing")  # the chunk is traced when it is first sent
             step += size
             while len(self.pending) > self.dispatcher.max_in_flight:
                 self._receive_oldest()
-            if step == next_checkpoint or step == total:
+            if step == total or cadence.due(step):
                 self._save(step)
+                cadence.saved()
         self._finish(start, total)
 
     def _receive_oldest(self) -> None:
