@@ -41,6 +41,7 @@ def load_task_config(path_or_url: str) -> Config:
 
 
 def run_task(config_path: str) -> None:
+    keep_two_inter_op_threads()
     config = load_task_config(config_path)
     tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     task = task_from_tf_config(tf_config)
@@ -68,6 +69,15 @@ def run_task(config_path: str) -> None:
         train(config, task, shape)
     else:
         serve(config, task, tf_config)
+
+
+def keep_two_inter_op_threads() -> None:
+    """At least two threads in TensorFlow's inter-op pool, which it sizes by the CPUs this
+    process may run on: on one (a task pinned to a core by `launcher.local.cpus`, taskset,
+    or Kubernetes' static CPU manager) a ParameterServerStrategy worker never finishes its
+    first scheduled function. Set before TensorFlow is imported; a value given is kept."""
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < 2:
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
 
 
 def run_evaluator(config: Config) -> None:
