@@ -166,7 +166,9 @@ class Evaluator:
             tf.summary.scalar("accuracy", result["accuracy"])
         self.writer.flush()
         self.mirror.request_sync()
-        self.run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
+        # When it was evaluated (Unix time): how soon the job reached an accuracy.
+        record = {**result, "evaluated_at": round(time.time(), 3)}
+        self.run_dir.append_line(EVAL_RESULTS, json.dumps(record, sort_keys=True))
         return result
 
     def measure(self) -> dict:
