@@ -155,6 +155,7 @@ class Evaluator:
             return None
         self.checkpoint.read(str(found[1])).expect_partial()
         result = {"step": step, **self.measure()}
+        evaluated_at = round(time.time(), 3)  # when the accuracy was known (Unix time)
         log(eval_line(result))
         if not record:
             return result
@@ -166,8 +167,7 @@ class Evaluator:
             tf.summary.scalar("accuracy", result["accuracy"])
         self.writer.flush()
         self.mirror.request_sync()
-        # When it was evaluated (Unix time): how soon the job reached an accuracy.
-        record = {**result, "evaluated_at": round(time.time(), 3)}
+        record = {**result, "evaluated_at": evaluated_at}
         self.run_dir.append_line(EVAL_RESULTS, json.dumps(record, sort_keys=True))
         return result
 
