@@ -29,12 +29,13 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +46,12 @@ TIMEOUT_SECONDS = 1800
 
 @dataclass
 class Curve:
-    """One training's evaluations: (seconds since its process started, step, accuracy)."""
+    """One training's evaluations: (seconds since its process started, step, accuracy);
+    for disttrain, also when the chief's milestones came (seconds, step)."""
 
     name: str
     evaluations: list[tuple[float, int, float]]
+    milestones: dict[str, tuple[float, int]] = field(default_factory=dict)
 
     def seconds_to(self, target: float) -> float | None:
         return next((s for s, _, accuracy in self.evaluations if accuracy >= target), None)
@@ -168,7 +171,48 @@ def run_disttrain(settings: list[str], every_seconds: float, scratch: Path, name
     results = (run_dir / "eval" / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in results if line.strip()]
     evaluations = [(r["evaluated_at"] - started, r["step"], r["accuracy"]) for r in records]
-    return Curve("disttrain", evaluations)
+    chief_log = scratch / "home" / "local" / name / "logs" / "chief-0.log"
+    return Curve("disttrain", evaluations, chief_milestones(chief_log.read_text(), started))
+
+
+# The chief's log lines: a time (whole seconds), a level, then what happened.
+CHIEF_LINES = {
+    "first step": re.compile(r"^(\S+) INFO startup \| first step:()", re.M),
+    "published": re.compile(r"^(\S+) INFO checkpoint \| published \| ckpt-(\d+)", re.M),
+}
+
+
+def chief_milestones(log: str, started: float) -> dict[str, tuple[float, int]]:
+    """Seconds after `started` (+-1 s) of the chief's first step and each publish."""
+    found = {}
+    for what, line in CHIEF_LINES.items():
+        for stamp, step in line.findall(log):
+            seconds = time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) - started
+            found[f"{what} {step}".strip()] = (seconds, int(step or 0))
+    return found
+
+
+def where_the_time_went(curve: Curve, target: float) -> str:
+    """Startup, checkpoint cadence and evaluator latency on the way to `target`."""
+    first_step = curve.milestones.get("first step", (float("nan"), 0))[0]
+    published = {step: s for name, (s, step) in curve.milestones.items() if name != "first step"}
+    reached = next(((s, step) for s, step, a in curve.evaluations if a >= target), None)
+    parts = [f"chief's first step {first_step:.0f} s"]
+    if published:
+        step, seconds = min(published.items())
+        parts.append(f"first checkpoint published {seconds:.0f} s (ckpt-{step})")
+    first = curve.evaluations[0]
+    parts.append(f"first evaluation {first[0]:.1f} s (ckpt-{first[1]})")
+    if reached:
+        seconds, step = reached
+        lag = seconds - published.get(step, float("nan"))
+        parts.append(
+            f"ckpt-{step} reached {target:.2f} at {seconds:.1f} s, {lag:.0f} s after its publish"
+        )
+    lags = [s - published[step] for s, step, _ in curve.evaluations if step in published]
+    if lags:
+        parts.append(f"publish -> evaluation median {statistics.median(lags):.1f} s")
+    return "  disttrain, seconds after `disttrain train` (log times +-1 s): " + " | ".join(parts)
 
 
 def _env() -> dict[str, str]:
@@ -242,6 +286,7 @@ def main() -> None:
             print(f"round {number}: {describe(disttrain[-1], args.target)}", flush=True)
             for curve in (keras[-1], disttrain[-1]):
                 print(timeline(curve), flush=True)
+            print(where_the_time_went(disttrain[-1], args.target), flush=True)
     print(
         f"\n{args.data or 'built-in data'}, the default job's model, batch, recipe and steps; "
         f"disttrain: chief, 2 workers, 1 ps, evaluator, checkpoint.every_seconds="
