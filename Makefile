@@ -55,7 +55,10 @@ format: $(STAMP)
 	$(BIN)/ruff format disttrain launchers tests bench
 	$(BIN)/ruff check --fix disttrain launchers tests bench
 
-bench: $(STAMP) azurite
+# Issue 13's three first (startup's Kubernetes part needs root: --local-only otherwise).
+bench: $(STAMP) azurite tools
+	$(BIN)/python bench/startup_latency.py $$([ "$$(id -u)" = 0 ] || echo --local-only)
+	$(BIN)/python bench/time_to_accuracy.py
 	$(BIN)/python bench/coordinator_overhead.py
 	$(BIN)/python bench/checkpoint_publish.py
 	$(BIN)/python bench/input_pipeline.py --rounds 4

@@ -244,7 +244,10 @@ def startup_phases(chief_log: str) -> dict[str, float]:
 def time_tensorflow_import() -> float:
     """Wall seconds of `python -c "import tensorflow"`, start to exit, as a user waits."""
     started = time.time()
-    subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, cwd=REPO)
+    # Its start-up banners are captured: they would interleave with the bench's table.
+    subprocess.run(
+        [sys.executable, "-c", "import tensorflow"], check=True, cwd=REPO, capture_output=True
+    )
     return time.time() - started
 
 

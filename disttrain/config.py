@@ -236,6 +236,9 @@ def is_keras_weights_file(source: str) -> bool:
 @dataclass
 class CheckpointConfig:
     every_steps: int = 300
+    # Also save once this many seconds have passed since the last save (or the loop's
+    # start), so the evaluator sees progress while steps are slow; 0 or null: off.
+    every_seconds: float | None = 0.0
     keep: int = 5
     # Checkpoints the evaluator has not reached yet are kept beyond `keep`, at most this
     # many (the newest; deleting an older one is logged as a warning): a dead evaluator
@@ -327,6 +330,10 @@ CONFIG_RULES: dict[str, Rule] = {
         "a number in [0, 1): the part of the grace period after SIGTERM (0: off)",
     ),
     "checkpoint.every_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "checkpoint.every_seconds": (
+        lambda v: v is None or v >= 0,
+        "a number of seconds >= 0 (0 or null: off)",
+    ),
     "checkpoint.keep": (lambda v: v >= 1, "an integer >= 1"),
     "checkpoint.max_unevaluated": (lambda v: v >= 0, "an integer >= 0 (0: do not wait)"),
     "checkpoint.lease_seconds": (
@@ -383,6 +390,18 @@ class Config:
                     "least 1 worker when there are parameter servers (or ps: 0 to train on "
                     "the chief)",
                     "cluster.workers",
+                )
+            )
+        every_seconds = self.checkpoint.every_seconds or 0
+        if every_seconds > 0 and self.cluster.workers and not self.cluster.ps:
+            problems.append(
+                ConfigError(
+                    f"checkpoint.every_seconds: got {every_seconds:g} with "
+                    f"cluster.workers = {self.cluster.workers} and cluster.ps = 0 "
+                    "(MultiWorkerMirroredStrategy); accepted: 0 or null there (every worker "
+                    "saves in the same step, and each has its own clock: use "
+                    "checkpoint.every_steps)",
+                    "checkpoint.every_seconds",
                 )
             )
         return problems

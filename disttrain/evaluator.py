@@ -162,6 +162,7 @@ class Evaluator:
         self.checkpoint.read(str(found[1])).expect_partial()
         measured, confusion = self.measure_with_confusion()
         result = {"step": step, **measured}
+        evaluated_at = round(time.time(), 3)  # when the accuracy was known (Unix time)
         log(eval_line(result))
         if not record:
             return result
@@ -174,7 +175,8 @@ class Evaluator:
             self._write_confusion_matrix(confusion, step)
         self.writer.flush()
         self.mirror.request_sync()
-        self.run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
+        record = {**result, "evaluated_at": evaluated_at}
+        self.run_dir.append_line(EVAL_RESULTS, json.dumps(record, sort_keys=True))
         return result
 
     def _write_confusion_matrix(self, confusion: np.ndarray, step: int) -> None:

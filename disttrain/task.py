@@ -45,6 +45,7 @@ def load_task_config(path_or_url: str) -> Config:
 
 def run_task(config_path: str) -> None:
     watch_for_sigterm()  # a task stopped now exits as preempted (EXIT_PREEMPTED)
+    keep_two_inter_op_threads()
     config = load_task_config(config_path)
     # First, before the imports and the peer wait: a task stopped there is as hung.
     start_heartbeat_from_env(config.cluster.hung_task_seconds, log)
@@ -77,6 +78,15 @@ def run_task(config_path: str) -> None:
         train(config, task, shape, lease)
     else:
         serve(config, task, tf_config)
+
+
+def keep_two_inter_op_threads() -> None:
+    """At least two threads in TensorFlow's inter-op pool, which it sizes by the CPUs this
+    process may run on: on one (a task pinned to a core by `launcher.local.cpus`, taskset,
+    or Kubernetes' static CPU manager) a ParameterServerStrategy worker never finishes its
+    first scheduled function. Set before TensorFlow is imported; a value given is kept."""
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) < 2:
+        os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
 
 
 def run_evaluator(config: Config) -> None:

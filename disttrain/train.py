@@ -22,6 +22,7 @@ from typing import NoReturn
 import tensorflow as tf
 
 from disttrain import preemption
+from disttrain.cadence import CheckpointCadence
 from disttrain.checkpoints import (
     BackgroundPublisher,
     awaiting_evaluation,
@@ -349,7 +350,8 @@ class TrainLoop:
             log(f"summaries | WARNING | no training images | {describe(exc)}")
 
     def run(self, start: int) -> None:
-        total, every = self.config.train.steps, self.config.checkpoint.every_steps
+        total, saving = self.config.train.steps, self.config.checkpoint
+        cadence = CheckpointCadence(saving.every_steps, saving.every_seconds)
         self.completed = self.started_at = start
         self.progress = Progress(start, total, self.config.train.log_every_seconds)
         step = start
@@ -357,16 +359,17 @@ class TrainLoop:
         while step < total:
             if preemption.requested():
                 self._stop_for_preemption()
-            next_checkpoint = (step // every + 1) * every
-            size = min(self.config.train.steps_per_schedule, total - step, next_checkpoint - step)
+            boundary = cadence.steps_to_boundary(step)
+            size = min(self.config.train.steps_per_schedule, total - step, boundary)
             self.pending.append((self.dispatcher.send(size), size))
             if step == start:
                 phase_done("tracing")  # the chunk is traced when it is first sent
             step += size
             while len(self.pending) > self.dispatcher.max_in_flight:
                 self._receive_oldest()
-            if step == next_checkpoint or step == total:
+            if step == total or cadence.due(step):
                 self._save(step)
+                cadence.saved()
         self.stall.stop()  # what follows waits on storage, not on chunks
         self._finish(start, total)
 

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from disttrain.cluster import (
     CHIEF,
@@ -62,6 +62,14 @@ from disttrain.preemption import GRACE_ENV
 from disttrain.progress import LOGGER
 from launchers import Launcher, LauncherError, Plan
 from launchers.console import JobConsole, LineFilter
+from launchers.cpu_pinning import (
+    cpus_of_task,
+    format_cpu_list,
+    pin_this_process,
+    pinning_problems,
+    task_count_problems,
+    usable_cpus,
+)
 from launchers.job_status import JobList, JobStatus, training_progress
 from launchers.local_resources import check_resources
 from launchers.local_state import (
@@ -131,12 +139,19 @@ class LocalOptions:
     # Ctrl-C and `stop`: SIGTERM, at most this long to exit (the chief publishes its last
     # checkpoint, disttrain/preemption.py), then SIGKILL.
     stop_grace_seconds: float = STOP_GRACE_SECONDS
+    # Role -> the CPUs its tasks run on (os.sched_setaffinity): one CPU list for every task
+    # of the role, or a list with one per task (launchers/cpu_pinning.py). {}: no pinning.
+    cpus: dict[str, Any] = field(default_factory=dict)
 
     RULES: ClassVar[dict[str, Rule]] = {
         "stop_grace_seconds": (lambda v: v > 0, "a number of seconds > 0"),
         "host": (lambda v: bool(v.strip()) and " " not in v, "a host name or IP address"),
         "first_port": (lambda v: 1024 <= v <= 65535, "a port from 1024 to 65535"),
     }
+
+    def cross_field_problems(self, prefix: str = "") -> list[ConfigError]:
+        """CPUs that are not this machine's, or not written as CPU lists."""
+        return pinning_problems(self.cpus, prefix + "cpus", usable_cpus())
 
 
 @dataclass
@@ -145,6 +160,7 @@ class TaskPlan:
     command: list[str]
     env: dict[str, str]  # only what the launcher adds to the inherited environment
     log_path: str
+    cpus: frozenset[int] = frozenset()  # pinned to these (launcher.local.cpus); empty: not
 
 
 @dataclass
@@ -161,6 +177,8 @@ class LocalPlan(Plan):
         for t in self.tasks:
             lines.append(f"[{t.task.name}]")
             lines += [f"  {key}={value}" for key, value in t.env.items()]
+            if t.cpus:
+                lines.append(f"  cpus: {format_cpu_list(t.cpus)}")
             lines.append("  " + " ".join(t.command))
         return "\n".join(lines)
 
@@ -181,6 +199,9 @@ def plan_job(
         warnings = check_resources(len(every_task), options.force, memory, cores)
     except ValueError as exc:
         raise ConfigError(f"cluster: {exc}", "cluster.workers") from None
+    miscounted = task_count_problems(options.cpus, shape, "launcher.local.cpus")
+    if miscounted:
+        raise ConfigError("; ".join(miscounted), "launcher.local.cpus")
     ports = {
         (t.role, t.index): p
         for t, p in zip(every_task, free_ports(len(every_task), options.first_port))
@@ -201,7 +222,8 @@ def plan_job(
         if config.cluster.hung_task_seconds:
             env[HEARTBEAT_ENV] = str(state_dir / "heartbeats" / task.name)
         command = [sys.executable, "-m", "disttrain", "task", "--config", config_path]
-        tasks.append(TaskPlan(task, command, env, str(state_dir / "logs" / f"{task.name}.log")))
+        log_path = str(state_dir / "logs" / f"{task.name}.log")
+        tasks.append(TaskPlan(task, command, env, log_path, cpus_of_task(options.cpus, task)))
     return LocalPlan(
         config.name,
         warnings,
@@ -603,15 +625,7 @@ class Supervisor:
         # A Ctrl-C or `stop` waits until the process is recorded: none is started unseen.
         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            proc = subprocess.Popen(
-                plan_.command,
-                env={**os.environ, **plan_.env},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_prepare_task_process,
-            )
+            proc = start_task_process(plan_)
             self.procs[task] = proc
             self.start_times[task] = start_time_of(proc.pid)
             self.launched_at[task] = time.time()
@@ -675,6 +689,7 @@ class Supervisor:
                 "log": plan_.log_path,
                 "command": plan_.command,
                 "env": plan_.env,
+                "cpus": format_cpu_list(plan_.cpus),
             }
         state = {
             "name": self.job.name,
@@ -690,10 +705,24 @@ class Supervisor:
         write_job_state(Path(self.job.state_dir), state)
 
 
-def _prepare_task_process() -> None:
+def start_task_process(task: TaskPlan) -> subprocess.Popen:
+    """The task's process, started as its plan says (output to a pipe, its own session)."""
+    return subprocess.Popen(
+        task.command,
+        env={**os.environ, **task.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=lambda: _prepare_task_process(task.cpus),
+    )
+
+
+def _prepare_task_process(cpus: frozenset[int]) -> None:
     """In the task, before exec: take the stop signals again (a child inherits the blocked
-    signal mask of `_start`), and die with the launcher."""
+    signal mask of `_start`), run on its CPUs, and die with the launcher."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    pin_this_process(cpus)
     _die_with_parent()
 
 
@@ -762,6 +791,8 @@ def _describe_task(task_name: str, info: dict, launcher_lost: bool) -> list[str]
         + f", last exit code {'-' if last_exit is None else last_exit}"
     )
     lines += [f"  env: {key}={value}" for key, value in info.get("env", {}).items()]
+    if info.get("cpus"):
+        lines.append(f"  cpus: {info['cpus']}")
     lines.append("  command: " + " ".join(info.get("command", [])))
     last_line = next((ln for ln in reversed(_tail(Path(info["log"])).splitlines()) if ln), "")
     lines += [f"  log: {info['log']}", f"  last log line: {last_line or '-'}"]

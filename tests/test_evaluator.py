@@ -88,6 +88,7 @@ def test_evaluator_evaluates_every_checkpoint_once_in_order_and_finishes_after_d
     run_dir = RunDir(config.run_dir)
     maker = CheckpointMaker(config, tmp_path / "staging")
     evaluator = Evaluator(config)
+    started = time.time()
     sidecar = threading.Thread(target=evaluator.run_continuously, daemon=True)
     sidecar.start()
 
@@ -111,6 +112,9 @@ def test_evaluator_evaluates_every_checkpoint_once_in_order_and_finishes_after_d
     assert not sidecar.is_alive()
     assert [r["step"] for r in results(run_dir)] == [100, 200, 300, 400, 500]
     assert all(r["examples"] == 96 for r in results(run_dir))
+    evaluated_at = [r["evaluated_at"] for r in results(run_dir)]
+    assert evaluated_at == sorted(evaluated_at)
+    assert started <= evaluated_at[0] and evaluated_at[-1] <= time.time()
     # Eval summaries were mirrored into the run dir.
     assert any(name.startswith("events.out.tfevents") for name in run_dir.list_names("logs/eval"))
 

@@ -107,7 +107,9 @@ def render_tasks(rendered: str) -> dict[str, dict]:
     tasks: dict[str, dict] = {}
     for line in rendered.splitlines()[1:]:
         if line.startswith("["):
-            current = tasks.setdefault(line.strip("[]"), {"env": {}})
+            current = tasks.setdefault(line.strip("[]"), {"env": {}, "cpus": ""})
+        elif line.startswith("  cpus: "):
+            current["cpus"] = line.removeprefix("  cpus: ")
         elif "=" in line.split()[0]:
             key, _, value = line.strip().partition("=")
             current["env"][key] = value
@@ -126,6 +128,8 @@ def test_the_local_dry_run_is_exactly_what_submit_starts(disttrain_home, builtin
         "cluster.ps=1",
         "eval.enabled=false",
         "name=planned",
+        # One core: TensorFlow's inter-op pool must still get two threads (task.py).
+        f"launcher.local.cpus.worker={min(os.sched_getaffinity(0))}",
     ]
     config, launcher = load_job(None, overrides, "local")
     plan = launcher.plan(config)
@@ -136,6 +140,9 @@ def test_the_local_dry_run_is_exactly_what_submit_starts(disttrain_home, builtin
     for task, shown in printed.items():
         assert started["tasks"][task]["env"] == shown["env"], task
         assert started["tasks"][task]["command"] == shown["command"], task
+        assert started["tasks"][task]["cpus"] == shown["cpus"], task
+    assert printed["worker-0"]["cpus"] == str(min(os.sched_getaffinity(0)))
+    assert printed["chief-0"]["cpus"] == ""  # not pinned
     # What the processes themselves read: each server logs the address its TF_CONFIG gave it.
     cluster = json.loads(printed["chief-0"]["env"]["TF_CONFIG"])["cluster"]
     for task, (role, index) in {"ps-0": ("ps", 0), "worker-0": ("worker", 0)}.items():
