@@ -10,12 +10,25 @@ from the interpreter until some call order breaks it. Imports made by name at ru
 from __future__ import annotations
 
 import ast
+import gc
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("disttrain", "launchers")
 # The one module of disttrain/ that may import launchers/: the CLI picks and runs a launcher.
 LAUNCHER_GATEWAY = "disttrain.cli"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_garbage_of_earlier_tests() -> None:
+    """Collect what earlier tests left before parsing. Python 3.11's `ast.parse` keeps its
+    depth count per interpreter: a garbage collection in the middle of a parse that logs a
+    traceback (an Azurite outage test's asyncio Task whose exception nobody retrieved) makes
+    the log's caret finder parse inside the parse, and this one fails with "SystemError:
+    AST constructor recursion depth mismatch" (pytest-dev/pytest#10763)."""
+    gc.collect()
 
 
 def module_files() -> dict[str, Path]:
