@@ -246,6 +246,8 @@ def test_a_model_defined_outside_disttrain_trains_on_chief_worker_and_ps(
         "train.steps=6",
         "train.steps_per_schedule=3",
         "checkpoint.every_steps=6",
+        "cluster.workers=2",
+        "eval.enabled=true",
     )
     cli("train", *args, env=TESTS_ON_PATH, check=True)
     chief = (disttrain_home / "local" / "t" / "logs" / "chief-0.log").read_text()
@@ -253,6 +255,15 @@ def test_a_model_defined_outside_disttrain_trains_on_chief_worker_and_ps(
     assert json.loads((run_dir / "DONE").read_text())["step"] == 6
     stored = (run_dir / "config.yaml").read_text()
     assert "name: user_models:tiny_mlp" in stored and "hidden: 6" in stored
+    # Its best export classifies image files through the bytes signature.
+    images = sorted((builtin_data / "test" / "ring").glob("*.jpg"))[:3]
+    table = cli("predict", "--run-dir", str(run_dir), *map(str, images), env=TESTS_ON_PATH)
+    rows = table.stdout.splitlines()
+    assert table.returncode == 0 and rows[0].split() == ["IMAGE", "CLASS", "PROBABILITY"], table
+    names = json.loads((run_dir / "class_names.json").read_text())
+    for row, image in zip(rows[1:], images, strict=True):
+        shown, name, probability = row.split()
+        assert shown == str(image) and name in names and 0.0 < float(probability) <= 1.0
 
 
 @pytest.mark.integration
