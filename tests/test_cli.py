@@ -82,8 +82,8 @@ def test_dash_n_is_the_namespace_and_the_job_name_an_argument(tmp_path):
     env, _ = unreachable_kubeconfig(tmp_path)
     result = cli("status", "-l", "k8s", "-n", "team-x", env=env, timeout=120)
     assert result.returncode == 1, result.stderr
-    # The job is the default name, looked up in the namespace -n gave (not a job "team-x").
-    assert "read Job default in namespace team-x" in result.stderr, result.stderr
+    # -n is the namespace the job's Jobs are listed in (not a job named "team-x").
+    assert "list Job in namespace team-x" in result.stderr, result.stderr
     result = cli("stop", "mnist", "-l", "k8s", "-n", "team-x", env=env, timeout=120)
     assert "Job" in result.stderr and "in namespace team-x" in result.stderr, result.stderr
     result = cli("logs", "mnist", "chief", "-l", "k8s", "-n", "team-x", env=env, timeout=120)

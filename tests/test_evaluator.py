@@ -465,8 +465,9 @@ def test_continuous_eval_says_what_it_waits_for_and_gives_up_at_its_timeout(buil
     assert time.monotonic() - started < 120
 
 
-# The evaluator task on an empty run dir, in a thread of a fresh process: whether TensorFlow
-# is imported after WAIT seconds of waiting, then whether the task ends once DONE appears.
+# The evaluator task on an empty run dir, in a fresh process (in its main thread, where a
+# task handles SIGTERM): whether it still runs without TensorFlow after WAIT seconds of
+# waiting, seen from another thread, then whether it ends once DONE appears.
 EVALUATOR_TASK = """
 import json, sys, threading, time
 from disttrain.done import write_done
@@ -474,14 +475,20 @@ from disttrain.storage import RunDir
 from disttrain.task import load_task_config, run_task
 
 config_path, wait = sys.argv[1], float(sys.argv[2])
-task = threading.Thread(target=run_task, args=(config_path,), daemon=True)
-task.start()
-time.sleep(wait)
-found = {"alive": task.is_alive(), "tensorflow_while_waiting": "tensorflow" in sys.modules}
-config = load_task_config(config_path)
-write_done(RunDir(config.run_dir), config.train.steps)
-task.join(240)
-found.update(finished=not task.is_alive(), tensorflow_after="tensorflow" in sys.modules)
+found, ended = {}, threading.Event()
+
+
+def look_then_finish():
+    time.sleep(wait)
+    found.update(alive=not ended.is_set(), tensorflow_while_waiting="tensorflow" in sys.modules)
+    config = load_task_config(config_path)
+    write_done(RunDir(config.run_dir), config.train.steps)
+
+
+threading.Thread(target=look_then_finish, daemon=True).start()
+run_task(config_path)
+ended.set()
+found.update(finished=True, tensorflow_after="tensorflow" in sys.modules)
 print(json.dumps(found))
 """
 

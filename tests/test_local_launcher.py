@@ -227,10 +227,11 @@ def test_lost_ps_or_chief_restarts_both_which_resume_from_the_last_checkpoint(
     assert f"{victim} exited with code -9; restarting ps-0, chief-0" in text
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", text)]
     assert len(resumed) == 1 and resumed[0] >= published >= 200
-    # The schedule continues where it stopped, on both sides of the restart.
+    # The schedule continues where it stopped. (What the killed chief logged before the
+    # restart reached the run dir only if its summaries were mirrored before the kill.)
     logged = scalars(tmp_path / "run" / "logs" / "train", "learning_rate")
     schedule = make_learning_rate(load_config(None, recipe).train)
-    assert min(logged) < resumed[0] < max(logged) == 600
+    assert resumed[0] < max(logged) == 600
     for step, value in logged.items():
         assert value == pytest.approx(learning_rate_at(schedule, step), rel=1e-5), step
     state = job_state(disttrain_home, "t")
