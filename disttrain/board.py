@@ -117,7 +117,7 @@ def run_board(
     A run dir that does not exist or cannot be reached, and a port that is taken, are a
     StorageError or BoardError before TensorBoard starts; a run dir without logs yet is
     served (they appear when the run writes them), and says so."""
-    run_dir = RunDir(run_dir_url)
+    run_dir = RunDir(run_dir_url, retries=False)  # it only looks; a refresh tries again
     try:
         found = run_dir.exists("")
     except Exception as exc:

@@ -31,6 +31,7 @@ from disttrain.storage import (
     CHECKPOINTS_DIR,
     EVAL_RESULTS,
     LATEST_FILE,
+    FailingPolls,
     RunDir,
     describe,
     with_retries,
@@ -95,7 +96,7 @@ def publish_checkpoint(
     def upload(name: str) -> None:
         with_retries(
             lambda: run_dir.put_file(staged_folder / name, f"{remote}/{name}"),
-            f"upload {remote}/{name}",
+            f"upload {run_dir.url_of(f'{remote}/{name}')}",
             log=log,
         )
 
@@ -103,11 +104,13 @@ def publish_checkpoint(
         list(pool.map(upload, manifest.files))
     with_retries(
         lambda: run_dir.write_text(f"{remote}/{MANIFEST}", manifest.to_json()),
-        f"write {remote}/{MANIFEST}",
+        f"write {run_dir.url_of(f'{remote}/{MANIFEST}')}",
         log=log,
     )
     with_retries(
-        lambda: run_dir.write_text(LATEST_FILE, manifest.to_json()), f"write {LATEST_FILE}", log=log
+        lambda: run_dir.write_text(LATEST_FILE, manifest.to_json()),
+        f"write {run_dir.url_of(LATEST_FILE)}",
+        log=log,
     )
     try:  # the checkpoint is committed; a failed clean-up is retried after the next one
         apply_retention(
@@ -156,6 +159,19 @@ def evaluated_steps(run_dir: RunDir) -> set[int]:
     return {json.loads(line)["step"] for line in lines if line.strip()}
 
 
+def record_evaluation(run_dir: RunDir, result: dict) -> bool:
+    """Add the line of `result["step"]` to `eval/results.jsonl`, unless it is there already.
+
+    An object store has no append: the file is read, extended and rewritten. When the
+    rewrite lands but its answer is lost, the evaluator sees a failure and evaluates the
+    step again; recording it again would duplicate its line. False when it was there.
+    """
+    if result["step"] in evaluated_steps(run_dir):
+        return False
+    run_dir.append_line(EVAL_RESULTS, json.dumps(result, sort_keys=True))
+    return True
+
+
 def awaiting_evaluation(run_dir: RunDir) -> set[int]:
     """Published checkpoints newer than the last evaluated one: retention must keep them,
     or an evaluator that fell behind would find them deleted and skip them."""
@@ -197,7 +213,14 @@ def apply_retention(
             )
         else:
             log(f"checkpoint | retention | delete ckpt-{step}")
-        run_dir.delete(checkpoint_folder(step))
+        delete_checkpoint(run_dir, step)
+
+
+def delete_checkpoint(run_dir: RunDir, step: int) -> None:
+    """Its MANIFEST.json first: a deletion cut short leaves a folder that is incomplete by
+    the rules (no manifest), never one whose manifest names files that are gone."""
+    run_dir.delete(f"{checkpoint_folder(step)}/{MANIFEST}")
+    run_dir.delete(checkpoint_folder(step))
 
 
 def waiting_for_first_checkpoint(run_dir: RunDir, poll_seconds: float, timeout: float) -> str:
@@ -218,13 +241,14 @@ def wait_for_first_checkpoint(
     first checkpoint) waits here without importing it and leaves the cores to the tasks
     that are starting to train (issue 13).
     """
-    said = False
+    said, failures = False, FailingPolls(f"wait for a checkpoint in {run_dir.url}", log, "eval")
     while True:
         try:
             if run_dir.exists(LATEST_FILE) or is_done(run_dir, steps):
                 return
-        except Exception as exc:  # storage outage: the next poll tries again
-            log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
+            failures.succeeded()
+        except Exception as exc:  # storage outage: the next poll tries again, for a while
+            failures.failed(exc)
         if not said:
             log(waiting_for_first_checkpoint(run_dir, poll_seconds, 0))
             said = True
@@ -298,8 +322,8 @@ class BackgroundPublisher:
     At most one checkpoint waits behind the one uploading: a newer one supersedes it (its
     staging folder is dropped), so a slow store costs checkpoints, not memory or disk. A
     failed publish is retried with the next checkpoint, except an Unrecoverable one (the
-    run dir's lease lost to another job): that one is raised by the next `submit` or
-    `flush`, in the training loop, and nothing more is published.
+    run dir's lease lost to another job, a request the store refused): that one is raised
+    by the next `submit` or `flush`, in the training loop, and nothing more is published.
     """
 
     def __init__(

@@ -665,7 +665,7 @@ def _config_for_run(config: str | None, overrides: list[str], run_dir: str | Non
 
     from disttrain.storage import CONFIG_FILE, RunDir, StorageError, describe
 
-    stored = RunDir(run_dir)
+    stored = RunDir(run_dir, retries=False)  # a look before the work: said at once
     try:
         text = stored.read_text(CONFIG_FILE) if stored.exists(CONFIG_FILE) else None
     except Exception as exc:  # an unreachable or refusing account: one line, no traceback

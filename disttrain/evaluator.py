@@ -26,6 +26,7 @@ from disttrain.checkpoints import (
     fetch_checkpoint,
     latest_manifest,
     published_steps,
+    record_evaluation,
     waiting_for_first_checkpoint,
 )
 from disttrain.config import Config
@@ -45,6 +46,7 @@ from disttrain.storage import (
     CLASS_NAMES_FILE,
     EVAL_LOGS,
     EVAL_RESULTS,
+    FailingPolls,
     RunDir,
     describe,
 )
@@ -92,16 +94,18 @@ class Evaluator:
             write_hparams(self.config)
         self._say_what_it_waits_for(timeout_seconds)
         last_news = time.monotonic()
+        failures = FailingPolls(f"evaluate the checkpoints in {self.run_dir.url}", log, "eval")
         while True:
             seen = len(evaluated | self.unusable)
             try:
                 if self.poll(evaluated):
                     log(f"eval | finished | checkpoints evaluated in this run: {len(evaluated)}")
                     return True
+                failures.succeeded()
             except Unrecoverable:  # another job holds the run dir: waiting will not help
                 raise
-            except Exception as exc:  # storage outage: the next poll tries again
-                log(f"eval | WARNING | poll failed, retrying | {describe(exc)}")
+            except Exception as exc:  # storage outage: the next poll tries again, for a while
+                failures.failed(exc)
             if len(evaluated | self.unusable) > seen:
                 last_news = time.monotonic()
             elif timeout_seconds and time.monotonic() - last_news > timeout_seconds:
@@ -176,7 +180,7 @@ class Evaluator:
         self.writer.flush()
         self.mirror.request_sync()
         record = {**result, "evaluated_at": evaluated_at}
-        self.run_dir.append_line(EVAL_RESULTS, json.dumps(record, sort_keys=True))
+        record_evaluation(self.run_dir, record)  # once, even when this step is evaluated again
         return result
 
     def _write_confusion_matrix(self, confusion: np.ndarray, step: int) -> None:

@@ -19,7 +19,7 @@ from disttrain.config import Config
 from disttrain.done import is_done
 from disttrain.peers import accepts
 from disttrain.progress import log
-from disttrain.storage import RunDir
+from disttrain.storage import RunDir, is_refused
 
 POLL_SECONDS = 2.0
 CHIEF_EXIT_GRACE_SECONDS = 30.0
@@ -90,8 +90,13 @@ def wait_until_closed(address: str, timeout: float) -> None:
 
 
 def _done(run_dir: RunDir, steps: int) -> bool:
+    """Whether DONE is there. A storage outage must not kill a server: it asks again at the
+    next poll, for as long as the chief lives (`wait_for_end` bounds that), but a refused
+    request (a wrong key, no permission) would be refused forever: it is raised."""
     try:
         return is_done(run_dir, steps)
-    except Exception as exc:  # a storage outage must not kill a server: ask again later
+    except Exception as exc:
+        if is_refused(exc):
+            raise
         log(f"server | WARNING | cannot read DONE, retrying | {type(exc).__name__}")
         return False

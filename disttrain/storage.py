@@ -11,6 +11,12 @@ with `AZURE_STORAGE_ACCOUNT_KEY`; `AZURE_STORAGE_ACCOUNT_NAME` with `AZURE_STORA
 `AZURE_STORAGE_ACCOUNT_NAME` alone with the default Azure credential chain when
 `azure-identity` is installed. A key or token is never part of a message this module
 produces: every storage error goes through `redact`.
+
+Every call on a remote run dir is retried here (`with_retries`): bounded by attempts and a
+deadline, never for a refused request (a wrong key, no permission), and named by its URL
+when it is given up. An object store fails a request now and then; no caller has to
+remember to retry, and none retries without bound. A caller that retries a group of calls
+itself (a checkpoint's upload) does so with its own bounds; the calls inside then try once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,6 +41,7 @@ from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
 from disttrain.failures import Unrecoverable
+from disttrain.progress import log as default_log
 
 T = TypeVar("T")
 
@@ -205,6 +213,8 @@ _AZURE_CAUSES = {
 
 def describe(exc: BaseException) -> str:
     """A short, secret-free cause for a storage exception."""
+    if isinstance(exc, GaveUp):  # says what it gave up on, its cause, and why it stopped
+        return str(exc)
     code = getattr(exc, "error_code", None) or ""
     code = str(getattr(code, "value", code))  # the SDK gives a StorageErrorCode enum
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -224,7 +234,10 @@ def describe(exc: BaseException) -> str:
 class RunDir:
     """A run directory: relative paths in, bytes and files out."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, retries: bool = True):
+        """`retries=False` for a command that only looks (`status`, `board`, reading a run's
+        config): it says at once that storage cannot be reached, not after minutes of
+        retries; the tasks, which must ride out a flaky store, retry."""
         if "?" in url and protocol_of(url) in AZURE_PROTOCOLS:
             raise StorageError(
                 url.split("?", 1)[0],
@@ -232,6 +245,7 @@ class RunDir:
                 "AZURE_STORAGE_SAS_TOKEN (it must never be part of config.yaml)",
             )
         self.url = url.rstrip("/") or url
+        self.retries = retries
         self.fs, self.root = open_filesystem(self.url)
         self.is_local = "file" in _protocols(self.fs)
         if self.is_local:
@@ -253,17 +267,19 @@ class RunDir:
         return f"{self.url}/{relative}" if relative else self.url
 
     def exists(self, relative: str) -> bool:
-        return self.fs.exists(self.path(relative))
+        return self._retried("look up", relative, lambda: self.fs.exists(self.path(relative)))
 
     def read_bytes(self, relative: str) -> bytes:
-        return self.fs.cat_file(self.path(relative))
+        return self._retried("read", relative, lambda: self.fs.cat_file(self.path(relative)))
 
     def read_text(self, relative: str) -> str:
         return self.read_bytes(relative).decode()
 
     def write_bytes(self, relative: str, data: bytes) -> None:
         """Write a whole object; readers never see it half-written."""
-        self._check_fence()
+        self._retried("write", relative, lambda: self._write_whole(relative, data), write=True)
+
+    def _write_whole(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
         self._make_parent(target)
         if self.is_local:
@@ -271,34 +287,45 @@ class RunDir:
             with open(partial, "wb") as out:
                 out.write(data)
             os.replace(partial, target)
-        else:  # a blob PUT is atomic: the old or the new object, never a mix
+        else:  # a blob PUT is atomic: the old or the new object, never a mix; so is a retry
             self.fs.pipe_file(target, data)
 
     def write_text(self, relative: str, text: str) -> None:
         self.write_bytes(relative, text.encode())
 
     def append_line(self, relative: str, line: str) -> None:
-        """Append one line (object stores have no append: read, extend, rewrite)."""
+        """Append one line (object stores have no append: read, extend, rewrite).
+
+        Not idempotent: when the rewrite lands but its answer is lost, appending again
+        adds the line twice. A caller that may repeat an append checks for its line first
+        (as `checkpoints.record_evaluation` does).
+        """
         existing = self.read_text(relative) if self.exists(relative) else ""
         self.write_text(relative, existing + line.rstrip("\n") + "\n")
 
     def put_file(self, local_path: str | Path, relative: str) -> None:
-        self._check_fence()
+        self._retried("upload", relative, lambda: self._upload(local_path, relative), write=True)
+
+    def _upload(self, local_path: str | Path, relative: str) -> None:
         target = self.path(relative)
         self._make_parent(target)
         self.fs.put_file(str(local_path), target)
 
     def get_file(self, relative: str, local_path: str | Path) -> None:
         Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-        self.fs.get_file(self.path(relative), str(local_path))
+        self._retried(
+            "download", relative, lambda: self.fs.get_file(self.path(relative), str(local_path))
+        )
 
     def size(self, relative: str) -> int:
-        return int(self.fs.size(self.path(relative)))
+        return int(self._retried("look up", relative, lambda: self.fs.size(self.path(relative))))
 
     def list_names(self, relative: str) -> list[str]:
         """Names directly under a folder; an absent folder has none."""
         try:
-            entries = self.fs.ls(self.path(relative), detail=False)
+            entries = self._retried(
+                "list", relative, lambda: self.fs.ls(self.path(relative), detail=False)
+            )
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
@@ -311,7 +338,7 @@ class RunDir:
         """Every file under a folder (relative to it) with its size in bytes."""
         base = self.path(relative).rstrip("/")
         try:
-            found = self.fs.find(base, detail=True)
+            found = self._retried("list", relative, lambda: self.fs.find(base, detail=True))
         except FileNotFoundError:
             return {}
         # Backends disagree on a leading "/" (local and memory:// keep it, az:// does not).
@@ -329,15 +356,36 @@ class RunDir:
         os.replace(self.path(relative), self.path(to))
 
     def delete(self, relative: str) -> None:
-        self._check_fence()
-        if self.exists(relative):
-            self.fs.rm(self.path(relative), recursive=True)
+        """Delete a file or a folder; one that is not there (or no longer) is fine."""
+        self._retried("delete", relative, lambda: self._delete_if_there(relative), write=True)
+
+    def _delete_if_there(self, relative: str) -> None:
+        # A retried delete whose first answer was lost finds the object gone: done.
+        try:
+            if self.fs.exists(self.path(relative)):
+                self.fs.rm(self.path(relative), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def _retried(self, verb: str, relative: str, action: Callable[[], T], write: bool = False) -> T:
+        """`action` (a write: once the lease's fence passes), retried on a remote run dir (a
+        local disk error is not transient), unless the caller retries it already: its own
+        bounds and name then apply."""
+
+        def attempt() -> T:
+            if write:
+                self._check_fence()
+            return action()
+
+        if self.is_local or not self.retries:
+            return attempt()
+        return with_retries(attempt, f"{verb} {self.url_of(relative)}", log=default_log)
 
     def read_versioned(self, relative: str) -> tuple[bytes, str] | None:
         """An object's bytes and a version that changes with every write (Azure: its ETag;
         elsewhere: the bytes' sha256); None when there is no such object."""
         if self.is_azure:
-            return self._azure_read_versioned(relative)
+            return self._retried("read", relative, lambda: self._azure_read_versioned(relative))
         try:
             data = self.read_bytes(relative)
         except FileNotFoundError:
@@ -349,10 +397,14 @@ class RunDir:
 
         Returns the new version, or None when another writer changed (or created) the
         object first. Atomic where the backend allows (`conditional_writes` says how); not
-        checked by `fence`: this is how the lease itself is written.
+        checked by `fence`: this is how the lease itself is written. A write that landed
+        but whose answer was lost is retried and then finds the object changed: None as
+        well, so a caller re-reads the object to learn who wrote it (lease.py does).
         """
         if self.is_azure:
-            return self._azure_write_if_unchanged(relative, data, version)
+            return self._retried(
+                "write", relative, lambda: self._azure_write_if_unchanged(relative, data, version)
+            )
         if self.is_local:
             with _file_lock(self.path(relative) + ".lock") as locked:
                 self.flock_refused = self.flock_refused or not locked
@@ -517,11 +569,13 @@ def preflight(url: str) -> str:
         ("write a probe object", lambda: run_dir.write_bytes(probe, payload)),
         ("list the run dir", lambda: _expect(probe in run_dir.list_names(""), "probe not listed")),
         ("read the probe back", lambda: _expect(run_dir.read_bytes(probe) == payload, "changed")),
-        ("delete the probe", lambda: run_dir.fs.rm(run_dir.path(probe))),
+        ("delete the probe", lambda: run_dir.delete(probe)),
     ]
     for what, action in steps:
         try:
             action()
+        except GaveUp as exc:  # the step's own URL is a probe's: the run dir's is named
+            raise StorageError(url, f"could not {what}: {exc.cause}") from None
         except StorageError:
             raise
         except Exception as exc:
@@ -536,21 +590,48 @@ def _expect(condition: bool, problem: str) -> None:
 
 
 class GaveUp(StorageError):
-    """A storage action that failed for good: refused (authentication, permission: a retry
-    would be refused the same way), or still failing when its attempts or deadline ran out."""
+    """A storage action that failed for good: refused (`Refused`), or still failing when
+    its attempts or deadline ran out."""
 
     def __init__(self, what: str, cause: str, tried: str):
         self.url, self.cause = "", redact(cause)
         RuntimeError.__init__(self, redact(f"{what}: {cause} ({tried})"))
 
 
+class Refused(GaveUp, Unrecoverable):
+    """A request the storage service refused (authentication, permission): a retry would
+    be refused the same way, and so would a restarted task (exit code 4)."""
+
+    def __init__(self, what: str, cause: str):
+        super().__init__(what, cause, "refused: not retried")
+
+
 # Failures a retry cannot fix: a wrong or expired credential, a credential without access.
 _REFUSED_STATUS = (401, 403)
 _REFUSED_TYPES = ("AzureSigningError", "ClientAuthenticationError", "PermissionError")
+# Answers, not failures: asked again, the store gives the same one (an absent object).
+_ANSWERS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
+def is_answer(exc: BaseException) -> bool:
+    """Whether `exc` is the store's answer (no such object or container), not a failure."""
+    return isinstance(exc, _ANSWERS) or _is_missing_container(exc)
+
+
+def _is_missing_container(exc: BaseException) -> bool:
+    code = getattr(exc, "error_code", None) or ""
+    code = str(getattr(code, "value", code))
+    return code == "ContainerNotFound" or any(
+        words in str(exc) for words in ("No such container", "ContainerNotFound")
+    )
 
 
 def is_refused(exc: BaseException) -> bool:
     """Whether the storage service refused the request itself (no retry can succeed)."""
+    if isinstance(exc, GaveUp):
+        return isinstance(exc, Refused)
+    if isinstance(exc.__cause__, Exception) and is_refused(exc.__cause__):
+        return True  # adlfs wraps a failed delete in a RuntimeError
     code = getattr(exc, "error_code", None) or ""
     code = str(getattr(code, "value", code))
     return (
@@ -558,6 +639,12 @@ def is_refused(exc: BaseException) -> bool:
         or code.startswith(("Authentication", "Authorization", "InvalidAuthentication"))
         or any(t.__name__ in _REFUSED_TYPES for t in type(exc).__mro__)
     )
+
+
+# Set while a with_retries loop runs its action, in that thread: a with_retries inside it
+# (a RunDir call the caller wrapped) tries once, and the caller's loop does the retrying,
+# with the caller's bounds and name, instead of one bounded loop inside another.
+_RETRYING = ContextVar("disttrain_storage_retrying", default=False)
 
 
 def with_retries(
@@ -572,17 +659,21 @@ def with_retries(
 
     Every retry is logged; the loop is bounded by `attempts` and by `deadline_seconds`,
     and when either runs out the failure is raised as GaveUp, saying what was given up
-    on. A refused request (wrong key, no permission) is not retried: it fails at once.
+    on. A refused request (wrong key, no permission) is not retried: it fails at once. An
+    absent object or container is an answer, not a failure: it is raised as it is.
+    Called inside another with_retries, it runs `action` once: the outer loop retries.
     """
+    if _RETRYING.get():
+        return action()
     started, delay = time.monotonic(), first_delay
     for attempt in range(1, attempts + 1):
         try:
-            return action()
+            return _run_retrying(action)
         except Exception as exc:  # storage SDKs raise many unrelated types
-            if isinstance(exc, Unrecoverable):  # e.g. a lost lease: no retry can help
+            if isinstance(exc, (Unrecoverable, GaveUp)) or is_answer(exc):
                 raise
             if is_refused(exc):
-                raise GaveUp(what, describe(exc), "refused: not retried") from None
+                raise Refused(what, describe(exc)) from None
             elapsed = time.monotonic() - started
             if attempt == attempts or elapsed + delay > deadline_seconds:
                 tried = f"gave up after {attempt} attempt(s) in {elapsed:.0f} s"
@@ -591,3 +682,51 @@ def with_retries(
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
     raise AssertionError("unreachable")
+
+
+def _run_retrying(action: Callable[[], T]) -> T:
+    token = _RETRYING.set(True)
+    try:
+        return action()
+    finally:
+        _RETRYING.reset(token)
+
+
+# How long a polling loop rides out storage failing on every poll before it gives up.
+POLL_OUTAGE_SECONDS = 600.0
+
+
+class FailingPolls:
+    """Storage failures met by a polling loop (the evaluator's), one poll after another.
+
+    A poll that fails is tried again at the next one, but not without bound: once polls
+    have failed for `deadline_seconds` in a row the loop gives up with GaveUp, saying on
+    what; an Unrecoverable error, a refused request among them, is raised at once.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        log: Callable[[str], None],
+        prefix: str,
+        deadline_seconds: float = POLL_OUTAGE_SECONDS,
+    ):
+        self.what, self.log, self.prefix = what, log, prefix
+        self.deadline_seconds = deadline_seconds
+        self.failing_since: float | None = None
+
+    def succeeded(self) -> None:
+        self.failing_since = None
+
+    def failed(self, exc: BaseException) -> None:
+        """Log the failure and return (poll again), or raise GaveUp."""
+        if isinstance(exc, Unrecoverable):  # a lost lease, a refusal: polling will not help
+            raise exc
+        if is_refused(exc):
+            raise Refused(self.what, describe(exc))
+        now = time.monotonic()
+        self.failing_since = now if self.failing_since is None else self.failing_since
+        failing = now - self.failing_since
+        if failing > self.deadline_seconds:
+            raise GaveUp(self.what, describe(exc), f"every poll failed for {failing:.0f} s")
+        self.log(f"{self.prefix} | WARNING | poll failed, retrying | {describe(exc)}")

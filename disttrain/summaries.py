@@ -80,7 +80,7 @@ class SummaryMirror:
         try:
             with_retries(
                 lambda: self.run_dir.put_file(path, f"{self.remote}/{relative}"),
-                f"upload {self.remote}/{relative}",
+                f"upload {self.run_dir.url_of(f'{self.remote}/{relative}')}",
                 attempts=3,
                 log=self.log,
             )

@@ -122,7 +122,7 @@ def run_dir_progress(url: str) -> dict[str, Any]:
     from disttrain.storage import EVAL_RESULTS, RunDir, describe
 
     try:
-        run_dir = RunDir(url)
+        run_dir = RunDir(url, retries=False)  # status only looks: it says, it does not wait
         latest = latest_manifest(run_dir)
         results = run_dir.read_text(EVAL_RESULTS) if run_dir.exists(EVAL_RESULTS) else ""
     except Exception as exc:  # a missing credential, a network error: one line in status

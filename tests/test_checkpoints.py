@@ -20,9 +20,10 @@ from disttrain.checkpoints import (
     latest_manifest,
     publish_checkpoint,
     published_steps,
+    record_evaluation,
     staged_prefix,
 )
-from disttrain.storage import BEST_METRICS, LATEST_FILE, RunDir
+from disttrain.storage import BEST_METRICS, EVAL_RESULTS, LATEST_FILE, RunDir
 
 DATA_FILE = "ckpt.data-00000-of-00001"
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +128,17 @@ def test_retention_keeps_the_newest_and_never_deletes_latest_or_the_best_export(
     )
     assert published_steps(run_dir) == [100, 500, 550, 600]
     assert latest_manifest(run_dir).step == 550
+
+
+def test_an_evaluation_recorded_again_is_in_results_once(tmp_path):
+    # The evaluator records a step again when the answer to its first rewrite was lost.
+    run_dir = RunDir(str(tmp_path / "run"))
+    first = {"step": 100, "accuracy": 0.5, "loss": 1.0, "examples": 64}
+    assert record_evaluation(run_dir, first)
+    assert record_evaluation(run_dir, {"step": 200, "accuracy": 0.6, "loss": 0.9, "examples": 64})
+    assert not record_evaluation(run_dir, first)
+    lines = [json.loads(line) for line in run_dir.read_text(EVAL_RESULTS).splitlines()]
+    assert [line["step"] for line in lines] == [100, 200]
 
 
 def test_retention_keeps_what_latest_points_to_even_when_it_is_not_the_newest(tmp_path):

@@ -8,7 +8,9 @@ from processes import cli, small_job
 
 from disttrain.storage import (
     REDACTED,
+    FailingPolls,
     GaveUp,
+    Refused,
     RunDir,
     StorageError,
     azure_options,
@@ -163,6 +165,22 @@ def test_a_refused_request_is_not_retried():
     with pytest.raises(GaveUp, match=r"permission denied \(.*\) \(refused: not retried\)$"):
         with_retries(refused, "write LATEST", log=print)
     assert len(calls) == 1
+
+
+def test_failing_polls_are_tried_again_until_their_deadline_and_a_refusal_never():
+    lines: list[str] = []
+    polls = FailingPolls("wait for a checkpoint in az://c/run", lines.append, "eval", 0.0)
+    polls.failed(ConnectionResetError("connection reset by peer"))  # the first: poll again
+    polls.succeeded()
+    polls.failed(ConnectionResetError("connection reset by peer"))  # first since the success
+    assert lines == ["eval | WARNING | poll failed, retrying | ConnectionResetError: connection "
+                     "reset by peer"] * 2  # fmt: skip
+    with pytest.raises(GaveUp, match=r"every poll failed for \d+ s\)$") as gave_up:
+        polls.failed(ConnectionResetError("connection reset by peer"))
+    assert str(gave_up.value).startswith("wait for a checkpoint in az://c/run: Connection")
+    with pytest.raises(GaveUp, match=r"\(refused: not retried\)$") as refused:
+        FailingPolls("poll", lines.append, "eval").failed(PermissionError("403 not authorized"))
+    assert isinstance(refused.value, Refused) and len(lines) == 2
 
 
 def test_a_data_root_that_cannot_be_listed_is_one_error_line_before_any_task(

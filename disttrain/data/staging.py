@@ -96,7 +96,9 @@ def _complete(path: Path, size: int) -> bool:
 
 def _copy_one(remote: RunDir, name: str, local: Path) -> int:
     partial = local.with_name(f".{local.name}.partial-{os.getpid()}")
-    with_retries(lambda: remote.get_file(name, partial), f"copy {name}", log=default_log)
+    with_retries(
+        lambda: remote.get_file(name, partial), f"copy {remote.url_of(name)}", log=default_log
+    )
     size = partial.stat().st_size
     os.replace(partial, local)
     return size
