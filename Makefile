@@ -37,12 +37,13 @@ images:
 	docker build -f docker/worker.Dockerfile -t disttrain/worker:$(IMAGE_TAG) .
 	docker build -f docker/ps.Dockerfile -t disttrain/ps:$(IMAGE_TAG) .
 
-# iproute2 (`ip netns`) for the test cluster's pod networks (tests/kubecluster); it is part
-# of the project's Debian image, installed here only if missing (needs root and apt).
+# iproute2 (`ip netns`) for the test cluster's pod networks and nftables for its
+# NetworkPolicy and partition rules (tests/kubecluster); part of the project's Debian image,
+# installed here only if missing (needs root and apt).
 netns-tools:
-	@command -v ip >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		apt-get update -qq && apt-get install -y -qq iproute2; } || \
-		echo "iproute2 missing: the test-cluster tests will skip"
+	@{ command -v ip && command -v nft; } >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && apt-get install -y -qq iproute2 nftables; } || \
+		echo "iproute2 or nftables missing: the test-cluster tests will skip"
 
 test: $(STAMP) azurite tools netns-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
