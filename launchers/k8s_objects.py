@@ -17,7 +17,18 @@ namespace):
   `NAME-evaluator-0`. The chief's Job *is* the job: it owns every other object
   (ownerReferences), its result is the job's result, `ttlSecondsAfterFinished` on it
   cleans everything up, and deleting it deletes everything.
-* Optionally `Deployment` + `Service NAME-tensorboard`.
+* `NetworkPolicy NAME`: the training port (`launcher.k8s.port`) of the chief, workers and
+  ps admits only the same job's training pods; nothing else reaches them (they serve no
+  other port). Egress stays open: storage, DNS and the image registry must keep working.
+* Optionally `Deployment` + `Service NAME-tensorboard`, and `NetworkPolicy
+  NAME-tensorboard`: port 6006 from what `launcher.k8s.tensorboard.allowed_from` admits
+  (by default any pod of the namespace; `kubectl port-forward` and the node always).
+
+Each NetworkPolicy is created before the pods it guards could serve (right after the
+chief's Job, which must come first as every other object's owner), and it selects pods by
+`app.kubernetes.io/instance` + `component`, the labels the headless Service selects by.
+A pod selected by a policy is isolated for ingress: only what some policy admits reaches
+it (https://kubernetes.io/docs/concepts/services-networking/network-policies/).
 
 Why one Job per task rather than an Indexed Job per role: each pod's TF_CONFIG is then the
 literal string `disttrain.cluster.tf_config_json` gives for that task (no runtime
@@ -77,6 +88,10 @@ CONFIG_DIR = "/etc/disttrain"
 CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
 SCRATCH_DIR = "/mnt"
 BOARD_PORT = 6006
+NETWORK_POLICY_API = "networking.k8s.io/v1"
+# The label the API server gives every namespace, its name: what a namespaceSelector by
+# name matches (Kubernetes >= 1.21).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 # The images' non-root user (docker/*.Dockerfile); the "restricted" standard needs non-root.
 RUN_AS_USER = 1000
 TASK_COMMAND = ["disttrain", "task", "--config", CONFIG_PATH]
@@ -214,12 +229,17 @@ def _objects(
     chief = next(t for t in tasks if t.role == CHIEF)
     objects = [
         task_job(config, k8s, shape, chief),
+        trainer_network_policy(config, k8s),
         config_map(config, k8s),
         headless_service(config, k8s),
     ]
     objects += [task_job(config, k8s, shape, t, eval_once) for t in tasks if t.role != CHIEF]
     if board:
-        objects += [board_deployment(config, k8s), board_service(config, k8s)]
+        objects += [
+            board_network_policy(config, k8s),
+            board_deployment(config, k8s),
+            board_service(config, k8s),
+        ]
     return objects
 
 
@@ -242,11 +262,54 @@ def headless_service(config: Config, k8s: K8sOptions) -> dict:
             "clusterIP": "None",
             # Peers resolve each other before they are ready: each task waits for its peers.
             "publishNotReadyAddresses": True,
-            "selector": {
-                "app.kubernetes.io/instance": config.name,
-                "app.kubernetes.io/component": "trainer",
-            },
+            "selector": trainer_selector(config.name),
             "ports": [{"name": "grpc", "port": port, "targetPort": port}],
+        },
+    }
+
+
+def trainer_selector(name: str) -> dict[str, str]:
+    """The job's training pods (chief, workers, ps): what its headless Service selects."""
+    return {"app.kubernetes.io/instance": name, COMPONENT_LABEL: "trainer"}
+
+
+def trainer_network_policy(config: Config, k8s: K8sOptions) -> dict:
+    """Only the job's own training pods reach its training port: another job's pods, in
+    this namespace or another, cannot join or feed its ps and workers."""
+    pods = {"matchLabels": trainer_selector(config.name)}
+    port = {"protocol": "TCP", "port": k8s.port}
+    return {
+        "apiVersion": NETWORK_POLICY_API,
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(k8s, config.name, labels(config.name, "trainer")),
+        "spec": {
+            "podSelector": pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": copy.deepcopy(pods)}], "ports": [port]}],
+        },
+    }
+
+
+def board_network_policy(config: Config, k8s: K8sOptions) -> dict:
+    """TensorBoard's port from `tensorboard.allowed_from`; with nothing allowed, no rule
+    at all (an ingress rule without `from` would admit everyone)."""
+    allowed = k8s.tensorboard.allowed_from
+    peers: list[dict] = [{"podSelector": {}}] if allowed.same_namespace else []
+    peers += [
+        {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: namespace}}}
+        for namespace in allowed.namespaces
+    ]
+    peers += [{"ipBlock": {"cidr": cidr}} for cidr in allowed.cidrs]
+    rules = [{"from": peers, "ports": [{"protocol": "TCP", "port": BOARD_PORT}]}] if peers else []
+    board_labels = labels(config.name, "tensorboard")
+    return {
+        "apiVersion": NETWORK_POLICY_API,
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(k8s, f"{config.name}-tensorboard", board_labels),
+        "spec": {
+            "podSelector": {"matchLabels": dict(board_labels)},
+            "policyTypes": ["Ingress"],
+            "ingress": rules,
         },
     }
 

@@ -15,6 +15,7 @@ compares the objects.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -85,11 +86,45 @@ class PsOptions(RoleOptions):
     image: str = PS_IMAGE
 
 
+def is_cidr(text: str) -> bool:
+    """An address range as a NetworkPolicy's ipBlock takes it: `address/prefix`."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return "/" in text
+
+
+@dataclass
+class AllowedFrom:
+    """Who may connect to TensorBoard's port, as its NetworkPolicy admits them. The node
+    always may (Kubernetes exempts node traffic from every policy), and so does
+    `kubectl port-forward`, which reaches the port from inside the pod, where no policy
+    applies. Everything false and empty: port-forward alone."""
+
+    same_namespace: bool = True  # any pod of the job's namespace (`podSelector: {}`)
+    namespaces: list[str] = field(default_factory=list)  # pods of these namespaces, by name
+    # Address ranges, e.g. an ingress controller's or a VPN's (NetworkPolicy `ipBlock`).
+    cidrs: list[str] = field(default_factory=list)
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "namespaces": (
+            lambda names: all(kube_syntax.is_namespace(name) for name in names),
+            f"namespace names, each {kube_syntax.NAMESPACE_ACCEPTED}",
+        ),
+        "cidrs": (
+            lambda ranges: all(is_cidr(text) for text in ranges),
+            "address ranges as address/prefix, e.g. 10.20.0.0/16 or 2001:db8::/64",
+        ),
+    }
+
+
 @dataclass
 class BoardOptions(RoleOptions):
     enabled: bool = False
     image: str = PS_IMAGE  # TensorBoard needs no GPU and no data tooling
     memory: str = "1Gi"
+    allowed_from: AllowedFrom = field(default_factory=AllowedFrom)
 
 
 @dataclass

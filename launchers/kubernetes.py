@@ -65,7 +65,11 @@ _APIS = {
     "Service": ("CoreV1Api", "service"),
     "Job": ("BatchV1Api", "job"),
     "Deployment": ("AppsV1Api", "deployment"),
+    "NetworkPolicy": ("NetworkingV1Api", "network_policy"),
 }
+
+# The kinds of a job's objects, as `describe` lists and `stop` deletes them.
+JOB_KINDS = ("Job", "Deployment", "Service", "ConfigMap", "NetworkPolicy")
 
 
 def unrestricted_warnings(objects: list[dict]) -> list[str]:
@@ -377,7 +381,7 @@ class Cluster:
         selector = self._selector(name)
         objects = [
             f"{kind}/{item.metadata.name}"
-            for kind in ("Job", "Deployment", "Service", "ConfigMap")
+            for kind in JOB_KINDS
             for item in self.call("list", kind, label_selector=selector).items
         ]
         lines = [
@@ -476,7 +480,7 @@ class Cluster:
         """Delete the owner (its dependents follow) and anything else labelled with the job."""
         deleted = []
         selector = self._selector(name)
-        for kind in ("Job", "Deployment", "Service", "ConfigMap"):
+        for kind in JOB_KINDS:
             for item in self.call("list", kind, label_selector=selector).items:
                 gone = self.call(  # None: already collected through its owner
                     "delete",
