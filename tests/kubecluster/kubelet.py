@@ -28,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .network import PodNetwork
+from .network_policy import PolicyEnforcer
 from .resources import BY_KIND
 from .store import ApiError, Store, now, run_control_loop
 
 PODS = BY_KIND[("v1", "Pod")]
 SERVICES = BY_KIND[("v1", "Service")]
+NAMESPACES = BY_KIND[("v1", "Namespace")]
+NETWORK_POLICIES = BY_KIND[("networking.k8s.io/v1", "NetworkPolicy")]
 CONFIGMAPS = BY_KIND[("v1", "ConfigMap")]
 SECRETS = BY_KIND[("v1", "Secret")]
 CLAIMS = BY_KIND[("v1", "PersistentVolumeClaim")]
@@ -104,7 +107,7 @@ class PodRunner:
         try:
             pod = self.store.get(PODS, self.namespace, self.name)
             self.netns, self.ip = self.kubelet.network.attach()
-            self.kubelet.refresh_dns()
+            self.kubelet.refresh_dns(force=True)  # its policies, before a container starts
             self._set_status(
                 phase="Pending",
                 podIP=self.ip,
@@ -586,6 +589,7 @@ class Kubelet:
         self.dns_revision = -1
         self.closing = False
         self.dns_lock = threading.Lock()
+        self.policies = PolicyEnforcer(NODE_IP, network.run_nft)
 
     def start(self) -> None:
         self.thread.start()
@@ -700,7 +704,8 @@ class Kubelet:
         self.store.wake()
 
     def refresh_dns(self, force: bool = False) -> None:
-        """Rewrite every pod's hosts file from the current pods and Services."""
+        """Rewrite every pod's hosts file from the current pods and Services, and its
+        ingress rules from the NetworkPolicies (network_policy.py)."""
         with self.dns_lock:  # one writer at a time: the files are rewritten in place
             with self.store.lock:
                 revision = self.store.revision
@@ -709,12 +714,16 @@ class Kubelet:
                 self.dns_revision = revision
                 pods, _ = self.store.list(PODS)
                 services, _ = self.store.list(SERVICES)
+                policies, _ = self.store.list(NETWORK_POLICIES)
+                namespaces, _ = self.store.list(NAMESPACES)
             with self.lock:
                 runners = list(self.runners.values())
             by_uid = {p["metadata"]["uid"]: p for p in pods}
             for runner in runners:
                 if runner.netns and runner.uid in by_uid:
                     self.network.write_dns(runner.netns, by_uid[runner.uid], pods, services)
+            netns_of = {r.uid: r.netns for r in runners if r.netns}
+            self.policies.enforce(netns_of, pods, policies, namespaces)
 
     # -- for the API server and tests
     def log_source(self, pod: dict, container: str, previous: bool):

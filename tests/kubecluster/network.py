@@ -139,6 +139,22 @@ class PodNetwork:
             ip("netns", "del", netns, check=False)  # also deletes its veth pair
             shutil.rmtree(NETNS_DIR / netns, ignore_errors=True)
 
+    def run_nft(self, netns: str, script: str) -> bool:
+        """Run an nft script inside a pod's namespace; False if that namespace is gone
+        (network_policy.py keeps the pods' ingress tables with it)."""
+        with self.lock:
+            if netns not in self.namespaces:
+                return False
+            result = subprocess.run(
+                ["ip", "netns", "exec", netns, "nft", "-f", "-"],
+                input=script,
+                capture_output=True,
+                text=True,
+            )
+        if result.returncode != 0:
+            raise RuntimeError(f"nft in {netns} failed: {result.stderr}\n{script}")
+        return True
+
     def write_dns(self, netns: str, viewer: dict, pods: list[dict], services: list[dict]) -> None:
         """The pod's hosts and resolv.conf, if its namespace still exists."""
         with self.lock:
