@@ -323,4 +323,6 @@ def running_as_root_with_ip() -> str | None:
         return "the test cluster needs root (network namespaces, bind mounts)"
     if shutil.which("ip") is None:
         return "the test cluster needs `ip` (iproute2) to create network namespaces"
+    if shutil.which("nft") is None:
+        return "the test cluster needs `nft` (nftables) to enforce NetworkPolicy: make netns-tools"
     return None
