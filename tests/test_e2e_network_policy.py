@@ -1,20 +1,24 @@
-"""Nobody else on a job's ports: the k8s launcher's NetworkPolicy, enforced by the test
-cluster (tests/kubecluster/network_policy.py), while the job trains.
+"""Nobody else on a job's ports: NetworkPolicy, enforced by the test cluster
+(tests/kubecluster/network_policy.py), first for a bare server as policies come and go,
+then for the k8s launcher's own policy while its job trains.
 
-One small job (a worker and a ps) trains long enough for three probe pods, each a bare
-`socket.create_connection` to the ps's address and port with a short timeout: a pod
-labelled as one of the job's own training pods connects; a pod of another job in the same
-namespace and a pod in another namespace (with the very labels of the job's pods) cannot.
+Each probe is a pod running a bare `socket.create_connection` to an address and port with
+a short timeout. One small job (a worker and a ps) trains long enough for three probes: a
+pod labelled as one of the job's own training pods connects; a pod of another job in the
+same namespace and a pod in another namespace (with the very labels of the job's pods)
+cannot.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 
 import pytest
 from kubecluster.disttrain_jobs import job_args, pods_of, training_started
 from kubecluster.garbage import NAMESPACES, delete
+from kubecluster.network_policy import TABLE
 from processes import cli
 
 pytestmark = pytest.mark.integration
@@ -61,6 +65,76 @@ def probe(cluster, namespace: str, pod: dict) -> str:
     log = cluster.kubectl("logs", "-n", namespace, name).stdout
     assert (ended["status"]["phase"] == "Succeeded") == ("connected" in log.split()), log
     return log
+
+
+SERVER = """
+    import socket
+    server = socket.create_server(("0.0.0.0", 5000))
+    while True:
+        server.accept()[0].close()
+"""
+
+
+def has_policy_table(cluster, namespace: str, pod: str) -> bool:
+    (netns,) = [
+        r.netns
+        for r in list(cluster.kubelet.runners.values())
+        if (r.namespace, r.name) == (namespace, pod)
+    ]
+    listed = subprocess.run(
+        ["ip", "netns", "exec", netns, "nft", "list", "table", "inet", TABLE],
+        capture_output=True,
+        text=True,
+    )
+    return listed.returncode == 0
+
+
+def test_policies_isolate_a_pod_as_they_come_and_go(kube_cluster, kube_namespace):
+    cluster, namespace = kube_cluster, kube_namespace
+    server = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "server", "labels": {"app": "db"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "python:3.12-slim",
+                    "command": ["python3", "-c", textwrap.dedent(SERVER)],
+                    "ports": [{"name": "sql", "containerPort": 5000}],
+                }
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(server))
+    address = cluster.wait_for(
+        "the server's address",
+        lambda: (cluster.get("Pod", namespace, "server") or {}).get("status", {}).get("podIP"),
+    )
+    web, batch = {"app": "web"}, {"app": "batch"}
+    assert probe(cluster, namespace, probe_pod("open", batch, address, 5000)) == "connected\n"
+    assert not has_policy_table(cluster, namespace, "server")  # no policy, no table
+
+    policy = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": "db"},
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "ingress": [
+                {"from": [{"podSelector": {"matchLabels": web}}], "ports": [{"port": "sql"}]}
+            ],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(policy))
+    refused = probe(cluster, namespace, probe_pod("batch", batch, address, 5000))
+    assert refused.startswith("not connected: TimeoutError"), refused
+    assert probe(cluster, namespace, probe_pod("web", web, address, 5000)) == "connected\n"
+
+    cluster.kubectl("delete", "networkpolicy", "db", "-n", namespace)
+    assert probe(cluster, namespace, probe_pod("after", batch, address, 5000)) == "connected\n"
+    assert not has_policy_table(cluster, namespace, "server")
 
 
 def test_only_the_jobs_own_pods_reach_its_ps_port(k8s):
