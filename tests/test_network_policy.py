@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import yaml
 from kubecluster.network_policy import (
     Admission,
     Ports,
@@ -22,6 +23,7 @@ from kubecluster.network_policy import (
 
 from launchers import load_job
 from launchers.k8s_objects import job_objects
+from launchers.kubernetes import plan_job
 
 NODE = "198.18.0.1"
 
@@ -135,6 +137,33 @@ def test_tensorboard_admits_what_allowed_from_says_and_nothing_when_all_is_off()
     (policy,) = [p for p in policies_of(closed) if p["metadata"]["name"] == "alpha-tensorboard"]
     assert policy["spec"]["ingress"] == []  # a rule without `from` would admit everyone
     assert ingress_admissions(named["alpha-tensorboard"], pods, [policy], NAMESPACES) == []
+
+
+def test_the_dry_run_shows_the_policies_before_any_pod_but_the_chiefs():
+    config, launcher = load_job(
+        None,
+        [
+            "name=alpha",
+            "run_dir=/azure/tfshare/runs/x",
+            "launcher.name=k8s",
+            "launcher.k8s.namespace=ml",
+            "launcher.k8s.storage.azure_file_share=tfshare",
+            "launcher.k8s.storage.secret=azure-storage",
+            "launcher.k8s.tensorboard.enabled=true",
+        ],
+    )
+    printed = [
+        d for d in yaml.safe_load_all(plan_job(config, launcher.options["k8s"]).render()) if d
+    ]
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in printed]
+    # The chief's Job first (every other object's owner), then the training pods' policy;
+    # TensorBoard's policy before its Deployment.
+    assert kinds[:2] == [("Job", "alpha"), ("NetworkPolicy", "alpha")]
+    board = kinds.index(("NetworkPolicy", "alpha-tensorboard"))
+    assert board < kinds.index(("Deployment", "alpha-tensorboard"))
+    assert printed[board]["spec"]["ingress"] == [
+        {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 6006}]}
+    ]
 
 
 def test_bad_allowed_from_values_are_refused_with_their_key():
