@@ -43,7 +43,13 @@ BASE = [
     "launcher.k8s.tensorboard.enabled=true",
 ]
 SHAPES = {
-    "1w0ps": ["cluster.workers=1", "cluster.ps=0", "cluster.hung_task_seconds=0"],
+    "1w0ps": [
+        "cluster.workers=1",
+        "cluster.ps=0",
+        "cluster.hung_task_seconds=0",
+        # TensorBoard reached by port-forward alone: its policy has no ingress rule.
+        "launcher.k8s.tensorboard.allowed_from.same_namespace=false",
+    ],
     "2w1ps": ["cluster.workers=2", "cluster.ps=1", "launcher.k8s.worker.gpus=1"],
     "4w2ps": [
         "cluster.workers=4",
@@ -56,6 +62,8 @@ SHAPES = {
         "launcher.k8s.storage.scratch_size_limit=50Gi",
         "launcher.k8s.active_deadline_seconds=3600",
         "launcher.k8s.ttl_seconds_after_finished=60",
+        "launcher.k8s.tensorboard.allowed_from.namespaces=[ingress-nginx]",
+        "launcher.k8s.tensorboard.allowed_from.cidrs=[10.8.0.0/16, 2001:db8::/64]",
     ],
     # Blob through workload identity: a service account and the account's name, no Secret.
     "1w1ps-identity": [

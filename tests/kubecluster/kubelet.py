@@ -107,7 +107,7 @@ class PodRunner:
         try:
             pod = self.store.get(PODS, self.namespace, self.name)
             self.netns, self.ip = self.kubelet.network.attach()
-            self.kubelet.refresh_dns(force=True)  # its policies, before a container starts
+            self.kubelet.refresh_dns()
             self._set_status(
                 phase="Pending",
                 podIP=self.ip,
@@ -117,6 +117,9 @@ class PodRunner:
                 startTime=now(),
                 conditions=self._conditions(pod, initialized=False, ready=False),
             )
+            # Before any container starts, the NetworkPolicy rules know its address: its
+            # own ingress rules, and its peers' rules that admit it.
+            self.kubelet.refresh_dns(force=True)
             phase = self._run_pod(pod)
         except ApiError:
             phase = None  # the pod is gone

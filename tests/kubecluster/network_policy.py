@@ -32,8 +32,9 @@ in its policyTypes is enforced for ingress only, and a note is printed once per 
 How: each pod's netns gets one nftables table, `inet disttrain_netpol`, whose input chain
 drops what no rule admits; a pod no policy isolates has no table. The kubelet recomputes
 the tables of every running pod whenever the API's state changes (a policy, a pod, an
-address: `Kubelet.refresh_dns`) and once more as a pod gets its netns, before any of its
-containers starts. A table is only rewritten when its text changes, in one nft
+address: `Kubelet.refresh_dns`) and once more as a pod gets its address, before any of
+its containers starts (so its own table, and its peers' tables that admit it, are in place
+when it first serves or connects). A table is only rewritten when its text changes, in one nft
 transaction. It lives in the pod's netns and goes away with it: nothing is left behind.
 """
 
