@@ -1,7 +1,7 @@
 """Faults of the network and of the chief, on the test cluster (tests/kubecluster).
 
-Each test runs a short ParameterServerStrategy job (one ps, no evaluator) with the
-Kubernetes launcher, breaks something while it trains, and checks how the job ends:
+Each test runs a short job (one ps unless said, no evaluator) with the Kubernetes launcher,
+breaks something while it trains, and checks how the job ends:
 
 * a worker cut off from the ps (every packet between them dropped, then healed): TensorFlow
   has no deadline on the calls of a step, so the worker's chunk waits; nothing fails,
@@ -10,7 +10,8 @@ Kubernetes launcher, breaks something while it trains, and checks how the job en
   servers stop serving it and are restarted, the chief exits to be restarted too
   (disttrain/cutoff.py), and the new chief resumes from the last checkpoint;
 * a lost chief (SIGKILL: the pod fails with 137 and its Job makes a new one) while the ps
-  runs on: the new chief trains from the checkpoint's values, not from what the ps held.
+  runs on: the new chief trains from the checkpoint's values, not from what the ps held;
+  and a lost chief under MultiWorkerMirroredStrategy (no ps), which takes its worker down.
 
 Partitions are nftables rules in a pod's network namespace (kubecluster/partitions.py).
 """
@@ -252,3 +253,30 @@ def assert_each_checkpoint_holds_the_updates_of_its_step(folder: Path) -> None:
         step = reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
         updates = reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
         assert int(step) == int(updates) == int(checkpoint.name.removeprefix("ckpt-")), checkpoint
+
+
+def test_a_lost_chief_under_mwms_restarts_with_its_replicas_from_the_last_checkpoint(k8s):
+    """MultiWorkerMirroredStrategy (no ps): every replica takes part in each step's
+    all-reduce, so a SIGKILLed chief fails the worker's step too; each is restarted by its
+    Job and together they resume from the last published checkpoint."""
+    cluster, namespace, _ = k8s
+    start_job(k8s, "mwms", "cluster.ps=0", f"checkpoint.every_steps={STEPS // 2}")
+    cluster.wait_for(
+        "a first checkpoint", lambda: latest_step(cluster, namespace, "mwms"), timeout=300
+    )
+    (chief,) = pods_of(cluster, namespace, "mwms", role="chief")
+    process = cluster.process_of(namespace, chief["metadata"]["name"])
+    assert process is not None, cluster.describe()
+    process.send_signal(signal.SIGKILL)
+    cluster.wait_for(
+        "the chief's pod to fail", lambda: exit_code(cluster, namespace, chief) is not None, 60
+    )
+    published = latest_step(cluster, namespace, "mwms")
+    finish(k8s, "mwms")
+
+    _, resumed = logs_of(cluster, namespace, "mwms", "chief")
+    assert "strategy: multi_worker_mirrored" in resumed
+    assert f"checkpoint | restored | ckpt-{published} | resuming at step {published}" in resumed
+    assert failed_pods(cluster, namespace, "mwms") == 1
+    assert failed_pods(cluster, namespace, "mwms-worker-0") >= 1
+    assert_each_checkpoint_holds_the_updates_of_its_step(run_dir(cluster, namespace, "mwms"))
