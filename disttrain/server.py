@@ -1,10 +1,15 @@
 """Workers and parameter servers under ParameterServerStrategy: serve until the job ends.
 
 A server has no idea how many steps remain; it stops when the chief's DONE marker
-appears in the run dir, or when the chief has been unreachable for
-`cluster.chief_timeout_seconds` (a job that failed for good must not leave servers,
-and their GPUs, running forever). On SIGTERM it serves on until the chief has gone, within
-the grace period, and exits as preempted (disttrain/preemption.py).
+appears in the run dir (exit 0), when the chief never came up (exit 0), or when a chief it
+had reached has been unreachable for `cluster.chief_timeout_seconds`: a job that failed for
+good must not leave servers, and their GPUs, running forever. That last one raises
+`PeerTimeout` (exit 3, worth a restart): the chief may have been cut off by the network
+rather than gone, and its replacement (disttrain/cutoff.py makes a cut-off chief exit too)
+needs its servers back, fresh; a server that exited 0 would never be started again. A
+restarted server whose chief never comes back stops after the start-up allowance. On
+SIGTERM it serves on until the chief has gone, within the grace period, and exits as
+preempted (disttrain/preemption.py).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from disttrain import preemption
 from disttrain.cluster import CHIEF, Task
 from disttrain.config import Config
 from disttrain.done import is_done
-from disttrain.peers import accepts
+from disttrain.peers import PeerTimeout, accepts
 from disttrain.progress import log
 from disttrain.storage import RunDir, is_refused
 
@@ -58,7 +63,8 @@ def stop_when_the_chief_has_gone(task: Task, chief_address: str) -> None:
 
 
 def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout: float) -> str:
-    """Block until DONE exists, the chief is gone for good or SIGTERM came; say which.
+    """Block until DONE exists, the chief never came up or SIGTERM came; say which.
+    Raise PeerTimeout when a chief it had reached stays unreachable for `chief_timeout`.
 
     The countdown starts only once the chief has been reached: a chief pod still pending
     (a GPU node scaling up, a long image pull) gets STARTUP_ALLOWANCE times longer, so
@@ -78,7 +84,10 @@ def wait_for_end(run_dir: RunDir, steps: int, chief_address: str, chief_timeout:
         elif unreachable_since is None:
             unreachable_since = now
         elif now - unreachable_since > chief_timeout:
-            return f"the chief ({chief_address}) was unreachable for {chief_timeout:.0f}s"
+            raise PeerTimeout(
+                f"the chief ({chief_address}) was unreachable for {chief_timeout:.0f}s "
+                "(cluster.chief_timeout_seconds): stopped serving it"
+            )
         time.sleep(POLL_SECONDS)
     return "SIGTERM"
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+import numpy as np
 import tensorflow as tf
 
 from disttrain import preemption
@@ -32,6 +33,7 @@ from disttrain.checkpoints import (
 )
 from disttrain.cluster import CHIEF, ClusterShape, Task
 from disttrain.config import Config, TrainConfig, dump_config
+from disttrain.cutoff import CutOffWatch, servers_of
 from disttrain.data.pipeline import decodes_once, train_dataset, worker_index_on_worker
 from disttrain.data.sources import describe_split, list_split
 from disttrain.data.split import Split
@@ -135,17 +137,30 @@ def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | No
         loop = TrainLoop(
             config, run_dir, is_chief, write, counters, dispatcher, staging, images_of=split
         )
+        cut_off = cut_off_watch(config, coordinator if is_chief else None)
+        cut_off.start()
         try:
             with preemption.polled():  # SIGTERM: the loop stops at its next chunk
                 loop.run(start)
         finally:
             loop.stall.stop()
+            cut_off.stop()  # the servers stop on DONE: no longer a reason to exit
         if is_chief:
             log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
             if lease is not None:  # DONE is written: the next job may take the run dir now
                 lease.release()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def cut_off_watch(config: Config, coordinator) -> CutOffWatch:
+    """The coordinator's watch for being cut off from every server (disttrain/cutoff.py);
+    one that watches nothing without a coordinator (MWMS, a single process, a worker)."""
+    if coordinator is None:
+        return CutOffWatch({}, 0, log)
+    resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()  # as make_strategy
+    servers = servers_of(resolver.cluster_spec().as_dict())
+    return CutOffWatch(servers, config.cluster.chief_timeout_seconds, log)
 
 
 def traced_checkpoint_writer(checkpoint: tf.train.Checkpoint) -> tf.types.experimental.Function:
@@ -228,8 +243,25 @@ def restore_latest(
             f"builds ({_first_line(exc)}). A run continues only with the model, image size "
             f"and classes it started with (its config.yaml); start another run_dir otherwise"
         ) from None
-    log(f"checkpoint | restored | ckpt-{step} | resuming at step {int(step_var.numpy())}")
-    return int(step_var.numpy())
+    resumed = int(step_var.numpy())
+    restored = describe_restored(checkpoint.model, checkpoint.optimizer)
+    log(f"checkpoint | restored | ckpt-{step} | resuming at step {resumed} | {restored}")
+    return resumed
+
+
+def describe_restored(model, optimizer) -> str:
+    """What training starts from, read back after the restore from where the variables live
+    (the ps, under ParameterServerStrategy): the optimizer's count of applied updates and
+    the sum of the absolute values of the model's float weights. A reader of the checkpoint
+    computes the same from its file (tests/test_e2e_k8s_faults.py): equal values show that
+    the restored variables are the checkpoint's and not, say, a ps's left from an earlier
+    chief that trained past it."""
+    total = sum(
+        float(np.abs(np.asarray(weight.numpy(), dtype=np.float64)).sum())
+        for weight in model.weights
+        if "float" in str(weight.dtype)
+    )
+    return f"optimizer updates: {int(optimizer.iterations.numpy())} | weights |w| sum: {total:.6e}"
 
 
 def _first_line(exc: BaseException) -> str:
