@@ -208,6 +208,12 @@ def test_the_pod_failure_policy_fails_on_exit_4_and_replaces_disrupted_pods_for_
     kube_cluster.evict(kube_namespace, evicted["metadata"]["name"])
     deleted = running_pod(kube_cluster, kube_namespace, "preempted")
     name = deleted["metadata"]["name"]
+    # Running means its process started, not that python has installed the SIGTERM handler
+    # yet (slow on a loaded machine); a SIGTERM before that exits 143, a counted failure.
+    kube_cluster.wait_for(
+        f"{name} to handle SIGTERM",
+        lambda: "running" in kube_cluster.kubectl("logs", "-n", kube_namespace, name).stdout,
+    )
     kube_cluster.kubectl("delete", "pod", "-n", kube_namespace, name, "--wait=false")
     # Still stopping (3 s): not replaced before it has ended.
     (terminating,) = pods_of(kube_cluster, kube_namespace, "preempted")

@@ -123,31 +123,51 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
     assert correct / len(files) == best["accuracy"] > ACCURACY_AFTER_600_STEPS
 
 
-def test_killed_worker_restarts_alone_and_a_sigtermed_chief_resumes_from_its_own_checkpoint(
+def test_stopped_worker_restarts_alone_and_a_sigtermed_chief_resumes_from_its_own_checkpoint(
     tmp_path, builtin_data, disttrain_home
 ):
-    """A killed worker restarts alone (one restart spent). A chief sent SIGTERM between two
-    checkpoints publishes the steps it trained, exits 5 and restarts with the ps without
-    spending the budget, resuming where it stopped rather than at the last interval."""
+    """SIGSTOP fails nothing: the chief warns that it waits on the stopped worker, the
+    launcher kills the worker once its heartbeat is older than cluster.hung_task_seconds,
+    and the worker restarts alone, as a crashed one would (one restart spent). Then a chief
+    sent SIGTERM between two checkpoints publishes the steps it trained, exits 5 and
+    restarts with the ps without spending the budget, resuming where it stopped rather
+    than at the last interval."""
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    sets = ("train.steps=500", "checkpoint.every_steps=1000", "eval.enabled=false")
+    sets = ["train.steps=500", "checkpoint.every_steps=1000", "eval.enabled=false"]
+    sets += ["train.stall_warning_seconds=3", "cluster.hung_task_seconds=15"]
     args = [a for key_value in sets for a in ("--set", key_value)]
     proc = start_cli("train", *small_job(run_dir, builtin_data, *args), log_path=log)
     try:
         wait_for(lambda: trained_step(log) >= 50, 240, "training to start", proc, log)
         ps_pid = task_pid(disttrain_home, "t", "ps-0")
-        os.kill(task_pid(disttrain_home, "t", "worker-1"), signal.SIGKILL)
-        wait_for(lambda: "restarting worker-1" in log.read_text(), 60, "the restart", proc, log)
-        reported = wait_for(lambda: trained_step(log) >= 150 and trained_step(log), 240, "steps")
+        os.kill(task_pid(disttrain_home, "t", "worker-1"), signal.SIGSTOP)
+        stopped_at = len(log.read_text())
+        wait_for(lambda: "restarting worker-1" in log.read_text(), 120, "the restart", proc, log)
+        restarted_at = trained_step(log)
+        reported = wait_for(
+            lambda: trained_step(log) >= restarted_at + 100 and trained_step(log), 240, "steps"
+        )
+        before_sigterm = job_state(disttrain_home, "t")["tasks"]
         os.kill(task_pid(disttrain_home, "t", "chief-0"), signal.SIGTERM)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_tree(proc)
+    restarts = {name: info["restarts"] for name, info in before_sigterm.items()}
+    assert restarts == {"ps-0": 0, "worker-0": 0, "worker-1": 1, "chief-0": 0}
     text = log.read_text()
+    after_stop = text[stopped_at:]
+    warned = re.search(
+        r"no chunk finished for \d+s \| waiting for steps \d+-\d+, running on "
+        r"worker-1 \| a task without a heartbeat for cluster.hung_task_seconds "
+        r"\(15s\) is restarted",
+        after_stop,
+    )
+    killed = after_stop.find("[launcher] worker-1 sent no heartbeat for ")
+    assert warned and 0 <= warned.start() < killed, after_stop[-3000:]
+    assert "worker-1 exited with code -9; restarting worker-1 (1/3 restarts used)" in after_stop
     (published,) = [int(s) for s in re.findall(r"preempted \| ckpt-(\d+) published", text)]
     assert 0 < reported <= published < 500  # no interval checkpoint before 1000
     assert re.search(rf"checkpoint \| restored \| ckpt-{published} \| resuming at step", text)
-    assert "worker-1 exited with code -9; restarting worker-1 (1/3 restarts used)" in text
     assert "chief-0 exited with code 5; restarting ps-0, chief-0 (not counted" in text
     state = job_state(disttrain_home, "t")
     restarts = {task: info["restarts"] for task, info in state["tasks"].items()}
@@ -157,85 +177,79 @@ def test_killed_worker_restarts_alone_and_a_sigtermed_chief_resumes_from_its_own
     assert_each_checkpoint_holds_the_updates_of_its_step(run_dir)  # the preempted one too
 
 
-def test_stopped_worker_is_warned_about_then_restarted_and_the_job_completes(
-    tmp_path, builtin_data, disttrain_home
-):
-    """SIGSTOP fails nothing: the chief warns that it waits on the stopped worker, the
-    launcher kills the worker once its heartbeat is older than cluster.hung_task_seconds,
-    and the worker restarts as a crashed one would."""
-    run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
-    quick = ["train.steps=300", "eval.enabled=false"]
-    quick += ["train.stall_warning_seconds=3", "cluster.hung_task_seconds=15"]
-    proc = start_cli(
-        "train",
-        *small_job(run_dir, builtin_data, *(arg for key in quick for arg in ("--set", key))),
-        log_path=log,
-    )
-    try:
-        wait_for(lambda: trained_step(log) >= 50, 240, "training to start", proc, log)
-        os.kill(task_pid(disttrain_home, "t", "worker-1"), signal.SIGSTOP)
-        stopped_at = len(log.read_text())
-        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    finally:
-        kill_tree(proc)
-    after_stop = log.read_text()[stopped_at:]
-    warned = re.search(
-        r"no chunk finished for \d+s \| waiting for steps \d+-\d+, running on "
-        r"worker-1 \| a task without a heartbeat for cluster.hung_task_seconds "
-        r"\(15s\) is restarted",
-        after_stop,
-    )
-    killed = after_stop.find("[launcher] worker-1 sent no heartbeat for ")
-    assert warned and 0 <= warned.start() < killed, after_stop[-3000:]
-    assert "worker-1 exited with code -9; restarting worker-1 (1/3" in after_stop
-    state = job_state(disttrain_home, "t")
-    restarts = {name: info["restarts"] for name, info in state["tasks"].items()}
-    assert restarts == {"ps-0": 0, "worker-0": 0, "worker-1": 1, "chief-0": 0}
-    assert json.loads((run_dir / "DONE").read_text())["step"] == 300
+RESTORED_BY_CHIEF = r"\[chief-0\] .*checkpoint \| restored \| ckpt-\d+ \| resuming at step (\d+)"
 
 
-def kill_after_a_checkpoint(
-    tmp_path: Path, data: Path, home: Path, victim: str, after_step: int, *sets: str
-) -> tuple[str, int]:
-    """Run a job with `--set`s, SIGKILL `victim` once a checkpoint of `after_step` or later
-    is published, and wait for the job to succeed: its output and that checkpoint's step."""
+def chief_resumed_steps(log: Path) -> list[int]:
+    """The steps the chief resumed at, one per restore from a checkpoint, in order."""
+    return [int(s) for s in re.findall(RESTORED_BY_CHIEF, log.read_text())] if log.exists() else []
+
+
+def kill_in_turn(
+    tmp_path: Path, data: Path, home: Path, victims: list[str], after_step: int, *sets: str
+) -> tuple[str, list[int], list[dict]]:
+    """Run a job with `--set`s and SIGKILL each of `victims` in turn: the first once a
+    checkpoint of `after_step` or later is published, each next one once the chief has
+    resumed from the previous loss and published a later checkpoint. Wait for the job to
+    succeed: its output, the checkpoint step seen before each kill, and the job's task
+    states just before each kill after the first."""
     run_dir, log = tmp_path / "run", tmp_path / "launcher.log"
     args = [a for key_value in ("eval.enabled=false", *sets) for a in ("--set", key_value)]
     proc = start_cli("train", *small_job(run_dir, data, *args), log_path=log)
+    published: list[int] = []
+    states: list[dict] = []
     try:
-        wait_for(
-            lambda: latest_step(run_dir) >= after_step, 240, "a published checkpoint", proc, log
-        )
-        published = latest_step(run_dir)
-        os.kill(task_pid(home, "t", victim), signal.SIGKILL)
+        for losses, victim in enumerate(victims):
+
+            def ready(losses=losses) -> bool:
+                resumed = chief_resumed_steps(log)
+                if losses == 0:
+                    return latest_step(run_dir) >= after_step
+                return len(resumed) == losses and latest_step(run_dir) > resumed[-1]
+
+            wait_for(ready, 240, f"a checkpoint to publish before killing {victim}", proc, log)
+            published.append(latest_step(run_dir))
+            if losses:
+                states.append(job_state(home, "t")["tasks"])
+            os.kill(task_pid(home, "t", victim), signal.SIGKILL)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         kill_tree(proc)
-    return log.read_text(), published
+    return log.read_text(), published, states
 
 
-@pytest.mark.parametrize("victim", ["ps-0", "chief-0"])
-def test_lost_ps_or_chief_restarts_both_which_resume_from_the_last_checkpoint(
-    tmp_path, builtin_data, disttrain_home, victim
+def test_lost_ps_then_lost_chief_each_restart_both_which_resume_from_the_last_checkpoint(
+    tmp_path, builtin_data, disttrain_home
 ):
     """The chief's variables live on the ps: losing either loses the training state since
-    the last checkpoint, so both restart and resume from it (the old ps hold nothing used)."""
+    the last checkpoint, so both restart and resume from it (the old ps hold nothing used).
+    One job loses its ps, then, once resumed, its chief."""
     recipe = ["train.lr_schedule=cosine", "train.warmup_steps=100", "train.steps=600"]
-    text, published = kill_after_a_checkpoint(
-        tmp_path, builtin_data, disttrain_home, victim, 200, *recipe, "checkpoint.every_steps=100"
+    text, published, (after_first,) = kill_in_turn(
+        tmp_path,
+        builtin_data,
+        disttrain_home,
+        ["ps-0", "chief-0"],
+        200,
+        *recipe,
+        "checkpoint.every_steps=100",
     )
-    assert f"{victim} exited with code -9; restarting ps-0, chief-0" in text
+    assert "ps-0 exited with code -9; restarting ps-0, chief-0" in text
+    assert "chief-0 exited with code -9; restarting ps-0, chief-0" in text
+    assert after_first["chief-0"]["restarts"] == 1 and after_first["worker-0"]["restarts"] == 0
     resumed = [int(s) for s in re.findall(r"resuming at step (\d+)", text)]
-    assert len(resumed) == 1 and resumed[0] >= published >= 200
-    # The schedule continues where it stopped. (What the killed chief logged before the
-    # restart reached the run dir only if its summaries were mirrored before the kill.)
+    assert len(resumed) == 2 and resumed[0] >= published[0] >= 200
+    assert resumed[1] >= published[1] > resumed[0]
+    # The schedule continues where it stopped, after each loss. (What a killed chief logged
+    # before the restart reached the run dir only if its summaries were mirrored before
+    # the kill.)
     logged = scalars(tmp_path / "run" / "logs" / "train", "learning_rate")
     schedule = make_learning_rate(load_config(None, recipe).train)
-    assert resumed[0] < max(logged) == 600
+    assert resumed[1] < max(logged) == 600
     for step, value in logged.items():
         assert value == pytest.approx(learning_rate_at(schedule, step), rel=1e-5), step
     state = job_state(disttrain_home, "t")
-    assert state["tasks"]["chief-0"]["restarts"] == 1
+    assert state["tasks"]["chief-0"]["restarts"] == 2
     assert state["tasks"]["worker-0"]["restarts"] == 0
     assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 600
     assert_each_checkpoint_holds_the_updates_of_its_step(tmp_path / "run")
@@ -255,31 +269,36 @@ def assert_each_checkpoint_holds_the_updates_of_its_step(run_dir: Path) -> None:
         assert int(step) == int(updates) == int(folder.name.removeprefix("ckpt-")), folder
 
 
-@pytest.mark.parametrize("victim", ["worker-0", "chief-0"])
-def test_lost_replica_without_ps_restarts_every_replica_once_and_they_resume(
-    tmp_path, builtin_data, disttrain_home, victim
+def test_lost_worker_then_lost_chief_without_ps_each_restart_every_replica_once(
+    tmp_path, builtin_data, disttrain_home
 ):
     """MultiWorkerMirroredStrategy: a lost worker or chief aborts the others' all-reduce,
-    so the launcher restarts chief and workers as one restart, from the last checkpoint."""
-    text, published = kill_after_a_checkpoint(
+    so the launcher restarts chief and workers as one restart, from the last checkpoint.
+    One job loses a worker, then, once resumed, its chief."""
+    text, published, (after_first,) = kill_in_turn(
         tmp_path,
         builtin_data,
         disttrain_home,
-        victim,
-        100,
-        "train.steps=400",
-        "checkpoint.every_steps=100",
+        ["worker-0", "chief-0"],
+        50,
+        "train.steps=300",
+        "checkpoint.every_steps=50",
         "cluster.ps=0",
     )
     assert "strategy: multi_worker_mirrored" in text
-    (restart,) = re.findall(r"exited with code \S+; restarting (.*) \(1/3 restarts used\)", text)
-    assert sorted(restart.split(", ")) == ["chief-0", "worker-0", "worker-1"]
-    assert "2/3 restarts used" not in text
-    resumed = [int(s) for s in re.findall(r"chief-0\] .*checkpoint \| restored.* step (\d+)", text)]
-    assert len(resumed) == 1 and resumed[0] >= published >= 100
+    replicas = ["chief-0", "worker-0", "worker-1"]
+    assert [after_first[t]["restarts"] for t in replicas] == [1, 1, 1]
+    restarts = re.findall(
+        r"(\S+) exited with code \S+; restarting (.*) \((\d)/3 restarts used\)", text
+    )
+    assert [(victim, used) for victim, _, used in restarts] == [("worker-0", "1"), ("chief-0", "2")]
+    assert all(sorted(restarted.split(", ")) == replicas for _, restarted, _ in restarts)
+    resumed = chief_resumed_steps(tmp_path / "launcher.log")
+    assert len(resumed) == 2 and resumed[0] >= published[0] >= 50
+    assert resumed[1] >= published[1] > resumed[0]
     tasks = job_state(disttrain_home, "t")["tasks"]
-    assert [tasks[t]["restarts"] for t in ("chief-0", "worker-0", "worker-1")] == [1, 1, 1]
-    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 400
+    assert [tasks[t]["restarts"] for t in replicas] == [2, 2, 2]
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 300
     assert_each_checkpoint_holds_the_updates_of_its_step(tmp_path / "run")
 
 
