@@ -85,6 +85,7 @@ LOCAL_TASKS = ("chief-0", "worker-0", "worker-1", "ps-0", "evaluator-0")
 LOCAL_FAULTS = ("sigkill", "sigterm", "storage")
 CLUSTER_FAULTS = ("delete-pod", "sigkill", "evict")
 JOB_TIMEOUT = 900  # a bound on a wait, not a pass/fail threshold
+SETTLE_SECONDS = 300  # after a k8s job succeeded, for its other pods to stop (DONE)
 MARK = "DISTTRAIN_SOAK_RUN"  # in the environment of everything the local part starts
 PROGRESS = re.compile(r"train \| step:\s+(\d+)/")
 
@@ -366,10 +367,10 @@ def run_cluster_job(cluster: KubeCluster, number: int, fault: Fault, scratch: Pa
         log_path=log, env=env,
     )  # fmt: skip
     try:
-        outcome.when = strike_pod(cluster, namespace, name, fault, proc, started)
+        outcome.when, struck = strike_pod(cluster, namespace, name, fault, proc, started)
         code = proc.wait(timeout=JOB_TIMEOUT)
         outcome.seconds = time.monotonic() - started
-        settled = wait_until(lambda: all_pods_ended(cluster, namespace, name), 300)
+        settled = wait_until(lambda: all_pods_ended(cluster, namespace, name), SETTLE_SECONDS)
     finally:
         kill_tree(proc)
     output = log.read_text(errors="replace")
@@ -377,18 +378,29 @@ def run_cluster_job(cluster: KubeCluster, number: int, fault: Fault, scratch: Pa
         outcome.problems.append(f"exit code {code} (log {log})")
     if outcome.when.startswith("not injected"):
         outcome.problems.append(outcome.when)
-    if not settled:
-        outcome.notes.append("pods still running 300 s after the job: results not checked")
+    if not settled:  # the tasks stop on their own once the chief wrote DONE
+        running = [
+            p["metadata"]["name"]
+            for p in pods_of(cluster, namespace, name)
+            if p["status"].get("phase") not in ("Succeeded", "Failed")
+        ]
+        outcome.problems.append(f"still running {SETTLE_SECONDS} s after the job: {running}")
     outcome.problems += run_dir_problems(
         LocalRunDir(run_dir(cluster, namespace, name)), STEPS, evaluated_too=settled
     )
-    replaced = len(pods_of(cluster, namespace, name)) - len(LOCAL_TASKS)
-    outcome.notes.append(f"{replaced} pod(s) replaced")
+    role, index = fault.victim.rsplit("-", 1)
+    now = [p["metadata"]["uid"] for p in pods_of(cluster, namespace, name, role=role, index=index)]
+    if struck:
+        replaced = any(uid != struck for uid in now)
+        outcome.notes.append(f"{fault.victim}'s pod {'replaced' if replaced else 'not replaced'}")
     return outcome
 
 
-def strike_pod(cluster, namespace: str, name: str, fault: Fault, proc, started: float) -> str:
-    """Wait for the chief to report `fault.at_step`, then strike the victim's pod."""
+def strike_pod(
+    cluster, namespace: str, name: str, fault: Fault, proc, started: float
+) -> tuple[str, str | None]:
+    """Wait for the chief to report `fault.at_step`, then strike the victim's pod: when,
+    and the struck pod's uid (None: not struck)."""
     role, index = fault.victim.rsplit("-", 1)
     deadline = time.monotonic() + JOB_TIMEOUT
     while True:
@@ -396,7 +408,7 @@ def strike_pod(cluster, namespace: str, name: str, fault: Fault, proc, started: 
         if step >= fault.at_step:
             break
         if proc.poll() is not None or time.monotonic() > deadline:
-            return f"not injected: the job ended at step {step}"
+            return f"not injected: the job ended at step {step}", None
         time.sleep(1.0)
     running = [
         p
@@ -404,8 +416,8 @@ def strike_pod(cluster, namespace: str, name: str, fault: Fault, proc, started: 
         if p["status"].get("phase") == "Running"
     ]
     if not running:
-        return f"not injected: no running {fault.victim} pod at step {step}"
-    pod = running[-1]["metadata"]["name"]
+        return f"not injected: no running {fault.victim} pod at step {step}", None
+    pod, uid = running[-1]["metadata"]["name"], running[-1]["metadata"]["uid"]
     if fault.kind == "delete-pod":
         cluster.kubectl("delete", "pod", "-n", namespace, pod, "--wait=false")
     elif fault.kind == "evict":
@@ -413,9 +425,9 @@ def strike_pod(cluster, namespace: str, name: str, fault: Fault, proc, started: 
     else:
         process = cluster.process_of(namespace, pod)
         if process is None:
-            return f"not injected: {pod} has no live process"
+            return f"not injected: {pod} has no live process", None
         process.send_signal(signal.SIGKILL)
-    return f"step {step} ({time.monotonic() - started:.0f} s in)"
+    return f"step {step} ({time.monotonic() - started:.0f} s in)", uid
 
 
 def all_pods_ended(cluster: KubeCluster, namespace: str, name: str) -> bool:
