@@ -22,10 +22,11 @@ none of the job's processes alive afterwards.
 
 Cluster part (needs root, `ip`, `nft`, kubectl/helm in .tools/bin; --skip-cluster skips it):
 one test cluster (tests/kubecluster), --cluster-jobs concurrent `disttrain train --launcher
-k8s --wait` jobs, each in its own namespace with one fault at a random step: `kubectl
-delete pod` (SIGTERM and the grace period), SIGKILL of the container's process, or an
-eviction through the eviction API. Each must complete with DONE and LATEST at the
-configured step and intact checkpoints.
+k8s --wait` jobs of CLUSTER_STEPS steps, each in its own namespace with one fault at a
+random step: `kubectl delete pod` (SIGTERM and the grace period), SIGKILL of the
+container's process, or an eviction through the eviction API. Each must complete with
+DONE and LATEST at the configured step, intact checkpoints, results once per checkpoint,
+and every pod of the job ended within SETTLE_SECONDS of its success (they stop on DONE).
 
 Afterwards it looks for what the run left: processes (found by a marker in their
 environment, or the run's scratch folder in their command line or environment: local
@@ -79,6 +80,10 @@ from processes import kill_tree, small_job, start_cli  # noqa: E402
 from test_flaky_storage import Blobs  # noqa: E402
 
 STEPS, EVERY = 120, 40
+# On the cluster the chief's progress is read through `kubectl logs`, a second or more
+# behind under load, and training runs ~10 steps/s once started: more steps, so that a
+# fault drawn for a step lands while the job trains, not as it finishes.
+CLUSTER_STEPS, CLUSTER_EVERY = 300, 100
 GRACE_SECONDS = 10  # launcher.local.stop_grace_seconds: a SIGTERMed ps serves 8 s, not 28
 STORAGE_FAULT_RATE = 0.10
 LOCAL_TASKS = ("chief-0", "worker-0", "worker-1", "ps-0", "evaluator-0")
@@ -122,10 +127,12 @@ class Outcome:
         )
 
 
-def deal(rng: random.Random, count: int, kinds: tuple[str, ...], lowest: int) -> list[Fault]:
+def deal(
+    rng: random.Random, count: int, kinds: tuple[str, ...], lowest: int, steps: int
+) -> list[Fault]:
     """`count` faults: the kinds and the victims each dealt round-robin in a shuffled order
     (every kind and every task comes up when there are enough jobs), the moment (a step
-    between `lowest` and 60% of STEPS) drawn at random."""
+    between `lowest` and 60% of `steps`) drawn at random."""
     kinds, victims = cycle(rng.sample(kinds, len(kinds))), cycle(rng.sample(LOCAL_TASKS, 5))
     faults = []
     for _ in range(count):
@@ -133,7 +140,7 @@ def deal(rng: random.Random, count: int, kinds: tuple[str, ...], lowest: int) ->
         if kind == "storage":
             faults.append(Fault(kind, "", 0))
         else:
-            faults.append(Fault(kind, next(victims), rng.randint(lowest, STEPS * 6 // 10)))
+            faults.append(Fault(kind, next(victims), rng.randint(lowest, steps * 6 // 10)))
     return faults
 
 
@@ -318,7 +325,7 @@ def local_part(
     from disttrain.data.builtin import ensure_builtin_dataset
 
     data = ensure_builtin_dataset(scratch / "data")
-    faults = deal(rng, count, LOCAL_FAULTS, lowest=10)
+    faults = deal(rng, count, LOCAL_FAULTS, lowest=10, steps=STEPS)
     outcomes = []
     azurite = Azurite(scratch / "azurite")
     azurite.start()
@@ -355,8 +362,8 @@ def run_cluster_job(cluster: KubeCluster, number: int, fault: Fault, scratch: Pa
     env = {**cluster.env, "DISTTRAIN_HOME": str(scratch / "home-k8s")}
     outcome.log = log = scratch / f"k8s-{name}.log"
     sets = {
-        "train.steps": STEPS,
-        "checkpoint.every_steps": EVERY,
+        "train.steps": CLUSTER_STEPS,
+        "checkpoint.every_steps": CLUSTER_EVERY,
         "checkpoint.keep": 100,
         "eval.max_examples": 64,
     }
@@ -386,12 +393,13 @@ def run_cluster_job(cluster: KubeCluster, number: int, fault: Fault, scratch: Pa
         ]
         outcome.problems.append(f"still running {SETTLE_SECONDS} s after the job: {running}")
     outcome.problems += run_dir_problems(
-        LocalRunDir(run_dir(cluster, namespace, name)), STEPS, evaluated_too=settled
+        LocalRunDir(run_dir(cluster, namespace, name)), CLUSTER_STEPS, evaluated_too=settled
     )
     role, index = fault.victim.rsplit("-", 1)
     now = [p["metadata"]["uid"] for p in pods_of(cluster, namespace, name, role=role, index=index)]
     if struck:
         replaced = any(uid != struck for uid in now)
+        # Not replaced: the struck task had finished by the time the fault landed.
         outcome.notes.append(f"{fault.victim}'s pod {'replaced' if replaced else 'not replaced'}")
     return outcome
 
@@ -445,7 +453,7 @@ def wait_until(predicate, timeout: float) -> bool:
 
 
 def cluster_part(count: int, rng: random.Random, scratch: Path) -> list[Outcome]:
-    faults = deal(rng, count, CLUSTER_FAULTS, lowest=20)
+    faults = deal(rng, count, CLUSTER_FAULTS, lowest=20, steps=CLUSTER_STEPS)
     outcomes: dict[int, Outcome] = {}
     with KubeCluster(scratch / "cluster") as cluster:
         put_dataset_on_share(cluster)
@@ -539,8 +547,8 @@ def main() -> int:
     rules_before = host_rules()
     started = time.monotonic()
     print(
-        f"soak: seed {args.seed}, {args.local_jobs} local job(s), "
-        f"{0 if args.skip_cluster else args.cluster_jobs} cluster job(s), {STEPS} steps each, "
+        f"soak: seed {args.seed}, {args.local_jobs} local job(s) of {STEPS} steps, "
+        f"{0 if args.skip_cluster else args.cluster_jobs} cluster job(s) of {CLUSTER_STEPS}, "
         f"scratch {scratch}",
         flush=True,
     )
