@@ -65,5 +65,12 @@ bench: $(STAMP) azurite tools
 	$(BIN)/python bench/input_pipeline.py --rounds 4
 	$(BIN)/python bench/input_bound.py
 
+# Issue 14's soak run: 10 local jobs and 3 concurrent test-cluster jobs, each with a random
+# fault, then a check that nothing is left behind (the cluster part needs root: skipped
+# otherwise). SOAK_ARGS='--seed 2' draws other faults.
+.PHONY: soak
+soak: $(STAMP) azurite tools netns-tools
+	$(BIN)/python bench/soak.py $(SOAK_ARGS) $$([ "$$(id -u)" = 0 ] || echo --skip-cluster)
+
 clean:
 	rm -rf $(VENV) runs .disttrain
