@@ -6,6 +6,8 @@ import socket
 import time
 from collections.abc import Callable
 
+MOOT_POLL_SECONDS = 5.0
+
 
 class PeerTimeout(RuntimeError):
     """A peer did not resolve or accept connections in time; the message names it."""
@@ -41,19 +43,26 @@ def wait_for_peers(
     what: str,
     log: Callable[[str], None] = print,
     poll: float = 0.5,
-) -> None:
+    moot: Callable[[], bool] = lambda: False,
+) -> bool:
     """Block until `check(address)` holds for every peer (name -> address), or raise.
+    Return False instead once `moot()` says there is no more reason to wait (asked every
+    MOOT_POLL_SECONDS: it may read storage), True when every peer is there.
 
     `what` says what was awaited ("accept connections", "resolve") for the error.
     """
     deadline = time.monotonic() + timeout
     waiting = dict(peers)
-    last_report = 0.0
+    last_report = last_moot_check = 0.0
     while waiting:
         waiting = {name: a for name, a in waiting.items() if not check(a)}
         if not waiting:
-            return
+            return True
         now = time.monotonic()
+        if now - last_moot_check > MOOT_POLL_SECONDS:
+            if moot():
+                return False
+            last_moot_check = now
         if now > deadline:
             missing = ", ".join(f"{n} ({a})" for n, a in sorted(waiting.items()))
             raise PeerTimeout(f"peers did not {what} within {timeout:.0f}s: {missing}")
@@ -61,3 +70,4 @@ def wait_for_peers(
             log(f"peers | waiting for {len(waiting)} to {what}: {', '.join(sorted(waiting))}")
             last_report = now
         time.sleep(poll)
+    return True

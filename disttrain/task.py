@@ -15,6 +15,7 @@ import fsspec
 from disttrain.checkpoints import wait_for_first_checkpoint
 from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
 from disttrain.config import Config, ConfigError, config_from_dict
+from disttrain.done import is_done
 from disttrain.failures import Unrecoverable
 from disttrain.heartbeat import start_heartbeat_from_env
 from disttrain.lease import hold_run_dir
@@ -72,7 +73,9 @@ def run_task(config_path: str) -> None:
     phase_done("import tensorflow")
     if task.role in (CHIEF, WORKER):
         stage_remote_data(config)
-    wait_for_needed_peers(config, shape, tf_config, task)
+    if not wait_for_needed_peers(config, shape, tf_config, task):
+        log(f"{task.name} | stopping | the chief wrote DONE: the job ended before its peers met")
+        return
     phase_done("peer wait")
     if trains:
         train(config, task, shape, lease)
@@ -121,8 +124,9 @@ def stage_remote_data(config: Config) -> None:
         list_split(config.data, config.data.train_split)
 
 
-def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, task: Task) -> None:
+def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, task: Task) -> bool:
     """The PSS coordinator needs every server listening; everyone else only names.
+    False when the job ended meanwhile: nothing is left to do.
 
     Servers listen first and connect later, so making them wait for each other's ports
     would deadlock; MWMS members meet in the all-reduce setup, which waits by itself.
@@ -130,9 +134,22 @@ def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, 
     peers = peer_addresses(tf_config, task)
     timeout = config.cluster.peer_timeout_seconds
     if task.role == CHIEF and shape.strategy == "parameter_server":
-        wait_for_peers(peers, accepts, timeout, "accept connections", log)
-    else:
-        wait_for_peers(peers, resolves, timeout, "resolve", log)
+        return wait_for_peers(peers, accepts, timeout, "accept connections", log)
+    return wait_for_peers(
+        peers, resolves, timeout, "resolve", log, moot=lambda: task.role != CHIEF and ended(config)
+    )
+
+
+def ended(config: Config) -> bool:
+    """Whether the chief has written DONE for this run. A worker or ps replaced late (evicted
+    or stopped near the end, it served out its grace period after DONE) starts when its
+    peers have ended and no longer resolve: it must stop, not fail its peer wait and be
+    retried by its Job until the backoff limit. Storage that cannot answer, or answers
+    slowly, counts as not ended: the task waits on as before (one look, no retries)."""
+    try:
+        return is_done(RunDir(config.run_dir, retries=False), config.train.steps)
+    except Exception:
+        return False
 
 
 def peer_addresses(tf_config: dict, task: Task) -> dict[str, str]:
