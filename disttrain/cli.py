@@ -6,7 +6,6 @@ the Kubernetes client.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -327,16 +326,11 @@ def _exit_preempted(why: str) -> None:
     """Exit with EXIT_PREEMPTED now. Not through the interpreter's shutdown: it would wait
     for an upload thread still running past its deadline, or TensorFlow's own threads, while
     the grace period runs out."""
-    import logging
-
-    from disttrain.failures import EXIT_PREEMPTED
+    from disttrain.failures import EXIT_PREEMPTED, exit_at_once
     from disttrain.progress import log
 
     log(why)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_PREEMPTED)
+    exit_at_once(EXIT_PREEMPTED)
 
 
 @app.command("eval")

@@ -11,13 +11,29 @@ Pure Python: launchers import it without TensorFlow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sys
 
 from disttrain.cluster import task_from_tf_config
 
 EXIT_UNRECOVERABLE = 4
 EXIT_PREEMPTED = 5
+
+
+def exit_at_once(code: int) -> None:
+    """Exit with `code` now, the logs flushed, without the interpreter's teardown.
+
+    For a task with nothing left to write: TensorFlow's teardown can wait for an upload
+    thread past a grace period, or, under MultiWorkerMirroredStrategy, for the
+    coordination service to declare a peer that has already exited dead (strategy.py).
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 # The assertion message of the input pipeline's `data.on_bad_file: fail` check.
 BAD_FILE_MESSAGE = "bad image file (data.on_bad_file: fail):"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -25,6 +27,45 @@ def make_strategy(shape: ClusterShape, partition_min_shard_bytes: int = 0):
     if shape.strategy == "multi_worker_mirrored":
         return tf.distribute.MultiWorkerMirroredStrategy(), None
     return tf.distribute.get_strategy(), None
+
+
+# The coordination-service barrier every MWMS member reaches once its training is over.
+FINISHED_BARRIER = "disttrain/finished"
+
+
+def leave_together(shape: ClusterShape, timeout_seconds: float, log: Callable[[str], None]) -> None:
+    """Under MWMS: return once every member (chief and workers) has finished training.
+
+    MultiWorkerMirroredStrategy runs TensorFlow's coordination service on the chief; each
+    member's agent sends it heartbeats, and none tells it that it leaves (the agent's
+    Shutdown() runs only when the eager context is destroyed, which Python's exit does
+    not do). Each member used to exit on its own once its loop ended: a worker while the
+    chief was still publishing, or the chief first, taking the service with it. The
+    interpreter's teardown of the others (destroying the dataset iterators) then waited
+    until the service declared the member that had left dead ("stopped sending
+    heartbeats", after its 10 s heartbeat timeout) and aborted the collectives: 15-20 s
+    after DONE, longer on a loaded machine. Meeting at the service's barrier after DONE,
+    then exiting at once (task.py), ends every member within moments of each other.
+
+    A member that died is not waited for: the service fails the barrier once its
+    heartbeats stop; `timeout_seconds` bounds the rest. Training is over either way, so a
+    failed barrier is only logged.
+    """
+    if shape.strategy != "multi_worker_mirrored":
+        return
+    from tensorflow.python.eager import context
+
+    started = time.monotonic()
+    try:
+        context.context().wait_at_barrier(FINISHED_BARRIER, int(timeout_seconds * 1000))
+    except (tf.errors.OpError, RuntimeError) as exc:
+        log(f"train | WARNING | not every member finished together | {_first_line(exc)}")
+        return
+    log(f"train | every member finished | waited {time.monotonic() - started:.1f} s")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def variable_partitioner(shape: ClusterShape, min_shard_bytes: int):

@@ -16,7 +16,7 @@ from disttrain.checkpoints import wait_for_first_checkpoint
 from disttrain.cluster import CHIEF, EVALUATOR, PS, WORKER, ClusterShape, Task, task_from_tf_config
 from disttrain.config import Config, ConfigError, config_from_dict
 from disttrain.done import is_done
-from disttrain.failures import Unrecoverable
+from disttrain.failures import Unrecoverable, exit_at_once
 from disttrain.heartbeat import start_heartbeat_from_env
 from disttrain.lease import hold_run_dir
 from disttrain.peers import accepts, resolves, wait_for_peers
@@ -79,6 +79,11 @@ def run_task(config_path: str) -> None:
     phase_done("peer wait")
     if trains:
         train(config, task, shape, lease)
+        if shape.strategy == "multi_worker_mirrored":
+            # Every member has met the others after DONE (strategy.leave_together) and has
+            # nothing left to write; TensorFlow's teardown would wait for an abort that
+            # comes only once the coordination service declares a member gone (10 s).
+            exit_at_once(0)
     else:
         serve(config, task, tf_config)
 

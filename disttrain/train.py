@@ -54,7 +54,7 @@ from disttrain.storage import (
     RunDir,
     describe,
 )
-from disttrain.strategy import describe_placement, make_strategy
+from disttrain.strategy import describe_placement, leave_together, make_strategy
 from disttrain.summaries import SummaryMirror
 from disttrain.warm_start import freeze_layers, warm_start
 
@@ -149,6 +149,7 @@ def train(config: Config, task: Task, shape: ClusterShape, lease: HeldLease | No
             log(describe_traces({"train chunk": chunk, "checkpoint save": write}))
             if lease is not None:  # DONE is written: the next job may take the run dir now
                 lease.release()
+        leave_together(shape, config.cluster.chief_timeout_seconds, log)  # MWMS: after DONE
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
