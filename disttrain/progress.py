@@ -126,6 +126,7 @@ class Progress:
         self.is_tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.started = self.last_print = time.monotonic()
         self.examples = 0
+        self.bar_open = False  # a terminal's bar line not ended yet
 
     def update(
         self, step: int, loss: float, accuracy: float, examples: int, force: bool = False
@@ -139,6 +140,7 @@ class Progress:
         line = self.line(step, loss, accuracy, now)
         if self.is_tty:
             self.stream.write("\r" + self._bar(step) + " " + line)
+            self.bar_open = not force
             if force:
                 self.stream.write("\n")
             self.stream.flush()
@@ -148,6 +150,13 @@ class Progress:
             self.stream.write(line + "\n")
             self.stream.flush()
         return line
+
+    def end_line(self) -> None:
+        """End the bar a terminal shows (a forced update with nothing new to report)."""
+        if self.bar_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.bar_open = False
 
     def rate(self, now: float | None = None) -> float:
         elapsed = (now or time.monotonic()) - self.started

@@ -441,6 +441,9 @@ class TrainLoop:
 
     def _report(self, new_examples: int, force: bool = False) -> None:
         loss_sum, correct, examples = self.window
+        if force and not examples:  # nothing since the last line: not a line of zeros
+            self.progress.end_line()
+            return
         shown = self.progress.update(
             self.completed,
             loss_sum / max(examples, 1),

@@ -92,6 +92,8 @@ def test_parameter_server_job_trains_well_above_chance_and_every_process_exits(
         "evaluator-0": "exited 0",
     }
     assert "ps-0 | stopping | the chief wrote DONE" in result.stdout
+    # One line for the last step, with what was trained, not a second one of zeros.
+    assert len(re.findall(r"train \| step:\s+600/600", result.stdout)) == 1, result.stdout
 
     status = cli("status", "t", check=True).stdout
     assert "job t: succeeded" in status and "worker-1" in status

@@ -36,6 +36,23 @@ def test_a_terminal_gets_a_bar_redrawn_in_place():
     assert out.getvalue().startswith("\r[##########..........] train | step:     50/100")
 
 
+def test_ending_a_terminal_bar_adds_one_line_break_and_nothing_elsewhere():
+    """The chief's last forced report with nothing new since its last line (the final
+    step already shown) ends the bar instead of printing a line of zeros."""
+    out = Terminal()
+    progress = Progress(start_step=0, total_steps=100, every_seconds=0, stream=out)
+    progress.last_print -= 1  # past the terminal's redraw interval
+    assert progress.update(100, 0.5, 0.75, 64) is not None
+    progress.end_line()
+    progress.end_line()  # once
+    assert out.getvalue().count("\n") == 1 and out.getvalue().endswith("\n")
+    plain = io.StringIO()
+    progress = Progress(start_step=0, total_steps=100, every_seconds=0, stream=plain)
+    assert progress.update(100, 0.5, 0.75, 64) is not None
+    progress.end_line()
+    assert plain.getvalue().count("\n") == 1 and "loss: 0.0000" not in plain.getvalue()
+
+
 def test_eta_scales_with_the_remaining_steps():
     progress = Progress(start_step=0, total_steps=300, every_seconds=1, stream=io.StringIO())
     line = progress.line(100, 0.0, 0.0, now=progress.started + 60)
