@@ -75,6 +75,8 @@ def run_task(config_path: str) -> None:
         stage_remote_data(config)
     if not wait_for_needed_peers(config, shape, tf_config, task):
         log(f"{task.name} | stopping | the chief wrote DONE: the job ended before its peers met")
+        if lease is not None:  # a chief restarted after DONE: the next job may take the run dir
+            lease.release()
         return
     phase_done("peer wait")
     if trains:
@@ -139,17 +141,19 @@ def wait_for_needed_peers(config: Config, shape: ClusterShape, tf_config: dict, 
     peers = peer_addresses(tf_config, task)
     timeout = config.cluster.peer_timeout_seconds
     if task.role == CHIEF and shape.strategy == "parameter_server":
-        return wait_for_peers(peers, accepts, timeout, "accept connections", log)
-    return wait_for_peers(
-        peers, resolves, timeout, "resolve", log, moot=lambda: task.role != CHIEF and ended(config)
-    )
+        check, what = accepts, "accept connections"
+    else:
+        check, what = resolves, "resolve"
+    return wait_for_peers(peers, check, timeout, what, log, moot=lambda: ended(config))
 
 
 def ended(config: Config) -> bool:
     """Whether the chief has written DONE for this run. A worker or ps replaced late (evicted
     or stopped near the end, it served out its grace period after DONE) starts when its
-    peers have ended and no longer resolve: it must stop, not fail its peer wait and be
-    retried by its Job until the backoff limit. Storage that cannot answer, or answers
+    peers have ended and no longer resolve; so does a chief restarted with its ps after
+    DONE (the local launcher restarts both when a SIGTERMed ps exits just before the
+    finished chief does). It must stop, not fail its peer wait and be retried until the
+    restart budget is spent. Storage that cannot answer, or answers
     slowly, counts as not ended: the task waits on as before (one look, no retries)."""
     try:
         return is_done(RunDir(config.run_dir, retries=False), config.train.steps)

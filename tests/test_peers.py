@@ -70,13 +70,14 @@ def test_chief_task_exits_with_a_clear_error_when_a_ps_never_comes_up(tmp_path):
     assert f"ps-0 ({ps})" in result.stderr and "within 2s" in result.stderr
 
 
-@pytest.mark.parametrize("role", ["ps", "worker"])
-def test_a_server_replaced_after_the_job_ended_stops_instead_of_failing_its_peer_wait(
+@pytest.mark.parametrize("role", ["ps", "worker", "chief"])
+def test_a_task_restarted_after_the_job_ended_stops_instead_of_failing_its_peer_wait(
     tmp_path, role
 ):
     """A ps or worker whose new pod starts after the chief wrote DONE (it was evicted near
-    the end) finds its peers gone: it stops at once, exit 0, instead of failing its peer
-    wait (exit 3) and being started again by its Job until the backoff limit."""
+    the end), or a chief restarted with its ps after DONE (the ps, SIGTERMed, exited just
+    before the finished chief did), finds its peers gone: it stops at once, exit 0, instead
+    of failing its peer wait (exit 3) and being restarted until the budget is spent."""
     run = tmp_path / "run"
     run.mkdir()
     write_done(RunDir(str(run)), 50)
@@ -102,6 +103,8 @@ def test_a_server_replaced_after_the_job_ended_stops_instead_of_failing_its_peer
         f"{role}-0 | stopping | the chief wrote DONE: the job ended before its peers met"
         in result.stdout + result.stderr
     )
+    if role == "chief":  # it took the run dir's lease first, and gave it back
+        assert "lease | released" in result.stdout + result.stderr
 
 
 def test_a_stale_done_of_an_earlier_shorter_run_does_not_end_the_peer_wait(tmp_path):
