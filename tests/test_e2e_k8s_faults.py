@@ -24,6 +24,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from checkpoint_invariants import assert_each_checkpoint_holds_the_updates_of_its_step
 from kubecluster.disttrain_jobs import (
     assert_trained,
     chief_log,
@@ -182,14 +183,8 @@ def test_a_lost_chief_resumes_from_the_checkpoint_on_the_ps_that_outlived_it(k8s
     trained = cluster.wait_for(
         "training past the first checkpoint", trained_past_the_checkpoint, timeout=300
     )
-    (chief,) = pods_of(cluster, namespace, "lost", role="chief")
     (ps,) = pods_of(cluster, namespace, "lost", role="ps")
-    process = cluster.process_of(namespace, chief["metadata"]["name"])
-    assert process is not None, cluster.describe()
-    process.send_signal(signal.SIGKILL)
-    cluster.wait_for(
-        "the chief's pod to fail", lambda: exit_code(cluster, namespace, chief) is not None, 60
-    )
+    chief = kill_the_chief(cluster, namespace, "lost")
     assert exit_code(cluster, namespace, chief) == 137  # a crash: 128 + SIGKILL
     published = latest_step(cluster, namespace, "lost")  # the lost chief's last
     finish(k8s, "lost")
@@ -217,6 +212,18 @@ def test_a_lost_chief_resumes_from_the_checkpoint_on_the_ps_that_outlived_it(k8s
     folder = run_dir(cluster, namespace, "lost") / "checkpoints" / f"ckpt-{published}"
     assert float(line.group(2)) == pytest.approx(weights_sum(folder), rel=1e-6)
     assert_each_checkpoint_holds_the_updates_of_its_step(run_dir(cluster, namespace, "lost"))
+
+
+def kill_the_chief(cluster, namespace: str, name: str) -> dict:
+    """SIGKILL the chief's process, as a crash would; returns its pod once it has failed."""
+    (chief,) = pods_of(cluster, namespace, name, role="chief")
+    process = cluster.process_of(namespace, chief["metadata"]["name"])
+    assert process is not None, cluster.describe()
+    process.send_signal(signal.SIGKILL)
+    cluster.wait_for(
+        "the chief's pod to fail", lambda: exit_code(cluster, namespace, chief) is not None, 60
+    )
+    return chief
 
 
 def exit_code(cluster, namespace: str, pod: dict) -> int | None:
@@ -249,20 +256,6 @@ def weights_sum(folder: Path) -> float:
     )
 
 
-def assert_each_checkpoint_holds_the_updates_of_its_step(folder: Path) -> None:
-    """In every checkpoint, the step counter, the optimizer's count of applied updates and
-    the folder's step agree (as tests/test_local_launcher.py checks for the local launcher)."""
-    import tensorflow as tf
-
-    checkpoints = sorted((folder / "checkpoints").glob("ckpt-*"))
-    assert checkpoints
-    for checkpoint in checkpoints:
-        reader = tf.train.load_checkpoint(str(checkpoint / "ckpt"))
-        step = reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
-        updates = reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
-        assert int(step) == int(updates) == int(checkpoint.name.removeprefix("ckpt-")), checkpoint
-
-
 def test_a_lost_chief_under_mwms_restarts_with_its_replicas_from_the_last_checkpoint(k8s):
     """MultiWorkerMirroredStrategy (no ps): every replica takes part in each step's
     all-reduce, so a SIGKILLed chief fails the worker's step too; each is restarted by its
@@ -272,13 +265,7 @@ def test_a_lost_chief_under_mwms_restarts_with_its_replicas_from_the_last_checkp
     cluster.wait_for(
         "a first checkpoint", lambda: latest_step(cluster, namespace, "mwms"), timeout=300
     )
-    (chief,) = pods_of(cluster, namespace, "mwms", role="chief")
-    process = cluster.process_of(namespace, chief["metadata"]["name"])
-    assert process is not None, cluster.describe()
-    process.send_signal(signal.SIGKILL)
-    cluster.wait_for(
-        "the chief's pod to fail", lambda: exit_code(cluster, namespace, chief) is not None, 60
-    )
+    kill_the_chief(cluster, namespace, "mwms")
     published = latest_step(cluster, namespace, "mwms")
     finish(k8s, "mwms")
 

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from checkpoint_invariants import assert_each_checkpoint_holds_the_updates_of_its_step
 from events import scalars
 from processes import cli, kill_tree, small_job, start_cli
 
@@ -255,20 +256,6 @@ def test_lost_ps_then_lost_chief_each_restart_both_which_resume_from_the_last_ch
     assert state["tasks"]["worker-0"]["restarts"] == 0
     assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == 600
     assert_each_checkpoint_holds_the_updates_of_its_step(tmp_path / "run")
-
-
-def assert_each_checkpoint_holds_the_updates_of_its_step(run_dir: Path) -> None:
-    """Nothing trained twice into the published state: in every checkpoint, the step
-    counter, the optimizer's count of applied updates and the folder's step agree."""
-    import tensorflow as tf
-
-    folders = sorted((run_dir / "checkpoints").glob("ckpt-*"))
-    assert folders
-    for folder in folders:
-        reader = tf.train.load_checkpoint(str(folder / "ckpt"))
-        step = reader.get_tensor("step/.ATTRIBUTES/VARIABLE_VALUE")
-        updates = reader.get_tensor("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")
-        assert int(step) == int(updates) == int(folder.name.removeprefix("ckpt-")), folder
 
 
 def test_lost_worker_then_lost_chief_without_ps_each_restart_every_replica_once(
