@@ -34,6 +34,7 @@ from kubecluster.disttrain_jobs import (
     pods_of,
     run_dir,
     training_started,
+    wait_for_servers_to_stop,
 )
 from kubecluster.partitions import dropped, partitioned
 from processes import cli
@@ -145,6 +146,7 @@ def test_a_chief_cut_off_from_everyone_exits_and_the_job_resumes_with_fresh_serv
         )
     published = latest_step(cluster, namespace, "ccut")  # nothing publishes in between
     finish(k8s, "ccut")
+    wait_for_servers_to_stop(cluster, namespace, "ccut-ps-0", "ccut-worker-0")
 
     cut_off, resumed = logs_of(cluster, namespace, "ccut", "chief")
     assert (

@@ -36,6 +36,7 @@ from kubecluster.disttrain_jobs import (
     read_blob,
     run_dir,
     training_started,
+    wait_for_servers_to_stop,
 )
 from processes import cli, kill_tree, start_cli
 
@@ -210,6 +211,7 @@ def test_killed_ps_brings_back_ps_and_chief_which_resume_from_the_checkpoint(k8s
     )
     assert chief_result(cluster, namespace, "psfault") == "Complete", cluster.describe()
     assert_trained(cluster, namespace, "psfault", steps=400)
+    wait_for_servers_to_stop(cluster, namespace, "psfault-ps-0")
     # Each restart is a new pod, counted against its Job's backoffLimit.
     failed = {
         job: cluster.get("Job", namespace, job, "batch/v1")["status"].get("failed", 0)

@@ -120,12 +120,29 @@ def pods_of(cluster: KubeCluster, namespace: str, name: str, **labels: str) -> l
     return cluster.list("Pod", namespace, selector)
 
 
-def chief_result(cluster: KubeCluster, namespace: str, name: str) -> str | None:
-    job = cluster.get("Job", namespace, name, "batch/v1") or {}
+def job_result(cluster: KubeCluster, namespace: str, job_name: str) -> str | None:
+    """`Complete` or `Failed` once the Job (a task's, or the chief's: the job's name) ended."""
+    job = cluster.get("Job", namespace, job_name, "batch/v1") or {}
     for condition in (job.get("status") or {}).get("conditions", []):
         if condition["type"] in ("Complete", "Failed") and condition["status"] == "True":
             return condition["type"]
     return None
+
+
+def chief_result(cluster: KubeCluster, namespace: str, name: str) -> str | None:
+    return job_result(cluster, namespace, name)
+
+
+def wait_for_servers_to_stop(cluster: KubeCluster, namespace: str, *task_jobs: str) -> None:
+    """Servers stop some seconds after the chief: they poll for DONE (task.MOOT_POLL_SECONDS),
+    so their last log line is there only once their Jobs completed."""
+    for job_name in task_jobs:
+        cluster.wait_for(
+            f"{job_name} to complete",
+            lambda job_name=job_name: job_result(cluster, namespace, job_name),
+            timeout=120,
+        )
+        assert job_result(cluster, namespace, job_name) == "Complete", cluster.describe()
 
 
 def chief_log(cluster: KubeCluster, namespace: str, name: str) -> str:
