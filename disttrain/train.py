@@ -427,8 +427,6 @@ class TrainLoop:
             log_first_step()  # remote function registration and the chunk's steps
         if not self.is_chief:
             return
-        if self.images_of is not None:
-            self._show_training_images()
         if bad:  # the paths are in the log of the worker that read them
             self.bad_files += int(bad)
             log(f"data | bad files skipped so far: {self.bad_files} | not decodable")
@@ -438,6 +436,8 @@ class TrainLoop:
             tf.summary.scalar("learning_rate", learning_rate_at(self.learning_rate, self.completed))
         self.window = [w + v for w, v in zip(self.window, (loss_sum, correct, examples))]
         self._report(int(examples))
+        if self.images_of is not None:  # after the first progress line, which it would delay
+            self._show_training_images()
 
     def _report(self, new_examples: int, force: bool = False) -> None:
         loss_sum, correct, examples = self.window
