@@ -4,10 +4,12 @@ on Kubernetes vs the local launcher (issue 6).
     .venv/bin/python bench/startup_latency.py [--rounds 3] [--local-only]
 
 The local part needs no root. Alternating, --rounds times each, it times
-`python -c "import tensorflow"` and the local job below, then prints where the chief's
-seconds went, phase by phase, from its `startup | first step: ...` line (disttrain/startup.py;
-medians over the rounds), and the ratio of the chief's wait (process start -> first
-`train | step:` line) to the import, against issue 13's target of 2.0.
+`python -c "import tensorflow"`, four of them started at once, and the local job below,
+then prints where the chief's seconds went, phase by phase, from its `startup | first
+step: ...` line (disttrain/startup.py; medians over the rounds), and the ratio of the
+chief's wait (process start -> first `train | step:` line) to the import, against issue
+13's target of 2.0. The four imports at once are the floor: the chief, both workers and
+the ps import TensorFlow before the first step, on the same cores.
 
 The Kubernetes part needs root and `ip` (the test cluster, tests/kubecluster, runs pods as
 real processes in network namespaces) and kubectl/helm in .tools/bin (`make tools`); without
@@ -56,7 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,6 +80,8 @@ FIRST_STEP = re.compile(r"(?:^|\s)train \| step:\s+\d+/", re.MULTILINE)
 # The chief's start-up phases (disttrain/startup.py), after the log line's time and level.
 STARTUP_LINE = re.compile(r"startup \| first step: ([\d.]+) s after process start \| (.*)$", re.M)
 TARGET_RATIO = 2.0  # issue 13: first step <= 2.0x `import tensorflow`
+# The job's tasks that import TensorFlow before the first step: chief, 2 workers, 1 ps.
+IMPORTING_TASKS = 4
 POLL_SECONDS = 0.05
 TIMEOUT_SECONDS = 900
 
@@ -89,6 +93,13 @@ class Run:
     wait: float  # chief created (pod) / started (local process) -> first step line
     container_wait: float | None = None  # k8s only: container process start -> first step
     phases: dict[str, float] | None = None  # local only: the chief's start-up phases
+
+
+@dataclass
+class Measured:
+    runs: list[Run] = field(default_factory=list)
+    imports: list[float] = field(default_factory=list)  # one `import tensorflow` alone
+    concurrent: list[float] = field(default_factory=list)  # IMPORTING_TASKS imports at once
 
 
 def process_start_time(pid: int) -> float:
@@ -251,9 +262,29 @@ def time_tensorflow_import() -> float:
     return time.time() - started
 
 
-def phase_table(runs: list[Run], imports: list[float]) -> str:
+def time_concurrent_imports(processes: int) -> float:
+    """Wall seconds until `processes` concurrent `python -c "import tensorflow"` have all
+    exited: the imports that must end before the chief's first step (chief, workers and ps
+    import at once; the evaluator only after the first checkpoint), on the same cores."""
+    started = time.time()
+    importing = [
+        subprocess.Popen(
+            [sys.executable, "-c", "import tensorflow"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(processes)
+    ]
+    if any(process.wait() != 0 for process in importing):
+        raise SystemExit("a concurrent `import tensorflow` failed")
+    return time.time() - started
+
+
+def phase_table(measured: Measured) -> str:
     """Phases (rows) by round (columns) with their medians, then the ratio to the import."""
-    local = [r for r in runs if r.launcher == "local"]
+    local = [r for r in measured.runs if r.launcher == "local"]
+    imports, concurrent = measured.imports, measured.concurrent
     names = list(local[0].phases)
     header = f"{'phase (s)':<28}" + "".join(f"{f'run {i}':>8}" for i in range(1, len(local) + 1))
     lines = [header + f"{'median':>8}"]
@@ -266,11 +297,18 @@ def phase_table(runs: list[Run], imports: list[float]) -> str:
         lines.append(row(name, [r.phases.get(name, float("nan")) for r in local]))
     lines.append(row("first `train | step:` line", [r.wait for r in local]))
     lines.append(row('python -c "import tensorflow"', imports))
+    lines.append(row(f"{IMPORTING_TASKS} of them at once", concurrent))
     ratio = statistics.median(r.wait for r in local) / statistics.median(imports)
     verdict = "meets" if ratio <= TARGET_RATIO else "misses"
     lines.append(
         f"ratio first step / import tensorflow (medians): {ratio:.2f}x "
         f"({verdict} the target of {TARGET_RATIO:.1f}x)"
+    )
+    floor = statistics.median(concurrent) / statistics.median(imports)
+    lines.append(
+        f"ratio {IMPORTING_TASKS} imports at once / one import (medians): {floor:.2f}x on "
+        f"{os.cpu_count()} CPUs: no first step comes sooner, as the chief, the workers "
+        "and the ps must each import TensorFlow before it"
     )
     return "\n".join(lines)
 
@@ -326,35 +364,38 @@ def main() -> None:
         reason = f"{', '.join(missing)} missing in {TOOLS_BIN} (`make tools`)"
     if reason:
         print(f"Kubernetes part skipped: {reason}", flush=True)
-    runs: list[Run] = []
-    imports: list[float] = []
+    measured = Measured()
     with tempfile.TemporaryDirectory(prefix="startup-latency-") as folder:
         scratch = Path(folder)
         if reason:
             data_root = _builtin_data(scratch)
-            run_rounds(args.rounds, ("local",), None, data_root, scratch, runs, imports)
+            run_rounds(args.rounds, ("local",), None, data_root, scratch, measured)
         else:
             with KubeCluster(scratch / "cluster") as cluster:
                 put_dataset_on_share(cluster)
                 data_root = cluster.share(SHARE) / "data"
                 launchers = ("k8s", "local")
-                run_rounds(args.rounds, launchers, cluster, data_root, scratch, runs, imports)
+                run_rounds(args.rounds, launchers, cluster, data_root, scratch, measured)
     settings = dict(arg.split("=", 1) for arg in job_args("-", "-")[1::2])
     print(
         f"\nchief + 2 workers + 1 ps + evaluator, builtin data, "
         f"{settings['train.steps']} steps, {os.cpu_count()} CPUs (shared)"
     )
     if not reason:
-        print(report(runs))
+        print(report(measured.runs))
     print(f"\nlocal: the chief's start-up, phase by phase (medians of {args.rounds} rounds)")
-    print(phase_table(runs, imports))
+    print(phase_table(measured))
 
 
-def run_rounds(rounds, launchers, cluster, data_root, scratch, runs, imports) -> None:
-    """Alternating: the import, then each launcher's job, `rounds` times."""
+def run_rounds(rounds, launchers, cluster, data_root, scratch, measured: Measured) -> None:
+    """Alternating: the import alone, the job's imports at once, then each launcher's job,
+    `rounds` times."""
     for number in range(1, rounds + 1):
-        imports.append(time_tensorflow_import())
-        print(f"round {number}: import tensorflow {imports[-1]:.2f} s", flush=True)
+        measured.imports.append(time_tensorflow_import())
+        print(f"round {number}: import tensorflow {measured.imports[-1]:.2f} s", flush=True)
+        measured.concurrent.append(time_concurrent_imports(IMPORTING_TASKS))
+        at_once = measured.concurrent[-1]
+        print(f"round {number}: {IMPORTING_TASKS} imports at once {at_once:.2f} s", flush=True)
         for launcher in launchers:
             name = f"startup-{launcher}-{number}"
             print(f"round {number}: {launcher} ...", flush=True)
@@ -363,7 +404,7 @@ def run_rounds(rounds, launchers, cluster, data_root, scratch, runs, imports) ->
                 if launcher == "k8s"
                 else run_local(data_root, scratch, name)
             )
-            runs.append(run)
+            measured.runs.append(run)
             print(f"  wall {run.wall:.1f} s, chief wait {run.wait:.2f} s", flush=True)
 
 
