@@ -177,10 +177,17 @@ def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root
 
 
-# The Azure SDK's own retries of one request (a filesystem reads them when it is opened).
+# Every storage backoff (the SDK's and with_retries') times this, 1 unless set: a test
+# whose job runs through injected faults in subprocesses shortens the waits between
+# tries (e.g. 0.1), never their number, which its faults are scripted to outlast.
+BACKOFF_SCALE = float(os.environ.get("DISTTRAIN_STORAGE_BACKOFF_SCALE") or 1)
+
+# The Azure SDK's own retries of one request (a filesystem reads them when it is opened):
+# it waits SDK_FIRST_BACKOFF_SECONDS + SDK_BACKOFF_BASE ** retry (+/- 0.2 s) before each.
 # Module-level so that a test of an outage can lower them, as it lowers RETRY_*.
 SDK_RETRIES = 2
-SDK_FIRST_BACKOFF_SECONDS = 0.5
+SDK_FIRST_BACKOFF_SECONDS = 0.5 * BACKOFF_SCALE
+SDK_BACKOFF_BASE = 2 * BACKOFF_SCALE
 
 
 def _shorten_sdk_retries(fs: fsspec.AbstractFileSystem) -> None:
@@ -196,7 +203,7 @@ def _shorten_sdk_retries(fs: fsspec.AbstractFileSystem) -> None:
     )
     if policy is None or not hasattr(policy, "initial_backoff"):
         return
-    policy.initial_backoff, policy.increment_base = SDK_FIRST_BACKOFF_SECONDS, 2
+    policy.initial_backoff, policy.increment_base = SDK_FIRST_BACKOFF_SECONDS, SDK_BACKOFF_BASE
     policy.random_jitter_range = 0.2
     policy.total_retries = policy.connect_retries = policy.read_retries = SDK_RETRIES
     policy.status_retries = SDK_RETRIES
@@ -657,7 +664,7 @@ _RETRYING = ContextVar("disttrain_storage_retrying", default=False)
 # The default bounds of with_retries, read at each call: module-level so that a test whose
 # outage must outlast the retries can lower them (pytest's monkeypatch) instead of waiting.
 RETRY_ATTEMPTS = 5
-RETRY_FIRST_DELAY_SECONDS = 0.5
+RETRY_FIRST_DELAY_SECONDS = 0.5 * BACKOFF_SCALE
 RETRY_DEADLINE_SECONDS = 120.0
 
 
