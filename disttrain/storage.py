@@ -177,6 +177,19 @@ def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root
 
 
+# Every storage backoff (the SDK's and with_retries') times this, 1 unless set: a test
+# whose job runs through injected faults in subprocesses shortens the waits between
+# tries (e.g. 0.1), never their number, which its faults are scripted to outlast.
+BACKOFF_SCALE = float(os.environ.get("DISTTRAIN_STORAGE_BACKOFF_SCALE") or 1)
+
+# The Azure SDK's own retries of one request (a filesystem reads them when it is opened):
+# it waits SDK_FIRST_BACKOFF_SECONDS + SDK_BACKOFF_BASE ** retry (+/- 0.2 s) before each.
+# Module-level so that a test of an outage can lower them, as it lowers RETRY_*.
+SDK_RETRIES = 2
+SDK_FIRST_BACKOFF_SECONDS = 0.5 * BACKOFF_SCALE
+SDK_BACKOFF_BASE = 2 * BACKOFF_SCALE
+
+
 def _shorten_sdk_retries(fs: fsspec.AbstractFileSystem) -> None:
     """Make the Azure SDK give up in seconds instead of its default ~1 minute.
 
@@ -190,9 +203,10 @@ def _shorten_sdk_retries(fs: fsspec.AbstractFileSystem) -> None:
     )
     if policy is None or not hasattr(policy, "initial_backoff"):
         return
-    policy.initial_backoff, policy.increment_base, policy.random_jitter_range = 0.5, 2, 0.2
-    policy.total_retries = policy.connect_retries = policy.read_retries = 2
-    policy.status_retries = 2
+    policy.initial_backoff, policy.increment_base = SDK_FIRST_BACKOFF_SECONDS, SDK_BACKOFF_BASE
+    policy.random_jitter_range = 0.2
+    policy.total_retries = policy.connect_retries = policy.read_retries = SDK_RETRIES
+    policy.status_retries = SDK_RETRIES
 
 
 # Azure error codes -> the cause a user can act on (the SDK's text is long and generic).
@@ -647,13 +661,20 @@ def is_refused(exc: BaseException) -> bool:
 _RETRYING = ContextVar("disttrain_storage_retrying", default=False)
 
 
+# The default bounds of with_retries, read at each call: module-level so that a test whose
+# outage must outlast the retries can lower them (pytest's monkeypatch) instead of waiting.
+RETRY_ATTEMPTS = 5
+RETRY_FIRST_DELAY_SECONDS = 0.5 * BACKOFF_SCALE
+RETRY_DEADLINE_SECONDS = 120.0
+
+
 def with_retries(
     action: Callable[[], T],
     what: str,
-    attempts: int = 5,
-    first_delay: float = 0.5,
+    attempts: int | None = None,
+    first_delay: float | None = None,
     log: Callable[[str], None] = print,
-    deadline_seconds: float = 120.0,
+    deadline_seconds: float | None = None,
 ) -> T:
     """Run a storage action, retrying transient failures with exponential backoff.
 
@@ -662,9 +683,13 @@ def with_retries(
     on. A refused request (wrong key, no permission) is not retried: it fails at once. An
     absent object or container is an answer, not a failure: it is raised as it is.
     Called inside another with_retries, it runs `action` once: the outer loop retries.
+    Bounds not given are RETRY_ATTEMPTS, RETRY_FIRST_DELAY_SECONDS, RETRY_DEADLINE_SECONDS.
     """
     if _RETRYING.get():
         return action()
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
+    first_delay = RETRY_FIRST_DELAY_SECONDS if first_delay is None else first_delay
+    deadline_seconds = RETRY_DEADLINE_SECONDS if deadline_seconds is None else deadline_seconds
     started, delay = time.monotonic(), first_delay
     for attempt in range(1, attempts + 1):
         try:

@@ -36,3 +36,15 @@ def disttrain_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("DISTTRAIN_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def brief_storage_retries(monkeypatch) -> None:
+    """Storage retries that run out in about a second instead of ~30 s, for a test whose
+    outage must outlast them (it checks what an outage leaves, not how often it retries):
+    no Azure SDK retries, disttrain's own attempts kept, with short backoff. Only this
+    process: a job's subprocesses keep the real bounds."""
+    from disttrain import storage
+
+    monkeypatch.setattr(storage, "SDK_RETRIES", 0)
+    monkeypatch.setattr(storage, "RETRY_FIRST_DELAY_SECONDS", 0.05)

@@ -344,7 +344,7 @@ def publish_in_background(run_dir: RunDir, local: Path, metrics: dict):
 
 
 def test_an_outage_while_replacing_the_best_export_never_leaves_it_incomplete(
-    own_azurite, tmp_path
+    own_azurite, tmp_path, brief_storage_retries
 ):
     container = own_azurite.create_container()
     run_dir = RunDir(f"az://{container}/run")

@@ -18,7 +18,9 @@ def wait_for(condition, what: str, seconds: float = 120) -> None:
         time.sleep(0.1)
 
 
-def test_a_sync_during_an_outage_returns_at_once_and_the_files_land_after_it(own_azurite, tmp_path):
+def test_a_sync_during_an_outage_returns_at_once_and_the_files_land_after_it(
+    own_azurite, tmp_path, brief_storage_retries
+):
     run_dir = RunDir(f"az://{own_azurite.create_container()}/run")
     local = tmp_path / "events"
     local.mkdir()
@@ -51,7 +53,9 @@ def test_a_sync_during_an_outage_returns_at_once_and_the_files_land_after_it(own
     assert run_dir.read_bytes(remote) == b"first events and more"
 
 
-def test_close_during_an_outage_reports_the_failure_and_does_not_raise(own_azurite, tmp_path):
+def test_close_during_an_outage_reports_the_failure_and_does_not_raise(
+    own_azurite, tmp_path, brief_storage_retries
+):
     run_dir = RunDir(f"az://{own_azurite.create_container()}/run")
     local = tmp_path / "events"
     local.mkdir()
