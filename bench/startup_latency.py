@@ -276,7 +276,7 @@ def time_concurrent_imports(processes: int) -> float:
         )
         for _ in range(processes)
     ]
-    if any(process.wait() != 0 for process in importing):
+    if any([process.wait() != 0 for process in importing]):  # all waited for, then checked
         raise SystemExit("a concurrent `import tensorflow` failed")
     return time.time() - started
 
