@@ -177,9 +177,10 @@ def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, root
 
 
-# Every storage backoff (the SDK's and with_retries') times this, 1 unless set: a test
-# whose job runs through injected faults in subprocesses shortens the waits between
-# tries (e.g. 0.1), never their number, which its faults are scripted to outlast.
+# Scales the waits between storage tries (with_retries' delays, and the SDK's first
+# backoff and its base, so its second wait shrinks more), 1 unless set: a test whose job
+# runs through injected faults in subprocesses shortens the waits (e.g. 0.1), never the
+# number of tries, which its faults are scripted to outlast.
 BACKOFF_SCALE = float(os.environ.get("DISTTRAIN_STORAGE_BACKOFF_SCALE") or 1)
 
 # The Azure SDK's own retries of one request (a filesystem reads them when it is opened):
