@@ -40,7 +40,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import cache, partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -106,8 +108,8 @@ AFTER_CHIEF_GRACE_SECONDS = 180.0
 FIRST_TASK_PORT = 10000  # below it: databases, proxies, dev servers
 # A job whose launcher still runs (or ran until it was killed) says one of these.
 LIVE_RESULTS = ("starting", "running")
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 LAUNCHER_LOST = "launcher lost"
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def console_verbosity() -> str:
@@ -465,6 +467,12 @@ class Supervisor:
         self.lock = threading.Lock()
         self.console = JobConsole(job.name)
         self.stopping = False
+        # Ctrl-C or `stop` (SIGINT, SIGTERM) sets this flag and raises KeyboardInterrupt,
+        # unless a task is starting. The start-up and every poll check the flag too: a
+        # handler runs wherever bytecode runs, and Python drops an exception raised in a
+        # finalizer ("Exception ignored in ...").
+        self.stop_requested = False
+        self.starting_task = False
 
     def run(self, prepare: Callable[[], None]) -> int:
         """Record the job as starting (every task pending), `prepare` its run dir and
@@ -490,6 +498,7 @@ class Supervisor:
 
     def _start_and_supervise(self) -> int:
         for task in self.by_task:
+            self._stop_if_requested()
             self._start(task)
             self._save_state(every=POLL_SECONDS)  # not once a task: 500 tasks, 500 writes
         self.result = "running"
@@ -497,7 +506,13 @@ class Supervisor:
         return self._supervise()
 
     def _on_signal(self, signum, _frame) -> None:
-        raise KeyboardInterrupt
+        self.stop_requested = True
+        if not self.starting_task:
+            raise KeyboardInterrupt
+
+    def _stop_if_requested(self) -> None:
+        if self.stop_requested:
+            raise KeyboardInterrupt
 
     def _supervise(self) -> int:
         chief_done_at = None
@@ -524,6 +539,7 @@ class Supervisor:
                     return failure
             self._kill_silent_tasks()
             self._save_state()
+            self._stop_if_requested()
             if chief_done_at and not self.procs:
                 self._end("succeeded", "")
                 return 0
@@ -622,18 +638,26 @@ class Supervisor:
         log_file = open(plan_.log_path, "ab")
         if self.restarts[task]:
             log_file.write(f"--- restart {self.restarts[task]} ---\n".encode())
-        # A Ctrl-C or `stop` waits until the process is recorded: none is started unseen.
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
+        with self._stop_signals_deferred():  # none is started unseen, or unread
             proc = start_task_process(plan_)
             self.procs[task] = proc
             self.start_times[task] = start_time_of(proc.pid)
             self.launched_at[task] = time.time()
+            relay = threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True)
+            relay.start()
+            self.relays[task] = relay
+
+    @contextmanager
+    def _stop_signals_deferred(self) -> Iterator[None]:
+        """A Ctrl-C or `stop` that comes meanwhile takes effect at the end. Not a blocked
+        signal mask: that is per thread, another thread takes the signal, and the main
+        thread's handler then runs inside Popen, leaving a started process unrecorded."""
+        self.starting_task = True
+        try:
+            yield
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-        relay = threading.Thread(target=self._relay, args=(task, proc, log_file), daemon=True)
-        relay.start()
-        self.relays[task] = relay
+            self.starting_task = False
+            self._stop_if_requested()
 
     def _relay(self, task: Task, proc: subprocess.Popen, log_file) -> None:
         prefix = f"[{task.name}] "
@@ -714,26 +738,31 @@ def start_task_process(task: TaskPlan) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=lambda: _prepare_task_process(task.cpus),
+        preexec_fn=partial(_prepare_task_process, task.cpus, _libc_prctl()),
     )
 
 
-def _prepare_task_process(cpus: frozenset[int]) -> None:
-    """In the task, before exec: take the stop signals again (a child inherits the blocked
-    signal mask of `_start`), run on its CPUs, and die with the launcher."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+def _prepare_task_process(cpus: frozenset[int], prctl: Callable[..., int] | None) -> None:
+    """In the task, between fork and exec: run on its CPUs, and die with the launcher
+    (Linux: SIGKILL when the launcher dies, so no process outlives the job).
+
+    Only system calls here. The launcher has relay threads, and a lock one of them held
+    at the fork stays held in the child: loading a library or looking up a symbol could
+    wait on it forever, and the launcher with it (Popen waits for the exec)."""
     pin_this_process(cpus)
-    _die_with_parent()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _die_with_parent() -> None:
-    """Linux: a task gets SIGKILL if the launcher dies, so no process outlives the job."""
+@cache
+def _libc_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once in the launcher; None where there is none (macOS)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:

@@ -45,16 +45,35 @@ def install_plugin(package: Path, target: Path) -> Path:
 
 
 def start_cli(*args: str, log_path: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start `disttrain ARGS` in the background, output to `log_path` (its own session)."""
+    """Start `disttrain ARGS` in the background, output to `log_path` (its own session).
+    Python's faulthandler is on, for `exit_code` to show where a process hangs."""
     log = open(log_path, "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "disttrain", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "PYTHONFAULTHANDLER": "1", **(env or {})},
         cwd=REPO,
         start_new_session=True,
     )
+
+
+def exit_code(proc: subprocess.Popen, log_path: Path, timeout: float) -> int:
+    """The exit code of a process `start_cli` started. One still running after `timeout`
+    fails the test with its threads' stacks: SIGABRT makes faulthandler print them into
+    its log, whose end the failure shows."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        tail = log_path.read_text(errors="replace")[-6000:]
+        raise AssertionError(
+            f"still running {timeout:.0f} s on; the end of its log:\n{tail}"
+        ) from None
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 from checkpoint_invariants import assert_each_checkpoint_holds_the_updates_of_its_step
 from events import scalars
-from processes import cli, kill_tree, small_job, start_cli
+from processes import cli, exit_code, kill_tree, small_job, start_cli
 
 from disttrain.config import load_config
 from disttrain.steps import learning_rate_at, make_learning_rate
+from launchers import load_job
+from launchers.local import INTERRUPTED, Supervisor
+from launchers.local_state import LauncherOwner
 
 pytestmark = pytest.mark.integration
 
@@ -353,11 +359,62 @@ def test_sigint_to_the_launcher_leaves_no_process_behind(tmp_path, builtin_data,
         pids = [info["pid"] for info in job_state(disttrain_home, "t")["tasks"].values()]
         assert len(pids) == 5 and all(alive(p) for p in pids)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert exit_code(proc, log, timeout=60) == 130
     finally:
         kill_tree(proc)
     assert not [p for p in pids if alive(p)]
     assert job_state(disttrain_home, "t")["result"] == "stopped"
+
+
+def live_children() -> list[int]:
+    """This process's children that are still running (not zombies)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            children.append(int(stat.parent.name))
+    return children
+
+
+def interrupt_once_started(supervisor: Supervisor, tasks: int) -> None:
+    """SIGINT to this process once `supervisor` has started `tasks` tasks."""
+    while len(supervisor.procs) < tasks:
+        time.sleep(0.001)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_ctrl_c_while_tasks_start_stops_every_task_it_started(disttrain_home):
+    """Ctrl-C lands while the supervisor is starting 12 tasks, after a different number of
+    them each time. Every process it started is recorded in job.json, stopped and reaped:
+    none goes on running unseen (a signal taken by another thread must not cut a start
+    short either)."""
+    config, launcher = load_job(None, ["cluster.workers=9", "cluster.ps=1"])
+    plan = launcher.plan(config)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    plan.tasks = [dataclasses.replace(t, command=sleeper, env={}) for t in plan.tasks]
+    Path(plan.state_dir, "logs").mkdir(parents=True)
+    assert len(plan.tasks) == 12 and live_children() == []
+    for started_before_the_signal in range(1, 12):
+        supervisor = Supervisor(plan, config, LauncherOwner.this_process())
+        interrupter = threading.Thread(
+            target=interrupt_once_started,
+            args=(supervisor, started_before_the_signal),
+            daemon=True,
+        )
+        interrupter.start()
+        try:
+            assert supervisor.run(prepare=lambda: None) == INTERRUPTED
+            interrupter.join(timeout=10)
+            state = json.loads(Path(plan.state_dir, "job.json").read_text())
+            assert live_children() == [], (started_before_the_signal, state["tasks"])
+            assert state["result"] == "stopped"
+        finally:
+            for pid in live_children():
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
 
 def test_ctrl_c_before_the_first_checkpoint_leaves_a_new_run_dir_empty(
@@ -368,7 +425,7 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_a_new_run_dir_empty(
     try:
         wait_for(lambda: (run_dir / "config.yaml").exists(), 120, "config.yaml", proc, log)
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=60) == 130
+        assert exit_code(proc, log, timeout=60) == 130
     finally:
         kill_tree(proc)
     assert list(run_dir.iterdir()) == []
@@ -388,7 +445,7 @@ def test_stop_from_another_terminal_ends_the_job_and_keeps_the_steps_it_trained(
         reported = wait_for(lambda: trained_step(log), 240, "training to start", proc, log)
         pids = [info["pid"] for info in job_state(disttrain_home, "t")["tasks"].values()]
         assert "stopped launcher" in cli("stop", "t", check=True).stdout
-        proc.wait(timeout=60)
+        exit_code(proc, log, timeout=60)
     finally:
         kill_tree(proc)
     assert not [p for p in pids if alive(p)]
