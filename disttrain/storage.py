@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import math
 import os
 import posixpath
 import re
@@ -40,6 +41,7 @@ import fsspec
 from fsspec.asyn import sync
 from fsspec.core import url_to_fs
 
+from disttrain.config import ConfigError
 from disttrain.failures import Unrecoverable
 from disttrain.progress import log as default_log
 
@@ -181,7 +183,25 @@ def open_filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 # backoff and its base, so its second wait shrinks more), 1 unless set: a test whose job
 # runs through injected faults in subprocesses shortens the waits (e.g. 0.1), never the
 # number of tries, which its faults are scripted to outlast.
-BACKOFF_SCALE = float(os.environ.get("DISTTRAIN_STORAGE_BACKOFF_SCALE") or 1)
+BACKOFF_SCALE_ENV = "DISTTRAIN_STORAGE_BACKOFF_SCALE"
+
+
+def _backoff_scale() -> float:
+    """The scale from the environment; a bad value is refused in one line, naming it."""
+    text = os.environ.get(BACKOFF_SCALE_ENV) or "1"
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not 0 < scale < math.inf:
+        raise ConfigError(
+            f"{BACKOFF_SCALE_ENV}: got {text!r}; accepted: a finite number > 0 (1 unless set)",
+            BACKOFF_SCALE_ENV,
+        )
+    return scale
+
+
+BACKOFF_SCALE = _backoff_scale()
 
 # The Azure SDK's own retries of one request (a filesystem reads them when it is opened):
 # it waits SDK_FIRST_BACKOFF_SECONDS + SDK_BACKOFF_BASE ** retry (+/- 0.2 s) before each.

@@ -114,6 +114,8 @@ def launcher_class(name: str) -> type[Launcher]:
         raise ConfigError(f"launcher.name: got {name!r}; accepted: {accepted}", "launcher.name")
     try:
         return found[0].load()
+    except ConfigError:  # bad input its modules read when imported (the environment's)
+        raise
     except Exception as exc:  # a broken plug-in is named, not a traceback
         package = found[0].dist.name if found[0].dist else found[0].value
         raise LauncherError(

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from azurite import ACCOUNT, ACCOUNT_KEY
-from processes import cli, small_job
+from processes import REPO, cli, small_job
 
 from disttrain.storage import (
     REDACTED,
@@ -230,3 +234,29 @@ def test_train_with_a_wrong_key_fails_before_any_task_starts(
     assert WRONG_KEY not in output
     assert "starting" not in output  # no task was started
     assert azurite.blob_names(container) == []
+
+
+@pytest.mark.parametrize("scale", ["fast", "0", "-1", "inf"])
+def test_a_bad_backoff_scale_is_refused_in_one_line_naming_the_variable(scale):
+    result = cli("status", env={"DISTTRAIN_STORAGE_BACKOFF_SCALE": scale})
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"error: DISTTRAIN_STORAGE_BACKOFF_SCALE: got {scale!r}; "
+        "accepted: a finite number > 0 (1 unless set)\n"
+    )
+
+
+def test_the_backoff_scale_shortens_the_first_waits_between_tries():
+    show = (
+        "from disttrain import storage as s; "
+        "print(s.RETRY_FIRST_DELAY_SECONDS, s.SDK_FIRST_BACKOFF_SECONDS)"
+    )
+    scaled = subprocess.run(
+        [sys.executable, "-c", show],
+        cwd=REPO,
+        env={**os.environ, "DISTTRAIN_STORAGE_BACKOFF_SCALE": "0.1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert scaled.stdout.split() == ["0.05", "0.05"]
