@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from disttrain import preemption
 from disttrain.checkpoints import (
     evaluated_steps,
     fetch_checkpoint,
@@ -111,6 +112,7 @@ class Evaluator:
             elif timeout_seconds and time.monotonic() - last_news > timeout_seconds:
                 log(f"eval | gave up | no new checkpoint for {timeout_seconds:g}s")
                 return False
+            preemption.stop_if_requested()
             time.sleep(self.config.eval.poll_seconds)
 
     def _say_what_it_waits_for(self, timeout_seconds: float) -> None:

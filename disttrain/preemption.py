@@ -14,7 +14,8 @@ first thing, and each role spends the grace as it can:
 Each then exits with EXIT_PREEMPTED (disttrain/failures.py), which the launchers restart
 without counting a failure. Until a loop says it will poll (`polled`), SIGTERM raises
 `Preempted` wherever the main thread is; inside, it only marks the request, and the loop
-stops at its next safe point.
+stops at its next safe point. Python drops an exception raised inside a finalizer, so a
+loop outside `polled` (the evaluator's) also calls `stop_if_requested`.
 
 The grace period is the launcher's, handed to the task as GRACE_ENV (the pod's
 terminationGracePeriodSeconds; the local launcher's stop grace). Pure Python: launchers
@@ -43,6 +44,7 @@ class Preempted(BaseException):
     storage retry, a poll that outlives an outage) swallows it."""
 
 
+STOPPED_ON_SIGTERM = "task | preempted | stopped on SIGTERM"
 _requested_at: float | None = None
 _polling = False
 
@@ -58,7 +60,15 @@ def _on_sigterm(_signum, _frame) -> None:
         return
     _requested_at = time.monotonic()
     if not _polling:
-        raise Preempted("task | preempted | stopped on SIGTERM")
+        raise Preempted(STOPPED_ON_SIGTERM)
+
+
+def stop_if_requested() -> None:
+    """Raise Preempted if SIGTERM has come. For a loop outside `polled`: the handler raises
+    wherever Python code runs, and an exception raised inside a finalizer is dropped
+    (printed as "Exception ignored in ..."), so the handler's own Preempted may be gone."""
+    if _requested_at is not None:
+        raise Preempted(STOPPED_ON_SIGTERM)
 
 
 @contextmanager

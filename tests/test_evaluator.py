@@ -519,3 +519,49 @@ def test_an_evaluator_waiting_for_the_first_checkpoint_has_not_imported_tensorfl
         "tensorflow_after": True,
     }
     assert "eval | waiting for the first checkpoint under" in result.stdout
+
+
+DROPPED_SIGTERM = """
+import os, signal, sys, time
+from disttrain import preemption
+from disttrain.config import load_config
+from disttrain.evaluator import Evaluator
+
+evaluator = Evaluator(load_config(None, sys.argv[1:]))
+preemption.watch_for_sigterm()
+
+
+class SignalledInAFinalizer:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises Preempted here, and Python drops it
+
+
+SignalledInAFinalizer()
+print("requested:", preemption.requested(), flush=True)
+try:
+    evaluator.run_continuously(timeout_seconds=20)
+except preemption.Preempted as exc:
+    print("stopped:", exc)
+"""
+
+
+def test_an_evaluator_stops_on_sigterm_even_when_the_handlers_exception_was_dropped(
+    builtin_data, tmp_path
+):
+    """A signal handler runs wherever Python code runs, and Python drops an exception
+    raised in a finalizer. The evaluator's loop checks the request itself, so it stops
+    at its next poll instead of running on until the SIGKILL after the grace period."""
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", f"data.root={builtin_data}", "eval.poll_seconds=0.2"]
+    result = subprocess.run(
+        [sys.executable, "-c", DROPPED_SIGTERM, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert "Exception ignored in" in result.stderr and "Preempted" in result.stderr
+    assert "requested: True" in result.stdout, result.stderr[-3000:]
+    assert "stopped: task | preempted | stopped on SIGTERM" in result.stdout, result.stdout
+    assert "gave up" not in result.stdout
