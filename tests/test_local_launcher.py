@@ -366,41 +366,58 @@ def test_sigint_to_the_launcher_leaves_no_process_behind(tmp_path, builtin_data,
     assert job_state(disttrain_home, "t")["result"] == "stopped"
 
 
-def live_children() -> list[int]:
-    """This process's children that are still running (not zombies)."""
+def live_children(marked: str) -> list[int]:
+    """This process's children still running (not zombies) with `marked` among their
+    arguments: those a test started, not the session's (Azurite's, say)."""
     children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            arguments = (proc / "cmdline").read_bytes().split(b"\0")
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
-            children.append(int(stat.parent.name))
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and marked.encode() in arguments:
+            children.append(int(proc.name))
     return children
 
 
-def interrupt_once_started(supervisor: Supervisor, tasks: int) -> None:
-    """SIGINT to this process once `supervisor` has started `tasks` tasks."""
-    while len(supervisor.procs) < tasks:
-        time.sleep(0.001)
+def interrupt_while_starting(supervisor: Supervisor, started: int) -> None:
+    """SIGINT to this process once `supervisor` has started `started` tasks and is inside
+    Popen starting the next one (or has started them all): a signal there lands while a
+    child exists that is not recorded yet."""
+    main_thread = threading.main_thread().ident
+    while len(supervisor.procs) < len(supervisor.by_task):
+        if len(supervisor.procs) >= started and "_execute_child" in calls_in(main_thread):
+            break
+        time.sleep(0.0002)
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def calls_in(thread_id: int) -> set[str]:
+    """The names of the functions `thread_id` is in now."""
+    frame, names = sys._current_frames().get(thread_id), set()
+    while frame is not None:
+        names.add(frame.f_code.co_name)
+        frame = frame.f_back
+    return names
+
+
 def test_a_ctrl_c_while_tasks_start_stops_every_task_it_started(disttrain_home):
-    """Ctrl-C lands while the supervisor is starting 12 tasks, after a different number of
-    them each time. Every process it started is recorded in job.json, stopped and reaped:
-    none goes on running unseen (a signal taken by another thread must not cut a start
-    short either)."""
+    """Ctrl-C lands while the supervisor is inside Popen starting one of 12 tasks, a
+    different one each time. Every process it started is recorded in job.json, stopped
+    and reaped: none goes on running unseen, and the stop is not lost (a signal that
+    another thread takes must not cut a start short either)."""
     config, launcher = load_job(None, ["cluster.workers=9", "cluster.ps=1"])
     plan = launcher.plan(config)
-    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    marker = f"sleeper-of-{os.getpid()}"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)", marker]
     plan.tasks = [dataclasses.replace(t, command=sleeper, env={}) for t in plan.tasks]
     Path(plan.state_dir, "logs").mkdir(parents=True)
-    assert len(plan.tasks) == 12 and live_children() == []
+    assert len(plan.tasks) == 12 and live_children(marker) == []
     for started_before_the_signal in range(1, 12):
         supervisor = Supervisor(plan, config, LauncherOwner.this_process())
         interrupter = threading.Thread(
-            target=interrupt_once_started,
+            target=interrupt_while_starting,
             args=(supervisor, started_before_the_signal),
             daemon=True,
         )
@@ -408,11 +425,12 @@ def test_a_ctrl_c_while_tasks_start_stops_every_task_it_started(disttrain_home):
         try:
             assert supervisor.run(prepare=lambda: None) == INTERRUPTED
             interrupter.join(timeout=10)
+            time.sleep(0.5)  # a child forked as the signal came has exec'd by now
             state = json.loads(Path(plan.state_dir, "job.json").read_text())
-            assert live_children() == [], (started_before_the_signal, state["tasks"])
+            assert live_children(marker) == [], (started_before_the_signal, state["tasks"])
             assert state["result"] == "stopped"
         finally:
-            for pid in live_children():
+            for pid in live_children(marker):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
 
