@@ -466,7 +466,6 @@ class Supervisor:
         self.saved_at = 0.0
         self.lock = threading.Lock()
         self.console = JobConsole(job.name)
-        self.stopping = False
         # Ctrl-C or `stop` (SIGINT, SIGTERM) sets this flag and raises KeyboardInterrupt,
         # unless a task is starting. The start-up and every poll check the flag too: a
         # handler runs wherever bytecode runs, and Python drops an exception raised in a
@@ -746,9 +745,9 @@ def _prepare_task_process(cpus: frozenset[int], prctl: Callable[..., int] | None
     """In the task, between fork and exec: run on its CPUs, and die with the launcher
     (Linux: SIGKILL when the launcher dies, so no process outlives the job).
 
-    Only system calls here. The launcher has relay threads, and a lock one of them held
-    at the fork stays held in the child: loading a library or looking up a symbol could
-    wait on it forever, and the launcher with it (Popen waits for the exec)."""
+    Only system calls here, nothing imported, loaded or looked up: the launcher has relay
+    threads, and Python's documentation warns that such a child can deadlock before its
+    exec, taking the launcher with it (Popen waits for the exec)."""
     pin_this_process(cpus)
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
