@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from processes import REPO
 
 from disttrain.checkpoints import (
     fetch_checkpoint,
@@ -559,7 +560,7 @@ def test_an_evaluator_stops_on_sigterm_even_when_the_handlers_exception_was_drop
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO,
     )
     assert "Exception ignored in" in result.stderr and "Preempted" in result.stderr
     assert "requested: True" in result.stdout, result.stderr[-3000:]
